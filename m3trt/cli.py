@@ -1,0 +1,273 @@
+"""The ``m3trt`` command line: parses options, calls the library, prints. No logic of its own.
+
+User errors (``M3Error``) print one line and exit 2; unexpected failures exit 1 (``--verbose``
+shows the traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from m3trt import __version__
+from m3trt.errors import M3Error
+from m3trt.progress import Reporter
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class M3Group(click.Group):
+    """Turns exceptions into one-line messages and exit codes instead of tracebacks."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except M3Error as exc:
+            _fail(ctx, f"error: {exc}", EXIT_USAGE, exc)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+        except Exception as exc:  # a bug or an environment failure, not the user's input
+            _fail(ctx, f"error: {type(exc).__name__}: {exc} (rerun with --verbose)", 1, exc)
+
+
+def _fail(ctx: click.Context, message: str, code: int, exc: BaseException) -> None:
+    if (ctx.obj or {}).get("verbose"):
+        traceback.print_exception(exc)
+    click.echo(message, err=True)
+    ctx.exit(code)
+
+
+def _reporter(ctx: click.Context) -> Reporter:
+    return Reporter(quiet=ctx.obj.get("quiet", False))
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+@click.group(cls=M3Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="m3trt")
+@click.option(
+    "--quiet", "-q", is_flag=True, help="No progress bars or chatter; errors still print."
+)
+@click.option("--verbose", "-v", is_flag=True, help="Show tracebacks on errors.")
+@click.pass_context
+def main(ctx: click.Context, quiet: bool, verbose: bool) -> None:
+    """m3trt: multi-modal multi-scale image annotation, from training to fast engines."""
+    ctx.ensure_object(dict)
+    ctx.obj.update(quiet=quiet, verbose=verbose)
+
+
+# ----------------------------------------------------------------------------------------- data
+@main.group(cls=M3Group)
+def data() -> None:
+    """Make or import datasets (JSONL manifests)."""
+
+
+@data.command("synth")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--n", "n", default=2000, show_default=True, help="Number of images.")
+@click.option("--size", default=128, show_default=True, help="Image side in pixels.")
+@click.option("--seed", default=0, show_default=True)
+@click.pass_context
+def data_synth(ctx: click.Context, out: Path, n: int, size: int, seed: int) -> None:
+    """Write a synthetic multi-label dataset with noisy user tags to OUT."""
+    from m3trt.data.synth import generate
+
+    reporter = _reporter(ctx)
+    try:
+        with reporter.task("synth", n) as bar:
+            summary = generate(out, n=n, size=size, seed=seed, progress=lambda _i: bar.advance())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    click.echo(f"wrote {summary.manifest} ({summary.n_per_split})")
+
+
+@data.command("import-nuswide")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option(
+    "--images", type=click.Path(path_type=Path), help="Image folder (default ROOT/Flickr)."
+)
+@click.pass_context
+def data_import_nuswide(ctx: click.Context, root: Path, out: Path, images: Path | None) -> None:
+    """Write a manifest from the official NUS-WIDE layout under ROOT."""
+    from m3trt.data.importers import import_nuswide
+
+    summary = import_nuswide(root, out, image_dir=images)
+    _print_import(summary)
+
+
+@data.command("import-coco")
+@click.argument("instances", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option(
+    "--captions",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="COCO captions JSON: caption words become user tags.",
+)
+@click.option("--images", type=click.Path(path_type=Path), help="Image folder.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), help="Split for every image.")
+@click.pass_context
+def data_import_coco(
+    ctx: click.Context,
+    instances: Path,
+    out: Path,
+    captions: Path | None,
+    images: Path | None,
+    split: str | None,
+) -> None:
+    """Write a manifest from a COCO instances JSON (labels = categories present)."""
+    from m3trt.data.importers import import_coco
+
+    summary = import_coco(instances, out, captions_json=captions, image_dir=images, split=split)
+    _print_import(summary)
+
+
+def _print_import(summary: Any) -> None:
+    click.echo(
+        f"wrote {summary.manifest}: {summary.n_images} images, {summary.n_labels} labels, "
+        f"{summary.n_tags} tags, {summary.n_missing_images} missing image files, "
+        f"{summary.n_unlabelled} unlabelled"
+    )
+
+
+# ---------------------------------------------------------------------------------------- train
+@main.command("train")
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Checkpoint folder to write.",
+)
+@click.option(
+    "--backbone",
+    type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101"]),
+    default="resnet18",
+    show_default=True,
+)
+@click.option("--image-size", default=224, show_default=True, type=click.IntRange(32, 1024))
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(2))
+@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--weight-decay", default=1e-4, show_default=True, type=click.FloatRange(0))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--no-tags", is_flag=True, help="Visual-only ablation: no tag branch.")
+@click.option("--single-scale", is_flag=True, help="Ablation: no fusion branch.")
+@click.option("--no-quantity-head", is_flag=True, help="Ablation: no label-quantity head.")
+@click.option("--quantity-weight", default=1.0, show_default=True, help="lambda of the count loss.")
+@click.option("--tag-min-count", default=2, show_default=True, type=click.IntRange(1))
+@click.option("--tag-max-size", default=1000, show_default=True, type=click.IntRange(1))
+@click.option("--tag-hidden", default=2048, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--visual-dim", type=click.IntRange(1), help="Visual feature width (default 512/2048)."
+)
+@click.option(
+    "--backbone-weights",
+    type=click.Path(path_type=Path),
+    help="torchvision-format ResNet state_dict (.pth) to start from.",
+)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in the same -o folder.")
+@click.pass_context
+def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
+    """Train an M3 model on MANIFEST and keep the best checkpoint in OUT."""
+    from m3trt.train.loop import TrainOptions, train
+
+    options = TrainOptions(
+        backbone=kw["backbone"],
+        image_size=kw["image_size"],
+        epochs=kw["epochs"],
+        batch_size=kw["batch_size"],
+        lr=kw["lr"],
+        weight_decay=kw["weight_decay"],
+        seed=kw["seed"],
+        use_tags=not kw["no_tags"],
+        multi_scale=not kw["single_scale"],
+        quantity_head=not kw["no_quantity_head"],
+        quantity_weight=kw["quantity_weight"],
+        tag_min_count=kw["tag_min_count"],
+        tag_max_size=kw["tag_max_size"],
+        tag_hidden=kw["tag_hidden"],
+        visual_dim=kw["visual_dim"],
+        backbone_weights=str(kw["backbone_weights"]) if kw["backbone_weights"] else None,
+    )
+    result = train(manifest, out, options, resume=kw["resume"], reporter=_reporter(ctx))
+    skipped = result.counts.get("unlabelled_skipped", 0)
+    click.echo(
+        f"best epoch {result.best_epoch}: val mAP {100 * result.best_val['mAP']:.1f}; "
+        f"{result.counts['train']} train / {result.counts['val']} val images, "
+        f"{skipped} unlabelled skipped; checkpoint in {result.checkpoint}"
+    )
+
+
+# ----------------------------------------------------------------------------------------- eval
+@main.command("eval")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option(
+    "--split", default="test", show_default=True, help="Split to score: train, val, test or all."
+)
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--threshold",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Score threshold of the 'threshold' decoding mode.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the metrics as JSON.",
+)
+@click.pass_context
+def eval_cmd(
+    ctx: click.Context,
+    model: Path,
+    manifest: Path,
+    split: str,
+    batch_size: int,
+    threshold: float,
+    json_path: Path | None,
+) -> None:
+    """Score MODEL (a checkpoint folder) on a MANIFEST split, in every decoding mode."""
+    from m3trt import metrics
+    from m3trt.train.evaluate import evaluate_checkpoint
+
+    if split not in ("train", "val", "test", "all"):
+        raise click.BadParameter("choose train, val, test or all", param_hint="--split")
+    result = evaluate_checkpoint(
+        model,
+        manifest,
+        split=None if split == "all" else split,
+        batch_size=batch_size,
+        threshold=threshold,
+        reporter=_reporter(ctx),
+    )
+    click.echo(metrics.format_table(result))
+    if result["n_unlabelled_skipped"] or result["n_failed_images"]:
+        click.echo(
+            f"skipped {result['n_unlabelled_skipped']} unlabelled images, "
+            f"{result['n_failed_images']} undecodable images"
+        )
+    if json_path:
+        _write_json(json_path, result)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Model and preprocessing configuration, shared by training, export and the runtime.
+
+Plain dataclasses that round-trip through JSON (the checkpoint's ``config.json``), so a config never
+needs torch to be read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from m3trt.errors import InputError
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CONFIG_VERSION = 1
+
+
+@dataclass
+class Preprocessing:
+    """How an image becomes the network input: squash-resize to size x size, /255, mean/std."""
+
+    image_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    resize: str = "squash"
+
+
+@dataclass
+class ModelConfig:
+    """The M3 architecture (DESIGN §2) with the paper's ablation switches."""
+
+    num_labels: int
+    num_tags: int
+    backbone: str = "resnet50"
+    multi_scale: bool = True
+    use_tags: bool = True
+    quantity_head: bool = True
+    visual_dim: int | None = None  # default: 2048 for ResNet-50/101, 512 for ResNet-18/34
+    tag_hidden: int = 2048
+    tag_dropout: float = 0.5
+    tag_drop_all: float = 0.3
+    quantity_hidden: int = 256
+    quantity_dropout: float = 0.1
+    k_max: int = 5
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise InputError(
+                f"unknown backbone {self.backbone!r}: choose one of {', '.join(BACKBONES)}"
+            )
+        if self.num_labels < 1:
+            raise InputError("a model needs at least one label")
+        self.k_max = max(1, min(int(self.k_max), self.num_labels))
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the stage-4 output, which fixes the default visual feature width."""
+        return 512 if self.backbone in ("resnet18", "resnet34") else 2048
+
+    @property
+    def visual_width(self) -> int:
+        return self.visual_dim or self.feature_dim
+
+
+@dataclass
+class CheckpointConfig:
+    """Everything ``config.json`` holds beside the weights: enough to rebuild and use the model."""
+
+    model: ModelConfig
+    preprocessing: Preprocessing
+    label_names: list[str]
+    tag_vocab: list[str]
+    training: dict[str, Any] = field(default_factory=dict)
+    version: int = CONFIG_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str = "config.json") -> CheckpointConfig:
+        try:
+            version = int(data.get("version", CONFIG_VERSION))
+            if version > CONFIG_VERSION:
+                raise InputError(
+                    f"{source}: config version {version} is newer than this m3trt supports "
+                    f"({CONFIG_VERSION}); upgrade m3trt"
+                )
+            pre = dict(data["preprocessing"])
+            pre["mean"] = tuple(pre["mean"])
+            pre["std"] = tuple(pre["std"])
+            config = cls(
+                model=ModelConfig(**data["model"]),
+                preprocessing=Preprocessing(**pre),
+                label_names=list(data["label_names"]),
+                tag_vocab=list(data["tag_vocab"]),
+                training=dict(data.get("training", {})),
+                version=version,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{source}: not a valid m3trt checkpoint config ({exc})") from None
+        if len(config.label_names) != config.model.num_labels:
+            raise InputError(f"{source}: label_names and model.num_labels disagree")
+        if len(config.tag_vocab) != config.model.num_tags:
+            raise InputError(f"{source}: tag_vocab and model.num_tags disagree")
+        return config
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> CheckpointConfig:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(f"{path}: not found (is this an m3trt checkpoint folder?)") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(f"{path}: cannot read checkpoint config ({exc})") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{path}: checkpoint config must be a JSON object")
+        return cls.from_json(data, str(path))

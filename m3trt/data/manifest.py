@@ -1,0 +1,230 @@
+"""The JSONL dataset manifest (DESIGN §3.1): reading with line-numbered errors, and writing.
+
+One line per image: ``{"image", "labels", "tags"?, "split"?}``. ``labels.txt`` beside the manifest
+fixes the label order; without it the order is the sorted set of names seen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from m3trt.errors import ManifestError
+
+SPLITS = ("train", "val", "test")
+LABELS_FILE = "labels.txt"
+MAX_REPORTED = 5
+
+
+def normalise_tag(tag: str) -> str:
+    """Lowercase, strip and collapse inner whitespace, so 'Dog ' and 'dog' are one tag."""
+    return " ".join(tag.lower().split())
+
+
+@dataclass(frozen=True)
+class Record:
+    """One manifest line: ``image`` as written, ``path`` resolved against the manifest."""
+
+    image: str
+    path: Path
+    labels: tuple[str, ...]
+    tags: tuple[str, ...] = ()
+    split: str | None = None
+    line: int = 0
+
+    def to_json(self) -> dict:
+        row: dict = {"image": self.image, "labels": list(self.labels)}
+        if self.tags:
+            row["tags"] = list(self.tags)
+        if self.split:
+            row["split"] = self.split
+        return row
+
+
+@dataclass
+class Manifest:
+    """A parsed manifest: records in file order and the label names in their fixed order."""
+
+    path: Path
+    records: list[Record]
+    label_names: list[str]
+    missing_images: list[Record] = field(default_factory=list)
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def split(self, name: str | None) -> list[Record]:
+        """Records of one split; ``None`` means all records."""
+        if name is None:
+            return list(self.records)
+        return [r for r in self.records if r.split == name]
+
+    def splits(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for r in self.records:
+            key = r.split or "(none)"
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+def _string_list(value: object, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f'"{key}" must be a list of strings')
+    return tuple(value)
+
+
+def parse_line(text: str, root: Path, line: int) -> Record:
+    """Parse one manifest line; raises ValueError with the reason (no file or line in it)."""
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(row, dict):
+        raise ValueError("a line must be a JSON object")
+    image = row.get("image")
+    if not isinstance(image, str) or not image.strip():
+        raise ValueError('missing "image" (a path relative to the manifest)')
+    if "labels" not in row:
+        raise ValueError('missing "labels" (a list of label names, possibly empty)')
+    labels = _string_list(row["labels"], "labels")
+    if any(not name.strip() for name in labels):
+        raise ValueError('"labels" contains an empty name')
+    if len(set(labels)) != len(labels):
+        labels = tuple(dict.fromkeys(labels))
+    tags = _string_list(row.get("tags", []), "tags")
+    tags = tuple(t for t in dict.fromkeys(normalise_tag(t) for t in tags) if t)
+    split = row.get("split")
+    if split is not None and split not in SPLITS:
+        raise ValueError(f'"split" must be one of {", ".join(SPLITS)}, not {split!r}')
+    path = Path(image) if os.path.isabs(image) else root / image
+    return Record(image=image, path=path, labels=labels, tags=tags, split=split, line=line)
+
+
+def read_label_file(path: Path) -> list[str]:
+    """Read ``labels.txt``: one name per line, blank lines ignored, duplicates refused."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: cannot read label file ({exc})") from None
+    names: list[str] = []
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(lines, 1):
+        name = raw.strip()
+        if not name:
+            continue
+        if name in seen:
+            raise ManifestError(
+                f"{path}:{number}: label {name!r} is listed twice (first on line {seen[name]})"
+            )
+        seen[name] = number
+        names.append(name)
+    if not names:
+        raise ManifestError(f"{path}: label file is empty")
+    return names
+
+
+def _summarise(path: Path, problems: list[str], what: str) -> str:
+    head = "; ".join(problems[:MAX_REPORTED])
+    more = len(problems) - MAX_REPORTED
+    tail = f" (and {more} more {what})" if more > 0 else ""
+    return f"{path}: {head}{tail}"
+
+
+def read_manifest(
+    path: str | Path,
+    *,
+    labels_file: str | Path | None = None,
+    check_images: bool = True,
+    allow_missing_images: bool = False,
+) -> Manifest:
+    """Read and validate a manifest; every problem is reported with its line number.
+
+    Bad lines raise ManifestError listing them. Missing image files raise too unless
+    ``allow_missing_images``, in which case they are kept aside in ``missing_images`` (counted,
+    never silently dropped).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ManifestError(f"{path}: manifest not found")
+    if path.is_dir():
+        candidate = path / "manifest.jsonl"
+        if not candidate.is_file():
+            raise ManifestError(f"{path}: is a folder without a manifest.jsonl")
+        path = candidate
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: cannot read manifest ({exc})") from None
+
+    records: list[Record] = []
+    problems: list[str] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(parse_line(line, path.parent, number))
+        except ValueError as exc:
+            problems.append(f"line {number}: {exc}")
+    if problems:
+        raise ManifestError(_summarise(path, problems, "bad lines"))
+    if not records:
+        raise ManifestError(f"{path}: manifest has no records")
+
+    label_path = Path(labels_file) if labels_file else path.parent / LABELS_FILE
+    if labels_file or label_path.is_file():
+        label_names = read_label_file(label_path)
+        known = set(label_names)
+        unknown = [
+            f"line {r.line}: label {name!r} is not in {label_path.name}"
+            for r in records
+            for name in r.labels
+            if name not in known
+        ]
+        if unknown:
+            raise ManifestError(_summarise(path, unknown, "unknown labels"))
+    else:
+        label_names = sorted({name for r in records for name in r.labels})
+        if not label_names:
+            raise ManifestError(f"{path}: no record has any label, so there is nothing to learn")
+
+    missing: list[Record] = []
+    if check_images:
+        missing = [r for r in records if not r.path.is_file()]
+        if missing and not allow_missing_images:
+            problems = [f"line {r.line}: image not found: {r.image}" for r in missing]
+            raise ManifestError(_summarise(path, problems, "missing images"))
+        if missing:
+            gone = {id(r) for r in missing}
+            records = [r for r in records if id(r) not in gone]
+    return Manifest(path=path, records=records, label_names=label_names, missing_images=missing)
+
+
+def write_manifest(
+    path: str | Path,
+    rows: Iterable[Record | dict],
+    label_names: Sequence[str] | None = None,
+) -> Path:
+    """Write a manifest (and ``labels.txt`` when names are given) atomically: a crash never
+    leaves a half-written file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(
+        path,
+        "".join(
+            json.dumps(r.to_json() if isinstance(r, Record) else r, ensure_ascii=False) + "\n"
+            for r in rows
+        ),
+    )
+    if label_names is not None:
+        _atomic_write(path.parent / LABELS_FILE, "".join(f"{n}\n" for n in label_names))
+    return path
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

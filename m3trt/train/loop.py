@@ -1,0 +1,316 @@
+"""Training (DESIGN §2): AdamW with warm-up and a cosine schedule, BCE + lambda * SmoothL1 on the
+label count, a validation pass per epoch, the best checkpoint kept, resumable."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from m3trt import metrics
+from m3trt.config import CheckpointConfig, ModelConfig, Preprocessing
+from m3trt.data.batches import RecordSet
+from m3trt.data.manifest import Manifest, Record, read_manifest
+from m3trt.data.vocab import Vocab, build_tag_vocab
+from m3trt.errors import InputError
+from m3trt.model import M3Net, load_backbone_weights
+from m3trt.progress import SILENT, Reporter
+from m3trt.train.checkpoint import (
+    read_training_state,
+    restore_training_state,
+    save_checkpoint,
+    save_training_state,
+)
+from m3trt.train.predict import predict, preprocess_for
+
+
+@dataclass
+class TrainOptions:
+    backbone: str = "resnet18"
+    image_size: int = 224
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    use_tags: bool = True
+    multi_scale: bool = True
+    quantity_head: bool = True
+    quantity_weight: float = 1.0
+    tag_min_count: int = 2
+    tag_max_size: int = 1000
+    tag_hidden: int = 2048
+    visual_dim: int | None = None
+    val_fraction: float = 0.1
+    warmup_epochs: float = 1.0
+    backbone_weights: str | None = None
+    threads: int | None = None
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    best_epoch: int
+    best_val: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def split_records(
+    manifest: Manifest, val_fraction: float, seed: int
+) -> tuple[list[Record], list[Record], dict[str, int]]:
+    """Labelled train and val records. Records without a split train; without a val split, a
+    seeded ``val_fraction`` of train is held out. Unlabelled images are skipped and counted."""
+    train = [r for r in manifest.records if r.split in (None, "train")]
+    val = manifest.split("val")
+    counts = {
+        "unlabelled_skipped": sum(1 for r in train + val if not r.labels),
+        "missing_images": len(manifest.missing_images),
+    }
+    train = [r for r in train if r.labels]
+    val = [r for r in val if r.labels]
+    if not train:
+        raise InputError(
+            f"{manifest.path}: the training split is empty (no labelled record with split "
+            '"train" or without a split)'
+        )
+    if not val:
+        if len(train) < 10:
+            raise InputError(
+                f"{manifest.path}: only {len(train)} labelled training images and no val split; "
+                'add records with "split": "val" or more training images'
+            )
+        order = np.random.default_rng(seed).permutation(len(train))
+        n_val = max(1, round(len(train) * val_fraction))
+        held = set(order[:n_val].tolist())
+        val = [r for i, r in enumerate(train) if i in held]
+        train = [r for i, r in enumerate(train) if i not in held]
+        counts["val_held_out_from_train"] = len(val)
+    counts |= {"train": len(train), "val": len(val)}
+    return train, val, counts
+
+
+def build_config(
+    manifest: Manifest, train: list[Record], options: TrainOptions
+) -> CheckpointConfig:
+    tag_vocab = (
+        build_tag_vocab(
+            (r.tags for r in train), min_count=options.tag_min_count, max_size=options.tag_max_size
+        )
+        if options.use_tags
+        else []
+    )
+    k_max = max(len(r.labels) for r in train)
+    model = ModelConfig(
+        num_labels=len(manifest.label_names),
+        num_tags=len(tag_vocab),
+        backbone=options.backbone,
+        multi_scale=options.multi_scale,
+        use_tags=options.use_tags and bool(tag_vocab),
+        quantity_head=options.quantity_head,
+        visual_dim=options.visual_dim,
+        tag_hidden=options.tag_hidden,
+        k_max=k_max,
+    )
+    return CheckpointConfig(
+        model=model,
+        preprocessing=Preprocessing(image_size=options.image_size),
+        label_names=list(manifest.label_names),
+        tag_vocab=tag_vocab,
+    )
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    """Linear warm-up, then cosine decay to 1% of the base rate."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def make_optimizer(model: M3Net, options: TrainOptions) -> torch.optim.AdamW:
+    """No weight decay on biases and BatchNorm parameters (1-D tensors)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": options.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=options.lr)
+
+
+def _flip(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    flip = rng.random(len(images)) < 0.5
+    if not flip.any():
+        return images
+    out = images.copy()
+    out[flip] = out[flip, :, ::-1]
+    return out
+
+
+def validate(model: M3Net, config: CheckpointConfig, data: RecordSet) -> dict[str, Any]:
+    scores, q, rows = predict(model, preprocess_for(config), data)
+    y_true = data.labels[rows] > 0
+    k = metrics.decode_quantity(q, config.model.k_max) if q is not None else None
+    return metrics.evaluate(y_true, scores, k=k, q=q)
+
+
+def _manifest_hash(manifest: Manifest) -> str:
+    return hashlib.sha256(manifest.path.read_bytes()).hexdigest()[:16]
+
+
+def train(
+    manifest_path: str | Path,
+    out_dir: str | Path,
+    options: TrainOptions,
+    *,
+    resume: bool = False,
+    reporter: Reporter = SILENT,
+) -> TrainResult:
+    """Train an M3 model on a manifest and keep the best checkpoint (by val mAP) in ``out_dir``."""
+    out_dir = Path(out_dir)
+    manifest = read_manifest(manifest_path)
+    train_records, val_records, counts = split_records(manifest, options.val_fraction, options.seed)
+    start_epoch, history, best = 0, [], {"epoch": 0, "mAP": -1.0, "val": {}}
+    state: dict[str, Any] | None = None
+    if resume:
+        state = read_training_state(out_dir)
+        if state.get("manifest_hash") != _manifest_hash(manifest):
+            raise InputError(f"{out_dir}: was trained on a different manifest; cannot resume")
+        options = TrainOptions(**state["options"])
+        start_epoch, history, best = state["epoch"], state["history"], state["best"]
+    elif (out_dir / "config.json").exists():
+        raise InputError(f"{out_dir}: already holds a checkpoint; use --resume or another -o")
+    train_records, val_records, counts = split_records(manifest, options.val_fraction, options.seed)
+    if state is not None:
+        config = CheckpointConfig.from_json(state["config"], str(out_dir / "last/trainer.json"))
+    else:
+        config = build_config(manifest, train_records, options)
+
+    torch.set_num_threads(options.threads or os.cpu_count() or 1)
+    torch.manual_seed(options.seed)
+    model = M3Net(config.model)
+    optimizer = make_optimizer(model, options)
+    if state is not None:
+        restore_training_state(out_dir, state, model, optimizer)
+        reporter.log(f"resuming after epoch {start_epoch} of {options.epochs}")
+    elif options.backbone_weights:
+        load_backbone_weights(model.backbone, options.backbone_weights)
+
+    labels = Vocab(config.label_names)
+    tags = Vocab(config.tag_vocab)
+    size = config.preprocessing.image_size
+    train_set = RecordSet(train_records, labels, tags, size)
+    val_set = RecordSet(val_records, labels, tags, size)
+    for name, data in (("decode train", train_set), ("decode val", val_set)):
+        if data.cache:
+            with reporter.task(name, len(data)) as bar:
+                data.warm(bar.advance)
+    counts["failed_images"] = len(train_set.failed) + len(val_set.failed)
+    for _record, error in (train_set.failed + val_set.failed)[:5]:
+        reporter.log(f"[yellow]skipped[/] {error}")
+
+    preprocess = preprocess_for(config)
+    steps_per_epoch = max(1, len(train_set) // options.batch_size)
+    total_steps = steps_per_epoch * options.epochs
+    warmup = min(total_steps // 2, round(options.warmup_epochs * steps_per_epoch))
+    train_counts = torch.from_numpy(train_set.counts.astype(np.float32))
+    started = time.time()
+
+    for epoch in range(start_epoch, options.epochs):
+        model.train()
+        rng = np.random.default_rng([options.seed, epoch])
+        order = rng.permutation(len(train_set))
+        sums = {"loss": 0.0, "bce": 0.0, "qty": 0.0}
+        seen, t0 = 0, time.perf_counter()
+        with reporter.task(f"epoch {epoch + 1}/{options.epochs}", len(order)) as bar:
+            for step, batch in enumerate(
+                train_set.batches(options.batch_size, order=order, drop_singleton=True)
+            ):
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(
+                        epoch * steps_per_epoch + step, total_steps, warmup, options.lr
+                    )
+                images = preprocess(torch.from_numpy(_flip(batch.images, rng)))
+                target = torch.from_numpy(batch.labels)
+                logits, q = model(images, torch.from_numpy(batch.tags))
+                bce = F.binary_cross_entropy_with_logits(logits, target)
+                qty = (
+                    F.smooth_l1_loss(q, train_counts[batch.indices])
+                    if q is not None
+                    else torch.zeros(())
+                )
+                loss = bce + options.quantity_weight * qty
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                n = len(batch.indices)
+                seen += n
+                for key, value in (("loss", loss), ("bce", bce), ("qty", qty)):
+                    sums[key] += float(value) * n
+                bar.advance(n, loss=sums["loss"] / seen)
+        rate = seen / max(1e-9, time.perf_counter() - t0)
+        val = validate(model, config, val_set)
+        row = {
+            "epoch": epoch + 1,
+            **{k: v / max(1, seen) for k, v in sums.items()},
+            "images_per_s": rate,
+            "val_mAP": val["mAP"],
+            "val_OF1": val["modes"].get("predicted_k", val["modes"]["top3"])["OF1"],
+        }
+        history.append(row)
+        reporter.log(
+            f"epoch {epoch + 1}: loss {row['loss']:.4f}  val mAP {100 * val['mAP']:.1f}  "
+            f"val OF1 {100 * row['val_OF1']:.1f}  {rate:.0f} img/s"
+        )
+        if val["mAP"] > best["mAP"]:
+            best = {"epoch": epoch + 1, "mAP": val["mAP"], "val": val}
+            config.training = _summary(options, counts, manifest, best, history, started)
+            save_checkpoint(out_dir, model, config)
+        save_training_state(
+            out_dir,
+            model,
+            optimizer,
+            {
+                "epoch": epoch + 1,
+                "history": history,
+                "best": best,
+                "options": dataclasses.asdict(options),
+                "config": config.to_json(),
+                "manifest_hash": _manifest_hash(manifest),
+            },
+        )
+    # Keep the history of every epoch in the best checkpoint's summary.
+    final = CheckpointConfig.load(out_dir / "config.json")
+    final.training = _summary(options, counts, manifest, best, history, started)
+    final.save(out_dir / "config.json")
+    return TrainResult(out_dir, best["epoch"], best["val"], history, counts)
+
+
+def _summary(
+    options: TrainOptions,
+    counts: dict[str, int],
+    manifest: Manifest,
+    best: dict[str, Any],
+    history: list[dict[str, Any]],
+    started: float,
+) -> dict[str, Any]:
+    return {
+        "options": dataclasses.asdict(options),
+        "counts": counts,
+        "manifest": str(manifest.path),
+        "manifest_sha256_16": _manifest_hash(manifest),
+        "best_epoch": best["epoch"],
+        "best_val_mAP": best["mAP"],
+        "history": history,
+        "seconds": round(time.time() - started, 1),
+    }

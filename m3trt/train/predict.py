@@ -1,0 +1,49 @@
+"""Running a PyTorch M3 model over a record set: the scores and quantities that metrics need."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from m3trt.config import CheckpointConfig
+from m3trt.data.batches import RecordSet
+from m3trt.model import M3Net, Preprocess
+
+
+def preprocess_for(config: CheckpointConfig) -> Preprocess:
+    return Preprocess(config.preprocessing.mean, config.preprocessing.std)
+
+
+@torch.inference_mode()
+def predict(
+    model: M3Net,
+    preprocess: Preprocess,
+    data: RecordSet,
+    batch_size: int = 32,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Sigmoid scores [N, C], raw quantities [N] (None without a quantity head) and the row
+    indices of ``data`` they belong to (images that failed to decode are absent)."""
+    was_training = model.training
+    model.eval()
+    scores, quantities, rows = [], [], []
+    try:
+        for batch in data.batches(batch_size):
+            logits, q = model(
+                preprocess(torch.from_numpy(batch.images)), torch.from_numpy(batch.tags)
+            )
+            scores.append(torch.sigmoid(logits).numpy())
+            if q is not None:
+                quantities.append(q.numpy())
+            rows.append(batch.indices)
+            if on_batch:
+                on_batch(len(batch.indices))
+    finally:
+        model.train(was_training)
+    if not scores:
+        c = model.config.num_labels
+        return np.zeros((0, c), np.float32), None, np.zeros(0, np.int64)
+    q_all = np.concatenate(quantities) if quantities else None
+    return np.concatenate(scores), q_all, np.concatenate(rows)
