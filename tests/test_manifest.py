@@ -1,0 +1,143 @@
+"""Manifest reading/writing and vocabularies: line-numbered errors, label order, tag vocab."""
+
+import json
+
+import numpy as np
+import pytest
+
+from m3trt.data.manifest import normalise_tag, read_manifest, write_manifest
+from m3trt.data.vocab import Vocab, build_tag_vocab
+from m3trt.errors import ManifestError
+
+
+def make(tmp_path, lines, labels=None, images=("a.jpg", "b.jpg")):
+    for name in images:
+        (tmp_path / name).write_bytes(b"x")
+    path = tmp_path / "manifest.jsonl"
+    path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
+    if labels is not None:
+        (tmp_path / "labels.txt").write_text("\n".join(labels) + "\n")
+    return path
+
+
+def test_reads_records_tags_and_splits(tmp_path):
+    path = make(
+        tmp_path,
+        [
+            {
+                "image": "a.jpg",
+                "labels": ["dog", "grass"],
+                "tags": [" Puppy ", "PARK", "puppy"],
+                "split": "train",
+            },
+            {"image": "b.jpg", "labels": []},
+        ],
+    )
+    m = read_manifest(path)
+    assert m.label_names == ["dog", "grass"]
+    a, b = m.records
+    assert a.tags == ("puppy", "park") and a.split == "train" and a.path == tmp_path / "a.jpg"
+    assert b.labels == () and b.split is None and b.line == 2
+    assert m.splits() == {"train": 1, "(none)": 1}
+
+
+def test_labels_txt_fixes_order(tmp_path):
+    path = make(tmp_path, [{"image": "a.jpg", "labels": ["dog"]}], labels=["zebra", "dog", "cat"])
+    assert read_manifest(path).label_names == ["zebra", "dog", "cat"]
+
+
+def test_unknown_label_in_labels_txt(tmp_path):
+    path = make(tmp_path, [{"image": "a.jpg", "labels": ["dog", "wolf"]}], labels=["dog"])
+    with pytest.raises(ManifestError, match=r"line 1: label 'wolf' is not in labels.txt"):
+        read_manifest(path)
+
+
+def test_duplicate_label_in_labels_txt(tmp_path):
+    path = make(tmp_path, [{"image": "a.jpg", "labels": ["dog"]}], labels=["dog", "cat", "dog"])
+    with pytest.raises(ManifestError, match=r"labels.txt:3: label 'dog' is listed twice"):
+        read_manifest(path)
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ('{"labels": ["a"]}', 'missing "image"'),
+        ('{"image": "a.jpg"}', 'missing "labels"'),
+        ('{"image": "a.jpg", "labels": "dog"}', '"labels" must be a list of strings'),
+        ('{"image": "a.jpg", "labels": ["a"], "tags": [1]}', '"tags" must be a list of strings'),
+        ('{"image": "a.jpg", "labels": ["a"], "split": "dev"}', '"split" must be one of'),
+    ],
+)
+def test_bad_lines_are_reported_with_their_number(tmp_path, line, reason):
+    path = make(tmp_path, [{"image": "a.jpg", "labels": ["a"]}, line])
+    with pytest.raises(ManifestError) as info:
+        read_manifest(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: line 2: ")
+    assert reason in message
+    assert "\n" not in message
+
+
+def test_many_bad_lines_are_summarised(tmp_path):
+    path = make(tmp_path, ["{bad"] * 9)
+    with pytest.raises(ManifestError) as info:
+        read_manifest(path)
+    message = str(info.value)
+    assert "line 1:" in message and "line 5:" in message and "(and 4 more bad lines)" in message
+
+
+def test_missing_images_are_reported_not_dropped(tmp_path):
+    path = make(
+        tmp_path, [{"image": "a.jpg", "labels": ["x"]}, {"image": "gone.jpg", "labels": ["x"]}]
+    )
+    with pytest.raises(ManifestError, match="line 2: image not found: gone.jpg"):
+        read_manifest(path)
+    m = read_manifest(path, allow_missing_images=True)
+    assert [r.image for r in m.records] == ["a.jpg"]
+    assert [r.image for r in m.missing_images] == ["gone.jpg"]
+
+
+def test_missing_and_empty_manifest(tmp_path):
+    with pytest.raises(ManifestError, match="manifest not found"):
+        read_manifest(tmp_path / "nope.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    with pytest.raises(ManifestError, match="no records"):
+        read_manifest(tmp_path / "empty.jsonl")
+
+
+def test_folder_argument_uses_its_manifest(tmp_path):
+    make(tmp_path, [{"image": "a.jpg", "labels": ["x"]}])
+    assert len(read_manifest(tmp_path).records) == 1
+
+
+def test_write_then_read_round_trip(tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "1.jpg").write_bytes(b"x")
+    rows = [{"image": "img/1.jpg", "labels": ["b", "a"], "tags": ["t"], "split": "val"}]
+    write_manifest(tmp_path / "manifest.jsonl", rows, ["b", "a"])
+    m = read_manifest(tmp_path / "manifest.jsonl")
+    assert m.label_names == ["b", "a"]
+    assert m.records[0].to_json() == rows[0]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_normalise_tag():
+    assert normalise_tag("  New   York ") == "new york"
+
+
+def test_tag_vocab_min_count_max_size_and_ties():
+    lists = [["b", "a", "A "], ["a", "c"], ["b", "c"], ["d"], ["a"]]
+    # counts per image: a=3, b=2, c=2, d=1 ("a" and "A " are one tag in one image)
+    assert build_tag_vocab(lists, min_count=2) == ["a", "b", "c"]
+    assert build_tag_vocab(lists, min_count=1, max_size=2) == ["a", "b"]
+    assert build_tag_vocab(lists, min_count=4) == []
+
+
+def test_vocab_encoding_ignores_unknown_names():
+    vocab = Vocab(["x", "y", "z"])
+    np.testing.assert_array_equal(vocab.encode(["z", "nope", "x"]), [1, 0, 1])
+    np.testing.assert_array_equal(vocab.encode_many([["y"], []]), [[0, 1, 0], [0, 0, 0]])
+    with pytest.raises(ValueError):
+        Vocab(["x", "x"])
