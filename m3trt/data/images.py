@@ -1,0 +1,304 @@
+"""Image decoding shared by training and the runtime: any source in, a square uint8 RGB array out.
+
+Both sides must decode identically (a model sees at run time what it saw in training), and the
+runtime annotates millions of photos, so this module is fast (JPEG DCT scaling, orientation applied
+to the small image) and turns every bad file into one `ImageDecodeError` line naming the file.
+numpy and Pillow only: the runtime never imports torch.
+"""
+
+from __future__ import annotations
+
+import io
+import operator
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, TypeAlias
+
+import numpy as np
+from PIL import ExifTags, Image, UnidentifiedImageError
+
+from m3trt.errors import ImageDecodeError
+
+DEFAULT_MAX_PIXELS = 100_000_000
+"""Decompression-bomb limit (width * height, read from the header before decoding)."""
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+)
+"""Lowercase file extensions accepted when scanning folders."""
+
+PILLOW_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
+"""Formats Pillow may identify. Limiting them keeps untrusted files away from plugins such as EPS,
+which runs Ghostscript; a JPEG named .png still decodes, because Pillow goes by content."""
+
+ImageSource: TypeAlias = (
+    str | os.PathLike | bytes | bytearray | memoryview | IO[bytes] | Image.Image | np.ndarray
+)
+"""A path, raw bytes, a binary file-like object, a PIL image or a uint8 numpy array."""
+
+TRUNCATED = "truncated image file (the file ends before the image data does)"
+_WHITE = (255, 255, 255)
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_WIDE_GREY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+_DRAFT_FORMATS = frozenset({"JPEG", "MPO"})
+# The same table as ImageOps.exif_transpose.
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def load_image(
+    source: ImageSource,
+    size: int,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
+) -> np.ndarray:
+    """Decode `source` into a writable, C-contiguous uint8 array of shape (size, size, 3), RGB.
+
+    The image is squashed to the square, not cropped: in multi-label annotation objects near the
+    edges count. Raises `ImageDecodeError` for a file that cannot be decoded (message starts with
+    the path, or `name`), `ValueError` for a bad `size`/`max_pixels` or a numpy array that is not
+    uint8 (H, W) or (H, W, 3), and `TypeError` for an unsupported source type.
+    """
+    size = _positive_int(size, "size")
+    max_pixels = _positive_int(max_pixels, "max_pixels")
+    where = describe_source(source, name)
+    if isinstance(source, np.ndarray):
+        return _decode(_image_from_array(source), size, where, max_pixels)
+    if isinstance(source, Image.Image):
+        # The caller's image: no draft, which would change their object.
+        return _decode(source, size, where, max_pixels)
+    with _open(source, where) as img:
+        return _decode(img, size, where, max_pixels, draft=True)
+
+
+def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """Return (width, height) as stored in the file's header, without decoding the pixels.
+
+    EXIF orientation is not applied: this is the stored size, as `identify` reports it.
+    """
+    where = describe_source(path, None)
+    with _open(path, where) as img:
+        return img.size
+
+
+def describe_source(source: ImageSource, name: str | None = None) -> str:
+    """Name the source for error messages: `name` if given, else the path or a placeholder."""
+    if name is not None:
+        return name
+    if isinstance(source, str | os.PathLike):
+        return os.fsdecode(source)
+    if isinstance(source, bytes | bytearray | memoryview):
+        return "<bytes>"
+    if isinstance(source, np.ndarray):
+        return "<array>"
+    if isinstance(source, Image.Image):
+        return getattr(source, "filename", "") or "<image>"
+    stream_name = getattr(source, "name", None)
+    return stream_name if isinstance(stream_name, str) else "<stream>"
+
+
+def _positive_int(value: int, what: str) -> int:
+    """Accept any integer type (numpy ints included), refuse bools, floats and values below 1."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be a positive integer, not {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{what} must be a positive integer, not {value!r}") from None
+    if value < 1:
+        raise ValueError(f"{what} must be a positive integer, not {value!r}")
+    return value
+
+
+def _open(source: ImageSource, where: str) -> Image.Image:
+    """Open lazily: Pillow reads the header (format, mode, size), not the pixels."""
+    fp = _as_openable(source)
+    try:
+        with warnings.catch_warnings():
+            # Our exact, per-call max_pixels replaces Pillow's global warning; its hard error
+            # (above 2 * Image.MAX_IMAGE_PIXELS) still fires and is reported by _reason.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(fp, formats=PILLOW_FORMATS)
+    except Exception as exc:
+        raise ImageDecodeError(f"{where}: {_reason(exc, source)}") from exc
+
+
+def _as_openable(source: ImageSource) -> str | os.PathLike | IO[bytes]:
+    """What `Image.open` takes: a path or a binary stream (raw bytes are wrapped)."""
+    if isinstance(source, str | os.PathLike):
+        return source
+    if isinstance(source, bytes | bytearray | memoryview):
+        return io.BytesIO(source)
+    if callable(getattr(source, "read", None)):
+        return source
+    raise TypeError(
+        "image source must be a path, bytes, a binary file object, a PIL image or a numpy "
+        f"array, not {type(source).__name__}"
+    )
+
+
+def _check_pixels(img: Image.Image, where: str, max_pixels: int) -> None:
+    """Refuse empty images and images over `max_pixels`, from the size in the header."""
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise ImageDecodeError(f"{where}: image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            f"{where}: image too large ({width}x{height} = {width * height:,} pixels; "
+            f"the limit is {max_pixels:,} pixels, a guard against decompression bombs)"
+        )
+
+
+def _decode(
+    img: Image.Image, size: int, where: str, max_pixels: int, *, draft: bool = False
+) -> np.ndarray:
+    """Check the size, then decode, convert and resize; Pillow failures become one-line errors."""
+    _check_pixels(img, where, max_pixels)
+    try:
+        if draft and img.format in _DRAFT_FORMATS:
+            # DCT scaling: decode at 1/2, 1/4 or 1/8 scale, never below the requested size.
+            img.draft("RGB", (size, size))
+        img.load()
+        transpose = _orientation(img)
+        rgb = _to_rgb(img)
+        small = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    except Exception as exc:
+        raise ImageDecodeError(f"{where}: {_reason(exc, None)}") from exc
+    if transpose is not None:
+        # Rotating the small square gives the same pixels as rotating the big original first.
+        small = small.transpose(transpose)
+    return np.array(small, dtype=np.uint8, order="C")
+
+
+def _orientation(img: Image.Image) -> Image.Transpose | None:
+    """The transpose that the EXIF orientation tag asks for; None if absent, invalid or broken."""
+    try:
+        return _ORIENTATION.get(img.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:
+        return None  # Broken EXIF must not cost the image: keep it as stored.
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any mode to RGB: alpha over white, wide greys scaled, everything else by Pillow."""
+    mode = img.mode
+    if mode in _WIDE_GREY_MODES:
+        return _wide_grey_to_l(img).convert("RGB")
+    if mode in _ALPHA_MODES or "transparency" in img.info:
+        if mode == "La":  # Pillow converts premultiplied La only to LA.
+            img = img.convert("LA")
+        return _over_white(img.convert("RGBA"))
+    if mode == "RGB":
+        return img
+    return img.convert("RGB")
+
+
+def _over_white(rgba: Image.Image) -> Image.Image:
+    """Composite over white: transparent areas of logos and icons are white, not black."""
+    out = Image.new("RGB", rgba.size, _WHITE)
+    out.paste(rgba, mask=rgba.getchannel("A"))
+    return out
+
+
+def _wide_grey_to_l(img: Image.Image) -> Image.Image:
+    """Map 16-bit, 32-bit and float grey to 8 bits; Pillow's own convert clips them to white."""
+    values = np.asarray(img)
+    if img.mode.startswith("I;16"):
+        scaled = (values.astype(np.uint32) + 128) // 257  # round(v / 257): 65535 -> 255
+    else:
+        lo, hi = _value_range(values, is_float=img.mode == "F")
+        clean = np.nan_to_num(values.astype(np.float64), nan=lo, posinf=hi, neginf=lo)
+        scaled = np.rint(np.clip((clean - lo) * (255.0 / (hi - lo)), 0.0, 255.0))
+    return Image.fromarray(scaled.astype(np.uint8))
+
+
+def _value_range(values: np.ndarray, *, is_float: bool) -> tuple[float, float]:
+    """The range to map onto 0..255: from 0 (or the minimum, if negative) to the smallest of
+    1.0 (floats only), 255 and 65535 that holds the maximum, else the maximum itself.
+
+    A standard range keeps absolute brightness (a 16-bit mid-grey stays mid-grey, a dark
+    photo stays dark); only data beyond 16 bits is stretched by its actual maximum.
+    """
+    finite = values[np.isfinite(values)] if is_float else values
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo = min(0.0, float(finite.min()))
+    peak = float(finite.max())
+    limits = (1.0, 255.0, 65535.0) if is_float else (255.0, 65535.0)
+    hi = next((limit for limit in limits if peak <= limit), peak)
+    return lo, hi
+
+
+def _image_from_array(array: np.ndarray) -> Image.Image:
+    """Wrap a uint8 (H, W) grey or (H, W, 3) RGB array; anything else is the caller's bug."""
+    if array.dtype != np.uint8:
+        raise ValueError(f"image array must have dtype uint8, not {array.dtype}")
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3):
+        return Image.fromarray(array)
+    raise ValueError(f"image array must have shape (H, W) or (H, W, 3), not {tuple(array.shape)}")
+
+
+def _reason(exc: BaseException, source: ImageSource | None) -> str:
+    """One short line saying why Pillow failed, phrased for the person who owns the file."""
+    for kind, reason in _REASONS:
+        if isinstance(exc, kind):
+            return reason(exc, source)
+    if "truncated" in str(exc).lower():
+        return TRUNCATED
+    detail = " ".join(str(exc).split()) or "no details"
+    return f"cannot decode the image ({type(exc).__name__}: {detail})"
+
+
+def _unidentified(_exc: BaseException, source: ImageSource | None) -> str:
+    if _is_empty(source):
+        return "empty file (0 bytes)"
+    formats = ", ".join(PILLOW_FORMATS)
+    return f"not an image (Pillow cannot identify it as one of {formats})"
+
+
+def _too_big_for_pillow(exc: BaseException, _source: ImageSource | None) -> str:
+    detail = " ".join(str(exc).split())
+    return (
+        f"image too large for Pillow's decompression-bomb guard ({detail}); raise "
+        "PIL.Image.MAX_IMAGE_PIXELS as well as max_pixels to accept it"
+    )
+
+
+def _permission(_exc: BaseException, source: ImageSource | None) -> str:
+    # Windows reports a directory opened as a file as PermissionError.
+    if isinstance(source, str | os.PathLike) and Path(source).is_dir():
+        return "is a directory, not an image file"
+    return "permission denied (the file is not readable by this user)"
+
+
+_REASONS: tuple[tuple[type[BaseException], Callable[..., str]], ...] = (
+    (Image.DecompressionBombError, _too_big_for_pillow),
+    (FileNotFoundError, lambda _e, _s: "file not found"),
+    (IsADirectoryError, lambda _e, _s: "is a directory, not an image file"),
+    (PermissionError, _permission),
+    (UnidentifiedImageError, _unidentified),
+    (EOFError, lambda _e, _s: TRUNCATED),
+)
+
+
+def _is_empty(source: ImageSource | None) -> bool:
+    """True if the source holds no bytes at all; only asked after Pillow has failed."""
+    try:
+        if isinstance(source, str | os.PathLike):
+            return os.path.getsize(source) == 0
+        if isinstance(source, bytes | bytearray | memoryview):
+            return len(source) == 0
+        if source is not None and callable(getattr(source, "seek", None)):
+            return source.seek(0, io.SEEK_END) == 0
+    except (OSError, ValueError):
+        pass
+    return False
