@@ -92,7 +92,8 @@ def data_synth(ctx: click.Context, out: Path, n: int, size: int, seed: int) -> N
             summary = generate(out, n=n, size=size, seed=seed, progress=lambda _i: bar.advance())
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    click.echo(f"wrote {summary.manifest} ({summary.n_per_split})")
+    splits = ", ".join(f"{k} {v}" for k, v in summary.splits.items())
+    click.echo(f"wrote {summary.manifest}: {summary.n} images ({splits})")
 
 
 @data.command("import-nuswide")

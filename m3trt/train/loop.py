@@ -256,7 +256,7 @@ def train(
                 n = len(batch.indices)
                 seen += n
                 for key, value in (("loss", loss), ("bce", bce), ("qty", qty)):
-                    sums[key] += float(value) * n
+                    sums[key] += value.item() * n
                 bar.advance(n, loss=sums["loss"] / seen)
         rate = seen / max(1e-9, time.perf_counter() - t0)
         val = validate(model, config, val_set)
