@@ -91,7 +91,7 @@ def data_synth(ctx: click.Context, out: Path, n: int, size: int, seed: int) -> N
         with reporter.task("synth", n) as bar:
             summary = generate(out, n=n, size=size, seed=seed, progress=lambda _i: bar.advance())
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+        raise M3Error(f"{out}: {exc}") from None
     splits = ", ".join(f"{k} {v}" for k, v in summary.splits.items())
     click.echo(f"wrote {summary.manifest}: {summary.n} images ({splits})")
 
@@ -107,7 +107,8 @@ def data_import_nuswide(ctx: click.Context, root: Path, out: Path, images: Path 
     """Write a manifest from the official NUS-WIDE layout under ROOT."""
     from m3trt.data.importers import import_nuswide
 
-    summary = import_nuswide(root, out, image_dir=images)
+    with _reporter(ctx).task("import", None) as bar:
+        summary = import_nuswide(root, out, image_dir=images, progress=lambda _i: bar.advance())
     _print_import(summary)
 
 
@@ -133,16 +134,20 @@ def data_import_coco(
     """Write a manifest from a COCO instances JSON (labels = categories present)."""
     from m3trt.data.importers import import_coco
 
-    summary = import_coco(instances, out, captions_json=captions, image_dir=images, split=split)
+    with _reporter(ctx).task("import", None) as bar:
+        summary = import_coco(
+            instances,
+            out,
+            captions_json=captions,
+            image_dir=images,
+            split=split,
+            progress=lambda _i: bar.advance(),
+        )
     _print_import(summary)
 
 
 def _print_import(summary: Any) -> None:
-    click.echo(
-        f"wrote {summary.manifest}: {summary.n_images} images, {summary.n_labels} labels, "
-        f"{summary.n_tags} tags, {summary.n_missing_images} missing image files, "
-        f"{summary.n_unlabelled} unlabelled"
-    )
+    click.echo(f"wrote {summary.describe()}")
 
 
 # ---------------------------------------------------------------------------------------- train

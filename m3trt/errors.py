@@ -6,7 +6,7 @@ with code 2, without a traceback. Anything else is a failure (exit code 1).
 
 
 class M3Error(Exception):
-    """A problem the user can fix (bad input, bad option); its message names the file and the fix."""
+    """A problem the user can fix; its message names the file, the problem and the fix."""
 
 
 class InputError(M3Error):

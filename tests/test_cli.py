@@ -1,0 +1,125 @@
+"""The command line: one-line errors with exit code 2 for bad input, the eval JSON shape."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from m3trt.cli import main
+
+
+def run(*args):
+    result = CliRunner().invoke(main, ["--quiet", *map(str, args)])
+    return result.exit_code, result.output
+
+
+def one_line_error(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert lines[0].startswith("error: "), output
+    assert "Traceback" not in output
+    return lines[0]
+
+
+def test_missing_manifest(tmp_path):
+    code, out = run("train", tmp_path / "nope.jsonl", "-o", tmp_path / "ckpt")
+    assert code == 2
+    assert "nope.jsonl: manifest not found" in one_line_error(out)
+
+
+def test_bad_line(tmp_path):
+    (tmp_path / "m.jsonl").write_text('{"image": "a.jpg", "labels": ["x"]}\n{oops\n')
+    code, out = run("train", tmp_path / "m.jsonl", "-o", tmp_path / "ckpt")
+    assert code == 2
+    assert "m.jsonl: line 2: not valid JSON" in one_line_error(out)
+
+
+def test_missing_image(tmp_path):
+    (tmp_path / "m.jsonl").write_text('{"image": "gone.jpg", "labels": ["x"]}\n')
+    code, out = run("train", tmp_path / "m.jsonl", "-o", tmp_path / "ckpt")
+    assert code == 2
+    assert "line 1: image not found: gone.jpg" in one_line_error(out)
+
+
+def test_unknown_label_in_labels_txt(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    (tmp_path / "labels.txt").write_text("cat\n")
+    (tmp_path / "m.jsonl").write_text('{"image": "a.jpg", "labels": ["dog"]}\n')
+    code, out = run("train", tmp_path / "m.jsonl", "-o", tmp_path / "ckpt")
+    assert code == 2
+    assert "label 'dog' is not in labels.txt" in one_line_error(out)
+
+
+def test_empty_training_split(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    (tmp_path / "m.jsonl").write_text('{"image": "a.jpg", "labels": ["dog"], "split": "test"}\n')
+    code, out = run("train", tmp_path / "m.jsonl", "-o", tmp_path / "ckpt")
+    assert code == 2
+    assert "training split is empty" in one_line_error(out)
+
+
+def test_eval_on_a_folder_that_is_not_a_checkpoint(tmp_path, tiny_data):
+    code, out = run("eval", tmp_path, tiny_data)
+    assert code == 2
+    assert "config.json: not found" in one_line_error(out)
+
+
+def test_eval_unknown_split(tiny_checkpoint, tiny_data):
+    code, _ = run("eval", tiny_checkpoint[0], tiny_data, "--split", "dev")
+    assert code == 2
+
+
+def test_synth_refuses_too_few_images(tmp_path):
+    code, out = run("data", "synth", tmp_path / "s", "--n", "5")
+    assert code == 2
+    one_line_error(out)
+
+
+def test_eval_json_shape(tmp_path, tiny_checkpoint, tiny_data):
+    target = tmp_path / "eval.json"
+    code, out = run("eval", tiny_checkpoint[0], tiny_data, "--split", "test", "--json", target)
+    assert code == 0, out
+    assert "OF1" in out and "mAP" in out
+    data = json.loads(target.read_text())
+    assert {"n_images", "mAP", "n_classes_without_positives", "quantity", "modes"} <= set(data)
+    assert set(data["quantity"]) >= {"acc", "mae"}
+    for mode in ("predicted_k", "top3", "threshold", "oracle_k"):
+        assert set(data["modes"][mode]) == {"CP", "CR", "CF1", "OP", "OR", "OF1", "mean_class_F1"}
+        assert all(0 <= v <= 1 for v in data["modes"][mode].values())
+
+
+def test_synth_then_train_end_to_end(tmp_path):
+    data = tmp_path / "data"
+    code, out = run("data", "synth", data, "--n", "40", "--size", "40", "--seed", "1")
+    assert code == 0, out
+    code, out = run(
+        "train",
+        data / "manifest.jsonl",
+        "-o",
+        tmp_path / "ckpt",
+        "--image-size",
+        "40",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--tag-hidden",
+        "16",
+        "--visual-dim",
+        "16",
+        "--tag-min-count",
+        "1",
+    )
+    assert code == 0, out
+    assert "best epoch 1" in out
+    assert (tmp_path / "ckpt" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("args", [["--help"], ["data", "--help"], ["--version"]])
+def test_entry_point_runs(args):
+    result = subprocess.run(
+        [sys.executable, "-m", "m3trt.cli", *args], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr

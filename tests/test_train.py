@@ -1,0 +1,117 @@
+"""Training: the loss falls, scores beat chance, checkpoints round-trip, resume continues."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from m3trt.data.manifest import read_manifest
+from m3trt.errors import InputError
+from m3trt.train import loop
+from m3trt.train.checkpoint import load_checkpoint
+from m3trt.train.evaluate import evaluate_checkpoint
+from m3trt.train.loop import TrainOptions, lr_at, train
+
+
+def test_loss_falls_and_scores_beat_chance(tiny_checkpoint, tiny_data):
+    folder, result = tiny_checkpoint
+    losses = [row["loss"] for row in result.history]
+    assert losses[-1] < 0.8 * losses[0]
+    scores = evaluate_checkpoint(folder, tiny_data, split="test")
+    manifest = read_manifest(tiny_data)
+    test = [r for r in manifest.records if r.split == "test"]
+    # A random ranking's expected AP for a class is its positive rate.
+    freq = np.mean([[name in r.labels for name in manifest.label_names] for r in test], axis=0)
+    chance = freq[freq > 0].mean()
+    assert scores["mAP"] > chance + 0.1
+    assert set(scores["modes"]) == {"predicted_k", "top3", "threshold", "oracle_k"}
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tiny_checkpoint):
+    folder, _ = tiny_checkpoint
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "last", "model.safetensors"]
+    model, config = load_checkpoint(folder)
+    again, config2 = load_checkpoint(folder)
+    assert config.to_json() == config2.to_json()
+    images = torch.randn(3, 3, 64, 64)
+    tags = torch.zeros(3, config.model.num_tags)
+    tags[0, :3] = 1
+    with torch.no_grad():
+        a, qa = model(images, tags)
+        b, qb = again(images, tags)
+    assert torch.equal(a, b) and torch.equal(qa, qb)
+    summary = json.loads((folder / "config.json").read_text())["training"]
+    assert summary["best_epoch"] >= 1 and len(summary["history"]) == 8
+    assert config.model.k_max == 5
+    assert config.tag_vocab and config.label_names[0] == "circle"
+
+
+def test_refuses_to_overwrite_a_checkpoint(tiny_checkpoint, tiny_data, tiny_options):
+    folder, _ = tiny_checkpoint
+    with pytest.raises(InputError, match="already holds a checkpoint"):
+        train(tiny_data, folder, tiny_options)
+
+
+def test_resume_continues_where_it_stopped(tmp_path, tiny_data, tiny_options, monkeypatch):
+    options = TrainOptions(**{**tiny_options.__dict__, "epochs": 2})
+    straight = train(tiny_data, tmp_path / "straight", options)
+
+    real_validate = loop.validate
+    calls = {"n": 0}
+
+    def interrupt_after_first_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "validate", interrupt_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_data, tmp_path / "resumed", options)
+    monkeypatch.setattr(loop, "validate", real_validate)
+    resumed = train(tiny_data, tmp_path / "resumed", tiny_options, resume=True)
+
+    assert [row["epoch"] for row in resumed.history] == [1, 2]
+    assert resumed.history[1]["loss"] == pytest.approx(straight.history[1]["loss"], rel=1e-4)
+    a, _ = load_checkpoint(tmp_path / "straight")
+    b, _ = load_checkpoint(tmp_path / "resumed")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-3, msg=name)
+
+
+def test_resume_without_state_is_a_clear_error(tmp_path, tiny_data, tiny_options):
+    with pytest.raises(InputError, match="nothing to resume"):
+        train(tiny_data, tmp_path / "fresh", tiny_options, resume=True)
+
+
+def test_unlabelled_images_are_skipped_and_counted(tmp_path, tiny_data, tiny_options):
+    rows = [json.loads(line) for line in tiny_data.read_text().splitlines()]
+    for row in rows[:7]:
+        row["labels"] = []
+        row["split"] = "train"
+    for row in rows:
+        row["image"] = str(tiny_data.parent / row["image"])
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "labels.txt").write_text((tiny_data.parent / "labels.txt").read_text())
+    options = TrainOptions(**{**tiny_options.__dict__, "epochs": 1})
+    result = train(manifest, tmp_path / "ckpt", options)
+    assert result.counts["unlabelled_skipped"] == 7
+
+
+def test_empty_training_split_is_an_input_error(tmp_path, tiny_data, tiny_options):
+    rows = [json.loads(line) for line in tiny_data.read_text().splitlines()]
+    rows = [dict(r, split="test", image=str(tiny_data.parent / r["image"])) for r in rows]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(InputError, match="training split is empty"):
+        train(manifest, tmp_path / "ckpt", tiny_options)
+
+
+def test_lr_schedule_warms_up_then_decays():
+    lrs = [lr_at(s, 100, 10, 1.0) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
+    assert lrs[-1] == pytest.approx(0.01, abs=1e-3)
