@@ -275,5 +275,196 @@ def eval_cmd(
         _write_json(json_path, result)
 
 
+# ------------------------------------------------------------------------------- export/build
+@main.command("export")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The .onnx file to write.",
+)
+@click.option("--opset", default=18, show_default=True, type=click.IntRange(17, 23))
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the export report (node counts, parity) as JSON.",
+)
+@click.pass_context
+def export_cmd(
+    ctx: click.Context, checkpoint: Path, out: Path, opset: int, json_path: Path | None
+) -> None:
+    """Export CHECKPOINT to one fused, self-describing ONNX graph, verified against PyTorch."""
+    from m3trt.export.onnx_export import export_checkpoint
+
+    report = export_checkpoint(checkpoint, out, opset=opset, reporter=_reporter(ctx))
+    click.echo(report.summary())
+    if json_path:
+        _write_json(json_path, report.to_json())
+
+
+@main.command("calibrate")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="A manifest (its train split is used) or a folder of images.",
+)
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="calibration.json to write (reused by build when it matches).",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["entropy", "percentile", "minmax"]),
+    default="percentile",
+    show_default=True,
+)
+@click.option(
+    "--count",
+    default=256,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Calibration images to use (a seeded sample when there are more).",
+)
+@click.pass_context
+def calibrate_cmd(
+    ctx: click.Context, model: Path, data: Path, out: Path, method: str, count: int
+) -> None:
+    """Compute activation ranges of MODEL.onnx from real images."""
+    from m3trt.calibration.data import MIN_CALIBRATION_IMAGES, load_image_set, require_images
+    from m3trt.calibration.ranges import CalibrationSettings, calibrate
+    from m3trt.runtime.bundle import ModelInfo, sha256_file
+
+    reporter = _reporter(ctx)
+    info = ModelInfo.from_onnx_file(model)
+    kw = dict(
+        image_size=info.image_size,
+        label_names=info.label_names,
+        tag_vocab=info.tag_vocab,
+        count=count,
+    )
+    images = load_image_set(data, splits=["train"], **kw) if data.is_file() else None
+    if images is None or len(images) == 0:
+        images = load_image_set(data, **kw)
+    require_images(images, MIN_CALIBRATION_IMAGES, "calibration")
+    with reporter.task(f"calibrate ({method})", len(images)) as bar:
+        _, hit = calibrate(
+            model,
+            images,
+            CalibrationSettings(method=method),
+            model_sha256=sha256_file(model),
+            cache_path=out,
+            on_batch=bar.advance,
+        )
+    state = "matching ranges already there" if hit else "ranges written"
+    click.echo(f"{out}: {len(images)} images, {method}: {state}")
+
+
+@main.command("build")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Bundle folder to write (NAME.m3).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8", "auto"]),
+    default="auto",
+    show_default=True,
+)
+@click.option(
+    "--target", type=click.Choice(["auto", "cpu", "tensorrt"]), default="auto", show_default=True
+)
+@click.option(
+    "--calib",
+    type=click.Path(exists=True, path_type=Path),
+    help="Calibration images: a manifest or a folder (needed for INT8).",
+)
+@click.option(
+    "--val",
+    type=click.Path(exists=True, path_type=Path),
+    help="Held-out images for the accuracy check (default: the manifest's val split).",
+)
+@click.option("--calib-count", default=256, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--calib-method",
+    type=click.Choice(["entropy", "percentile", "minmax"]),
+    default="percentile",
+    show_default=True,
+)
+@click.option(
+    "--calib-cache",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A calibration.json from `m3trt calibrate`, reused when it matches.",
+)
+@click.option(
+    "--max-of1-drop",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Accuracy budget: O-F1 points INT8 may lose against FP32.",
+)
+@click.option(
+    "--max-disagreement",
+    type=click.FloatRange(0, 100),
+    help="Also limit the %% of images whose label set may change.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
+@click.pass_context
+def build_cmd(ctx: click.Context, source: Path, out: Path, **kw: Any) -> None:
+    """Build an engine bundle from SOURCE (a checkpoint folder or an exported .onnx)."""
+    from m3trt.calibration.guard import AccuracyBudget
+    from m3trt.export.build import BuildOptions, build_bundle
+
+    disagreement = kw["max_disagreement"]
+    options = BuildOptions(
+        precision=kw["precision"],
+        target=kw["target"],
+        calib=kw["calib"],
+        val=kw["val"],
+        calib_count=kw["calib_count"],
+        calib_method=kw["calib_method"],
+        calib_cache=kw["calib_cache"],
+        budget=AccuracyBudget(
+            max_of1_drop=kw["max_of1_drop"] / 100,
+            max_disagreement=None if disagreement is None else disagreement / 100,
+        ),
+        overwrite=kw["overwrite"],
+    )
+    bundle = build_bundle(source, out, options, reporter=_reporter(ctx))
+    latency = bundle.latency
+    click.echo(
+        f"built {bundle.path}: {bundle.target} {bundle.precision}, "
+        f"{latency['engine_ms']:.1f} ms per batch of {latency['batch_size']} "
+        f"({latency['speedup_vs_reference']:.2f}x the FP32 reference)"
+    )
+
+
+@main.command("inspect")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print bundle.json (with the path).")
+@click.option("--no-verify", is_flag=True, help="Skip hashing the artifacts.")
+def inspect_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
+    """Show what is inside a bundle: model, artifacts, provenance, accuracy, latency."""
+    from m3trt.runtime.bundle import load_bundle
+    from m3trt.runtime.inspect_bundle import describe_bundle, inspect_json
+
+    loaded = load_bundle(bundle, verify=not no_verify)
+    if as_json:
+        click.echo(json.dumps(inspect_json(loaded), indent=2))
+    else:
+        click.echo(describe_bundle(loaded))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,0 +1,147 @@
+"""Calibration and validation images, decoded exactly as the runtime decodes them.
+
+DATA is a manifest (its tags are encoded with the model's vocabulary; its labels allow accuracy
+checks) or a folder of images (no tags, no labels). Never random data: too few real images is an
+error that says how many are needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from m3trt.data.images import IMAGE_EXTENSIONS, load_image
+from m3trt.data.manifest import read_manifest
+from m3trt.data.vocab import Vocab
+from m3trt.errors import ImageDecodeError, InputError
+
+MIN_CALIBRATION_IMAGES = 32
+
+
+@dataclass
+class ImageSet:
+    """Decoded images with their tags, optional ground truth and a content hash."""
+
+    images: np.ndarray  # uint8 [N, S, S, 3]
+    tags: np.ndarray  # float32 [N, T]
+    labels: np.ndarray | None  # bool [N, C] when the source had labels
+    paths: list[str]
+    source: str
+    failed: list[str]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def sha256(self) -> str:
+        """Hash of exactly what the network sees: a changed image or tag changes it."""
+        digest = hashlib.sha256()
+        digest.update(np.ascontiguousarray(self.images).tobytes())
+        digest.update(np.ascontiguousarray(self.tags).tobytes())
+        return digest.hexdigest()
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> ImageSet:
+        index = np.asarray(index, dtype=np.int64)
+        return ImageSet(
+            self.images[index],
+            self.tags[index],
+            None if self.labels is None else self.labels[index],
+            [self.paths[i] for i in index],
+            self.source,
+            [],
+        )
+
+    def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(self), batch_size):
+            yield self.images[start : start + batch_size], self.tags[start : start + batch_size]
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Images under ``folder``, recursively, in a deterministic (sorted) order."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        found += [
+            Path(root) / f for f in sorted(files) if Path(f).suffix.lower() in IMAGE_EXTENSIONS
+        ]
+    return found
+
+
+def _decode_all(paths: Sequence[Path], size: int) -> tuple[list[np.ndarray | None], list[str]]:
+    def decode(path: Path) -> np.ndarray | None:
+        try:
+            return load_image(path, size)
+        except ImageDecodeError:
+            return None
+
+    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+        images = list(pool.map(decode, paths))
+    failed = [str(p) for p, im in zip(paths, images, strict=True) if im is None]
+    return images, failed
+
+
+def load_image_set(
+    source: str | Path,
+    *,
+    image_size: int,
+    label_names: Sequence[str],
+    tag_vocab: Sequence[str],
+    count: int | None = None,
+    splits: Sequence[str] | None = None,
+    seed: int = 0,
+) -> ImageSet:
+    """Read up to ``count`` images from a manifest (optionally only some splits) or a folder.
+
+    A seeded, sorted sample is taken when there are more images than ``count``, so the same
+    source and settings always give the same set.
+    """
+    source = Path(source)
+    labels_vocab, tags_vocab = Vocab(label_names), Vocab(tag_vocab)
+    if source.is_dir() and not (source / "manifest.jsonl").is_file():
+        paths = list_images(source)
+        tags_rows: list[tuple[str, ...]] = [()] * len(paths)
+        label_rows: list[tuple[str, ...]] | None = None
+    elif source.exists():
+        manifest = read_manifest(source, allow_missing_images=True)
+        records = [r for r in manifest.records if splits is None or r.split in splits]
+        paths = [r.path for r in records]
+        tags_rows = [r.tags for r in records]
+        label_rows = [r.labels for r in records]
+    else:
+        raise InputError(f"{source}: calibration data not found (give a manifest or a folder)")
+    chosen = np.arange(len(paths))
+    if count is not None and len(paths) > count:
+        chosen = np.sort(np.random.default_rng(seed).choice(len(paths), count, replace=False))
+    paths = [paths[i] for i in chosen]
+    images, failed = _decode_all(paths, image_size)
+    keep = [i for i, im in enumerate(images) if im is not None]
+    shape = (0, image_size, image_size, 3)
+    return ImageSet(
+        images=np.stack([images[i] for i in keep]) if keep else np.zeros(shape, np.uint8),
+        tags=tags_vocab.encode_many(tags_rows[chosen[i]] for i in keep).reshape(
+            len(keep), len(tags_vocab)
+        ),
+        labels=(
+            None
+            if label_rows is None
+            else labels_vocab.encode_many(label_rows[chosen[i]] for i in keep) > 0
+        ),
+        paths=[str(paths[i]) for i in keep],
+        source=str(source),
+        failed=failed,
+    )
+
+
+def require_images(data: ImageSet, needed: int, what: str) -> None:
+    if len(data) < needed:
+        bad = f" ({len(data.failed)} could not be decoded)" if data.failed else ""
+        raise InputError(
+            f"{data.source}: {what} needs at least {needed} real images, found {len(data)}{bad}; "
+            "point it at a folder or manifest with more images"
+        )

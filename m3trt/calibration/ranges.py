@@ -1,0 +1,200 @@
+"""Activation ranges, computed once from real images and cached in ``calibration.json``.
+
+The cache key is the FP32 model's sha256, the calibration images' hash and the settings: the
+ranges are reused only when all three match. The ranges themselves are ONNX Runtime's
+``TensorsData``, stored in its own JSON form inside ours.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from m3trt.calibration.data import ImageSet
+from m3trt.errors import InputError
+
+METHODS = ("entropy", "percentile", "minmax")
+CACHE_FORMAT = 1
+# Ops whose outputs feed quantized ops in our graphs (convs, GEMMs, residual adds, pools).
+CALIBRATED_OPS = ("Conv", "Gemm", "MatMul", "Add", "MaxPool", "GlobalAveragePool", "Relu")
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    method: str = "percentile"
+    percentile: float = 99.999
+    num_bins: int = 2048
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InputError(
+                f"unknown calibration method {self.method!r}: use {', '.join(METHODS)}"
+            )
+
+
+class ImageSetReader:
+    """ONNX Runtime's ``CalibrationDataReader`` protocol over an ``ImageSet``."""
+
+    def __init__(
+        self,
+        data: ImageSet,
+        input_names: list[str],
+        batch_size: int = 8,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.data, self.input_names, self.batch_size = data, input_names, batch_size
+        self.on_batch = on_batch
+        self.rewind()
+
+    def rewind(self) -> None:
+        self._batches = self.data.batches(self.batch_size)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        if batch is None:
+            return None
+        images, tags = batch
+        if self.on_batch:
+            self.on_batch(len(images))
+        feeds = {"image": images, "tags": tags.astype(np.float32)}
+        return {name: feeds[name] for name in self.input_names}
+
+    def __len__(self) -> int:
+        return -(-len(self.data) // self.batch_size)
+
+    def __iter__(self):
+        self.rewind()
+        return iter(self.get_next, None)
+
+
+def _ort_method(settings: CalibrationSettings):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+        "minmax": CalibrationMethod.MinMax,
+    }[settings.method]
+
+
+def _extra_options(settings: CalibrationSettings) -> dict[str, Any]:
+    if settings.method == "percentile":
+        return {"percentile": settings.percentile, "num_bins": settings.num_bins}
+    if settings.method == "entropy":
+        return {"num_bins": settings.num_bins}
+    return {}
+
+
+def model_inputs(model_path: Path) -> list[str]:
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    return [i.name for i in model.graph.input]
+
+
+def collect_ranges(
+    model_path: Path,
+    data: ImageSet,
+    settings: CalibrationSettings,
+    on_batch: Callable[[int], None] | None = None,
+):
+    """Run the FP32 model over the images and compute per-tensor ranges."""
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    with tempfile.TemporaryDirectory(prefix="m3trt-calib-") as tmp:
+        calibrator = create_calibrator(
+            Path(model_path),
+            list(CALIBRATED_OPS),
+            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=_ort_method(settings),
+            providers=["CPUExecutionProvider"],
+            extra_options=_extra_options(settings),
+        )
+        reader = ImageSetReader(data, model_inputs(model_path), settings.batch_size, on_batch)
+        calibrator.collect_data(reader)
+        ranges = calibrator.compute_data()
+        del calibrator
+    return ranges
+
+
+def cache_key(model_sha256: str, data: ImageSet, settings: CalibrationSettings) -> dict[str, Any]:
+    return {
+        "model_sha256": model_sha256,
+        "data_sha256": data.sha256,
+        "n_images": len(data),
+        "settings": asdict(settings),
+    }
+
+
+def _ranges_to_json(ranges) -> dict[str, Any]:
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ranges.json"
+        save_tensors_data(ranges, path)
+        return json.loads(path.read_text())
+
+
+def ranges_from_json(payload: dict[str, Any]):
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ranges.json"
+        path.write_text(json.dumps(payload))
+        return load_tensors_data(path)
+
+
+def save_cache(path: Path, key: dict[str, Any], ranges, data: ImageSet) -> None:
+    document = {
+        "format": CACHE_FORMAT,
+        "key": key,
+        "images": {"source": data.source, "count": len(data), "failed": len(data.failed)},
+        "ranges": _ranges_to_json(ranges),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_cache(path: Path, key: dict[str, Any]):
+    """The cached ranges when ``path`` holds ranges for exactly this key, else None."""
+    if not path.is_file():
+        return None
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: unreadable calibration cache ({exc}); delete it") from None
+    if document.get("format") != CACHE_FORMAT or document.get("key") != key:
+        return None
+    return ranges_from_json(document["ranges"])
+
+
+def calibrate(
+    model_path: Path,
+    data: ImageSet,
+    settings: CalibrationSettings,
+    *,
+    model_sha256: str,
+    cache_path: Path | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[Any, bool]:
+    """Ranges for (model, images, settings): from the cache when it matches, else computed and
+    cached. Returns (ranges, cache_hit)."""
+    key = cache_key(model_sha256, data, settings)
+    if cache_path is not None:
+        cached = load_cache(cache_path, key)
+        if cached is not None:
+            return cached, True
+    ranges = collect_ranges(model_path, data, settings, on_batch)
+    if cache_path is not None:
+        save_cache(cache_path, key, ranges, data)
+    return ranges, False

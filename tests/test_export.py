@@ -1,0 +1,124 @@
+"""Export: one self-describing graph with parity against PyTorch, for every depth and switch."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from m3trt.config import CheckpointConfig, ModelConfig, Preprocessing
+from m3trt.errors import InputError
+from m3trt.export.onnx_export import export_checkpoint
+from m3trt.export.parity import compare
+from m3trt.model import M3Net
+from m3trt.runtime.bundle import ModelInfo
+from m3trt.train.checkpoint import save_checkpoint
+from tests.test_fusion import randomise_batchnorm
+
+LABELS = [f"label{i}" for i in range(7)]
+TAGS = [f"tag{i}" for i in range(12)]
+
+
+def make_checkpoint(folder, **switches):
+    torch.manual_seed(0)
+    model_cfg = ModelConfig(
+        num_labels=len(LABELS),
+        num_tags=len(TAGS) if switches.get("use_tags", True) else 0,
+        tag_hidden=16,
+        visual_dim=16,
+        quantity_hidden=8,
+        k_max=4,
+        **{"backbone": "resnet18", **switches},
+    )
+    model = M3Net(model_cfg)
+    randomise_batchnorm(model)
+    config = CheckpointConfig(
+        model=model_cfg,
+        preprocessing=Preprocessing(image_size=32),
+        label_names=LABELS,
+        tag_vocab=TAGS if model_cfg.num_tags else [],
+    )
+    save_checkpoint(folder, model.eval(), config)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [
+        {"backbone": "resnet18"},
+        {"backbone": "resnet34"},
+        {"backbone": "resnet50"},
+        {"backbone": "resnet101"},
+        {"use_tags": False},
+        {"multi_scale": False},
+        {"use_tags": False, "multi_scale": False},
+        {"quantity_head": False},
+    ],
+    ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()),
+)
+def test_export_parity(tmp_path, switches):
+    ckpt = make_checkpoint(tmp_path / "ckpt", **switches)
+    report = export_checkpoint(ckpt, tmp_path / "model.onnx", parity_images=4)
+    assert report.parity.ok, report.parity.failure
+    assert report.parity.max_score_delta <= 1e-4
+    model = onnx.load(str(tmp_path / "model.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    inputs = {i.name: i for i in model.graph.input}
+    uses_tags = switches.get("use_tags", True)
+    assert list(inputs) == (["image", "tags"] if uses_tags else ["image"])
+    image_type = inputs["image"].type.tensor_type
+    assert image_type.elem_type == onnx.TensorProto.UINT8
+    dims = [d.dim_param or d.dim_value for d in image_type.shape.dim]
+    assert dims[1:] == [32, 32, 3] and isinstance(dims[0], str)  # dynamic batch
+    assert [o.name for o in model.graph.output] == ["scores", "quantity", "k", "topk"]
+    info = ModelInfo.from_onnx_metadata({p.key: p.value for p in model.metadata_props})
+    assert info.label_names == LABELS and info.k_max == 4
+    assert report.fused.batchnorms == 0 and report.unfused.batchnorms > 0
+    assert report.fused.gemms < report.unfused.gemms or not switches.get("quantity_head", True)
+    assert report.fused.nodes < report.unfused.nodes
+
+
+def test_export_refuses_bad_output_name(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ckpt")
+    with pytest.raises(InputError, match=r"must be a \.onnx file"):
+        export_checkpoint(ckpt, tmp_path / "model.bin")
+
+
+def outputs(scores, q, k_max=3):
+    scores = np.asarray(scores, np.float32)
+    q = np.asarray(q, np.float32)
+    k = np.clip(np.floor(q + 0.5), 1, k_max).astype(np.int32)
+    topk = np.argsort(-scores, axis=1, kind="stable")[:, :k_max].astype(np.int32)
+    return [scores, q, k, topk]
+
+
+def test_parity_compare_passes_identical_and_names_the_failing_output():
+    ref = outputs([[0.9, 0.1, 0.5, 0.3]], [2.0])
+    assert compare(ref, ref).ok
+    worse = outputs([[0.9, 0.1, 0.5, 0.3005]], [2.0])
+    report = compare(ref, worse)
+    assert not report.ok and "scores differ by up to" in report.failure
+
+
+def test_parity_compare_excuses_exact_ties_only():
+    ref = outputs([[0.9, 0.5, 0.5, 0.1]], [2.0])
+    swapped = [x.copy() for x in ref]
+    swapped[3][0, :2] = [0, 2]  # the tie at the k-th label resolved the other way
+    report = compare(ref, swapped)
+    assert report.ok and report.excused_ties == 1
+    wrong = [x.copy() for x in outputs([[0.9, 0.6, 0.5, 0.1]], [2.0])]
+    moved = [x.copy() for x in wrong]
+    moved[3][0, :2] = [0, 2]
+    report = compare(wrong, moved)
+    assert not report.ok and "label sets differ" in report.failure
+
+
+def test_parity_compare_k_at_rounding_boundary():
+    ref = outputs([[0.9, 0.6, 0.5, 0.1]], [1.49999])
+    flipped = [x.copy() for x in ref]
+    flipped[2][0] = 2
+    assert compare(ref, flipped).ok  # q sits on the rounding boundary
+    far = outputs([[0.9, 0.6, 0.5, 0.1]], [1.2])
+    flipped = [x.copy() for x in far]
+    flipped[2][0] = 2
+    report = compare(far, flipped)
+    assert not report.ok and "k differs" in report.failure
