@@ -39,3 +39,26 @@ def tiny_checkpoint(tmp_path_factory, tiny_data, tiny_options):
     out = tmp_path_factory.mktemp("ckpt") / "ckpt"
     result = train(tiny_data, out, tiny_options)
     return out, result
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory, tiny_checkpoint):
+    """The trained tiny checkpoint exported to ONNX (FP32 reference graph)."""
+    from m3trt.export.onnx_export import export_checkpoint
+
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export_checkpoint(tiny_checkpoint[0], out, parity_images=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sets(tiny_onnx, tiny_data):
+    """Calibration (train split) and validation (val split) images for the tiny model."""
+    from m3trt.calibration.data import load_image_set
+    from m3trt.runtime.bundle import ModelInfo
+
+    info = ModelInfo.from_onnx_file(tiny_onnx)
+    kw = dict(image_size=info.image_size, label_names=info.label_names, tag_vocab=info.tag_vocab)
+    calib = load_image_set(tiny_data, count=64, splits=["train"], **kw)
+    val = load_image_set(tiny_data, splits=["val"], **kw)
+    return calib, val

@@ -19,7 +19,7 @@ import numpy as np
 
 from m3trt import metrics
 from m3trt.calibration.data import ImageSet
-from m3trt.calibration.qdq import QUANTIZED_OPS, write_qdq
+from m3trt.calibration.qdq import QUANTIZED_OPS, TARGETS, write_qdq
 from m3trt.calibration.ranges import ImageSetReader, model_inputs
 from m3trt.errors import M3Error
 
@@ -91,48 +91,70 @@ def over_budget(report: dict[str, Any], budget: AccuracyBudget) -> list[str]:
     return reasons
 
 
-def producers(model_path: Path) -> dict[str, str]:
-    """Tensor name -> name of the node that produces it."""
+def _graph_links(model_path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """Nodes by name and tensor -> producing node name."""
     import onnx
 
     model = onnx.load(str(model_path))
-    return {out: node.name for node in model.graph.node for out in node.output}
+    nodes = {node.name: node for node in model.graph.node}
+    producer = {out: node.name for node in model.graph.node for out in node.output}
+    return nodes, producer
+
+
+def fake_quant_sqnr(values: np.ndarray, low: float, high: float, symmetric: bool) -> float:
+    """SQNR (dB) of an activation after quantize-dequantize with the given calibrated range, as
+    the target's 8-bit format does it (uint8 asymmetric, or int8 symmetric)."""
+    x = values.astype(np.float64).ravel()
+    low, high = min(float(low), 0.0), max(float(high), 0.0)
+    if symmetric:
+        scale = max(abs(low), abs(high)) / 127.0 or 1e-12
+        q = np.clip(np.round(x / scale), -127, 127) * scale
+    else:
+        scale = (high - low) / 255.0 or 1e-12
+        zero = np.round(-low / scale)
+        q = (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
+    signal, noise = float(np.sum(x * x)), float(np.sum((x - q) ** 2))
+    if noise == 0.0:
+        return float("inf")
+    return 10.0 * np.log10(max(signal, 1e-30) / noise)
 
 
 def sensitivity(
-    fp32_path: Path, qdq_path: Path, data: ImageSet, batch_size: int = 8
+    fp32_path: Path, ranges, data: ImageSet, target: str, batch_size: int = 8
 ) -> list[tuple[str, float]]:
-    """Quantized nodes ranked from most to least sensitive, by the SQNR (dB) between each
-    activation and its quantize-dequantize round trip in the Q/DQ graph (lower = worse)."""
+    """Quantized nodes, most sensitive first: each activation of the FP32 graph is
+    quantize-dequantized with its calibrated range and its SQNR measured (lower = worse).
+
+    A Relu that the quantizer folds into its conv is reported as that conv, so excluding the
+    node really keeps the computation in float.
+    """
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
-        compute_activation_error,
-        create_activation_matching,
         modify_model_output_intermediate_tensors,
     )
 
-    names = model_inputs(fp32_path)
+    nodes, producer = _graph_links(fp32_path)
     with tempfile.TemporaryDirectory(prefix="m3trt-sens-") as tmp:
-        float_aug, qdq_aug = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx"
-        modify_model_output_intermediate_tensors(str(fp32_path), str(float_aug), QUANTIZED_OPS)
-        modify_model_output_intermediate_tensors(str(qdq_path), str(qdq_aug), QUANTIZED_OPS)
-        providers = ["CPUExecutionProvider"]
-        float_acts = collect_activations(
-            str(float_aug), ImageSetReader(data, names, batch_size), execution_providers=providers
+        augmented = Path(tmp) / "float.onnx"
+        modify_model_output_intermediate_tensors(str(fp32_path), str(augmented), QUANTIZED_OPS)
+        activations = collect_activations(
+            str(augmented),
+            ImageSetReader(data, model_inputs(fp32_path), batch_size),
+            execution_providers=["CPUExecutionProvider"],
         )
-        qdq_acts = collect_activations(
-            str(qdq_aug), ImageSetReader(data, names, batch_size), execution_providers=providers
-        )
-    errors = compute_activation_error(create_activation_matching(qdq_acts, float_acts))
-    by_tensor = producers(fp32_path)
-    ranked = []
-    for tensor, err in errors.items():
-        node = by_tensor.get(tensor)
-        value = err.get("qdq_err")
-        if node and value is not None and np.isfinite(value):
-            ranked.append((node, float(value)))
-    ranked.sort(key=lambda item: item[1])
-    return ranked
+    symmetric = TARGETS[target].activation_symmetric
+    ranked: dict[str, float] = {}
+    for tensor, batches in activations.items():
+        name = producer.get(tensor)
+        if name is None or tensor not in ranges:
+            continue
+        low, high = (float(v) for v in np.ravel(ranges[tensor].range_value)[:2])
+        sqnr = fake_quant_sqnr(np.concatenate([b.ravel() for b in batches]), low, high, symmetric)
+        node = nodes[name]
+        if node.op_type == "Relu" and node.input[0] in producer:
+            name = producer[node.input[0]]  # the conv the Relu is fused into
+        ranked[name] = min(sqnr, ranked.get(name, float("inf")))
+    return sorted(ranked.items(), key=lambda item: item[1])
 
 
 @dataclass
@@ -162,6 +184,8 @@ def quantize_with_guard(
 ) -> GuardResult:
     """Quantize, measure against FP32, and keep the most sensitive nodes in float until the
     result fits the budget. Raises M3Error when even the last step does not fit."""
+    if target not in TARGETS:
+        raise M3Error(f"unknown quantization target {target!r}")
     make_session = session_factory or _cpu_session
     reference = run_outputs(make_session(fp32_path), val)
     excluded: list[tuple[str, float]] = []
@@ -171,7 +195,7 @@ def quantize_with_guard(
         if step:
             if ranking is None:
                 sample = val.subset(range(min(SENSITIVITY_IMAGES, len(val))))
-                ranking = sensitivity(fp32_path, out_path, sample)
+                ranking = sensitivity(fp32_path, ranges, sample, target)
             step = min(step, len(ranking))
             if step == len(excluded):
                 break
@@ -205,3 +229,7 @@ def _cpu_session(path: Path):
     options.intra_op_num_threads = os.cpu_count() or 1
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _db(value: float) -> float | None:
+    return round(value, 2) if np.isfinite(value) else None
