@@ -443,10 +443,11 @@ def build_cmd(ctx: click.Context, source: Path, out: Path, **kw: Any) -> None:
     )
     bundle = build_bundle(source, out, options, reporter=_reporter(ctx))
     latency = bundle.latency
+    speed = latency.get("speedup_vs_reference")
+    versus = f" ({speed:.2f}x the FP32 reference)" if speed else ""
     click.echo(
         f"built {bundle.path}: {bundle.target} {bundle.precision}, "
-        f"{latency['engine_ms']:.1f} ms per batch of {latency['batch_size']} "
-        f"({latency['speedup_vs_reference']:.2f}x the FP32 reference)"
+        f"{latency['engine_ms']:.1f} ms per batch of {latency['batch_size']}{versus}"
     )
 
 
