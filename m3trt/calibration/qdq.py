@@ -42,10 +42,12 @@ def write_qdq(
     target: str,
     *,
     nodes_to_exclude: Sequence[str] = (),
+    op_types: Sequence[str] = QUANTIZED_OPS,
 ) -> Path:
     """Quantize ``fp32_path`` with precomputed ``ranges`` into a Q/DQ graph at ``out_path``.
 
-    ``nodes_to_exclude`` stay in float: the accuracy guard's lever.
+    ``nodes_to_exclude`` stay in float: the accuracy guard's lever. ``op_types`` exists for
+    benchmarks that compare quantization scopes.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
@@ -65,7 +67,7 @@ def write_qdq(
             str(out_path),
             calibration_data_reader=None,
             quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(QUANTIZED_OPS),
+            op_types_to_quantize=list(op_types),
             per_channel=True,
             reduce_range=False,
             activation_type=QuantType.QUInt8 if spec.activation_unsigned else QuantType.QInt8,
