@@ -22,7 +22,8 @@ import torch
 
 from m3trt import metrics
 from m3trt.calibration.data import load_image_set
-from m3trt.export.build import BuildOptions, build_bundle, cpu_session
+from m3trt.export.build import BuildOptions, build_bundle
+from m3trt.runtime.sessions import cpu_session
 from m3trt.train.checkpoint import load_checkpoint
 from m3trt.train.predict import preprocess_for
 

@@ -19,8 +19,8 @@ from m3trt.calibration.data import load_image_set
 from m3trt.calibration.guard import compare_outputs, run_outputs
 from m3trt.calibration.qdq import QUANTIZED_OPS, write_qdq
 from m3trt.calibration.ranges import METHODS, CalibrationSettings, calibrate
-from m3trt.export.build import cpu_session
 from m3trt.runtime.bundle import ModelInfo, sha256_file
+from m3trt.runtime.sessions import cpu_session
 
 SCOPES = {"trunk": QUANTIZED_OPS, "trunk+gemm": (*QUANTIZED_OPS, "Gemm", "MatMul")}
 

@@ -17,8 +17,8 @@ from m3trt.calibration.guard import (
 from m3trt.calibration.qdq import write_qdq, zero_points
 from m3trt.calibration.ranges import CalibrationSettings, calibrate
 from m3trt.errors import InputError, M3Error
-from m3trt.export.build import cpu_session
 from m3trt.runtime.bundle import sha256_file
+from m3trt.runtime.sessions import cpu_session
 
 
 @pytest.fixture(scope="module")

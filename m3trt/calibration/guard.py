@@ -8,7 +8,6 @@ in float and the graph is quantized again, keeping more nodes each round until i
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ from m3trt.calibration.data import ImageSet
 from m3trt.calibration.qdq import QUANTIZED_OPS, TARGETS, write_qdq
 from m3trt.calibration.ranges import ImageSetReader, model_inputs
 from m3trt.errors import M3Error
+from m3trt.runtime.sessions import cpu_session
 
 SENSITIVITY_IMAGES = 16
 
@@ -186,7 +186,7 @@ def quantize_with_guard(
     result fits the budget. Raises M3Error when even the last step does not fit."""
     if target not in TARGETS:
         raise M3Error(f"unknown quantization target {target!r}")
-    make_session = session_factory or _cpu_session
+    make_session = session_factory or cpu_session
     reference = run_outputs(make_session(fp32_path), val)
     excluded: list[tuple[str, float]] = []
     ranking: list[tuple[str, float]] | None = None
@@ -220,15 +220,6 @@ def quantize_with_guard(
 def _names(kept: list[dict[str, Any]]) -> str:
     shown = ", ".join(f"{k['node']} ({k['sqnr_db']} dB)" for k in kept[:4])
     return shown + (f" and {len(kept) - 4} more" if len(kept) > 4 else "")
-
-
-def _cpu_session(path: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _db(value: float) -> float | None:

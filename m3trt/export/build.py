@@ -38,6 +38,7 @@ from m3trt.runtime.bundle import (
     software_versions,
     write_bundle,
 )
+from m3trt.runtime.sessions import cpu_session
 
 PRECISIONS = ("fp32", "fp16", "int8", "auto")
 TARGETS = ("auto", "cpu", "tensorrt")
@@ -145,15 +146,6 @@ def load_build_data(
         raise InputError(f"{calib_src}: no held-out images to check accuracy on; pass --val DATA")
     require_images(val, MIN_VALIDATION_IMAGES, "the accuracy check")
     return calib, val
-
-
-def cpu_session(path: Path, threads: int | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def optimize_offline(src: Path, dst: Path) -> Path:

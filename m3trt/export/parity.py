@@ -7,9 +7,7 @@ where the reference itself is undecided: a score tie at the k-th label or a quan
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -18,6 +16,7 @@ import torch
 from m3trt.config import CheckpointConfig
 from m3trt.data.images import load_image
 from m3trt.data.vocab import Vocab
+from m3trt.runtime.sessions import cpu_session
 
 SCORE_ATOL = 1e-4
 
@@ -43,17 +42,6 @@ class ParityReport:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-def onnx_session(model: onnx.ModelProto | str | Path, threads: int | None = None):
-    """A CPU ONNX Runtime session for checks (the runtime has its own engine class)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
-    options.log_severity_level = 3
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def uses_tags(config: CheckpointConfig) -> bool:
@@ -160,5 +148,5 @@ def check_parity(
 ) -> ParityReport:
     images, tags = parity_inputs(config, n_real)
     reference = run_torch(torch_graph, config, images, tags)
-    candidate = run_onnx(onnx_session(onnx_model), config, images, tags)
+    candidate = run_onnx(cpu_session(onnx_model), config, images, tags)
     return compare(reference, candidate, atol)

@@ -74,9 +74,10 @@ def build_tensorrt(reference: Path, info: ModelInfo, options, work: Path, report
     """Build the TensorRT candidates; returns (chosen, provenance, files) like the CPU build."""
     import onnx
 
-    from m3trt.export.build import Candidate, _calibration, choose, cpu_session, load_build_data
+    from m3trt.export.build import Candidate, _calibration, choose, load_build_data
     from m3trt.export.fp16 import convert_to_fp16
     from m3trt.export.tensorrt import batch_profiles, build_plan, require_tensorrt
+    from m3trt.runtime.sessions import cpu_session
 
     require_tensorrt()
     precisions = candidate_precisions(options.precision, options.calib is not None)
