@@ -329,6 +329,10 @@ def build_bundle(
     if out.exists() and not options.overwrite:
         raise InputError(f"{out}: already exists; pass --overwrite to replace it")
     target = resolve_target(options.target, reporter.log)
+    if target == "tensorrt":
+        from m3trt.export.tensorrt import require_tensorrt
+
+        require_tensorrt()  # before a long export, not after it
     if options.calib_cache is None and out.exists():
         previous = out / "calibration.json"
         if previous.is_file():
