@@ -8,6 +8,7 @@ import hashlib
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,57 @@ def _flip(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class Schedule:
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+
+def run_epoch(
+    model: M3Net,
+    optimizer: torch.optim.Optimizer,
+    preprocess: torch.nn.Module,
+    data: RecordSet,
+    epoch: int,
+    schedule: Schedule,
+    options: TrainOptions,
+    advance: Callable[..., None],
+) -> tuple[dict[str, float], int, float]:
+    """One pass over the training set in a seeded order; returns loss sums, images, images/s."""
+    model.train()
+    rng = np.random.default_rng([options.seed, epoch])
+    order = rng.permutation(len(data))
+    counts = torch.from_numpy(data.counts.astype(np.float32))
+    sums = {"loss": 0.0, "bce": 0.0, "qty": 0.0}
+    seen, start = 0, time.perf_counter()
+    for step, batch in enumerate(
+        data.batches(options.batch_size, order=order, drop_singleton=True)
+    ):
+        lr = lr_at(
+            epoch * schedule.steps_per_epoch + step,
+            schedule.total_steps,
+            schedule.warmup_steps,
+            options.lr,
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        images = preprocess(torch.from_numpy(_flip(batch.images, rng)))
+        logits, q = model(images, torch.from_numpy(batch.tags))
+        bce = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(batch.labels))
+        qty = F.smooth_l1_loss(q, counts[batch.indices]) if q is not None else torch.zeros(())
+        loss = bce + options.quantity_weight * qty
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = len(batch.indices)
+        seen += n
+        for key, value in (("loss", loss), ("bce", bce), ("qty", qty)):
+            sums[key] += value.item() * n
+        advance(n, loss=sums["loss"] / seen)
+    return sums, seen, seen / max(1e-9, time.perf_counter() - start)
+
+
 def validate(model: M3Net, config: CheckpointConfig, data: RecordSet) -> dict[str, Any]:
     scores, q, rows = predict(model, preprocess_for(config), data)
     y_true = data.labels[rows] > 0
@@ -179,12 +231,12 @@ def train(
     """Train an M3 model on a manifest and keep the best checkpoint (by val mAP) in ``out_dir``."""
     out_dir = Path(out_dir)
     manifest = read_manifest(manifest_path)
-    train_records, val_records, counts = split_records(manifest, options.val_fraction, options.seed)
+    manifest_hash = _manifest_hash(manifest)
     start_epoch, history, best = 0, [], {"epoch": 0, "mAP": -1.0, "val": {}}
     state: dict[str, Any] | None = None
     if resume:
         state = read_training_state(out_dir)
-        if state.get("manifest_hash") != _manifest_hash(manifest):
+        if state.get("manifest_hash") != manifest_hash:
             raise InputError(f"{out_dir}: was trained on a different manifest; cannot resume")
         options = TrainOptions(**state["options"])
         start_epoch, history, best = state["epoch"], state["history"], state["best"]
@@ -222,43 +274,18 @@ def train(
     preprocess = preprocess_for(config)
     steps_per_epoch = max(1, len(train_set) // options.batch_size)
     total_steps = steps_per_epoch * options.epochs
-    warmup = min(total_steps // 2, round(options.warmup_epochs * steps_per_epoch))
-    train_counts = torch.from_numpy(train_set.counts.astype(np.float32))
+    schedule = Schedule(
+        steps_per_epoch,
+        total_steps,
+        min(total_steps // 2, round(options.warmup_epochs * steps_per_epoch)),
+    )
     started = time.time()
 
     for epoch in range(start_epoch, options.epochs):
-        model.train()
-        rng = np.random.default_rng([options.seed, epoch])
-        order = rng.permutation(len(train_set))
-        sums = {"loss": 0.0, "bce": 0.0, "qty": 0.0}
-        seen, t0 = 0, time.perf_counter()
-        with reporter.task(f"epoch {epoch + 1}/{options.epochs}", len(order)) as bar:
-            for step, batch in enumerate(
-                train_set.batches(options.batch_size, order=order, drop_singleton=True)
-            ):
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(
-                        epoch * steps_per_epoch + step, total_steps, warmup, options.lr
-                    )
-                images = preprocess(torch.from_numpy(_flip(batch.images, rng)))
-                target = torch.from_numpy(batch.labels)
-                logits, q = model(images, torch.from_numpy(batch.tags))
-                bce = F.binary_cross_entropy_with_logits(logits, target)
-                qty = (
-                    F.smooth_l1_loss(q, train_counts[batch.indices])
-                    if q is not None
-                    else torch.zeros(())
-                )
-                loss = bce + options.quantity_weight * qty
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                n = len(batch.indices)
-                seen += n
-                for key, value in (("loss", loss), ("bce", bce), ("qty", qty)):
-                    sums[key] += value.item() * n
-                bar.advance(n, loss=sums["loss"] / seen)
-        rate = seen / max(1e-9, time.perf_counter() - t0)
+        with reporter.task(f"epoch {epoch + 1}/{options.epochs}", len(train_set)) as bar:
+            sums, seen, rate = run_epoch(
+                model, optimizer, preprocess, train_set, epoch, schedule, options, bar.advance
+            )
         val = validate(model, config, val_set)
         row = {
             "epoch": epoch + 1,
@@ -286,7 +313,7 @@ def train(
                 "best": best,
                 "options": dataclasses.asdict(options),
                 "config": config.to_json(),
-                "manifest_hash": _manifest_hash(manifest),
+                "manifest_hash": manifest_hash,
             },
         )
     # Keep the history of every epoch in the best checkpoint's summary.
