@@ -33,6 +33,9 @@ from m3trt.train.checkpoint import load_checkpoint
 from m3trt.train.predict import preprocess_for
 
 BATCHES = (1, 16)
+# Both ONNX Runtime's and OpenMP's pools busy-wait briefly after a call; without a pause the engine
+# timed next shares the cores with them (INT8 ResNet-18 b16: 50 ms alone, 77 ms right after FP32).
+COOL_DOWN_S = 0.2
 
 
 def torch_runner(checkpoint: Path):
@@ -68,6 +71,7 @@ def timings(runners: dict, images: np.ndarray, tags: np.ndarray, rounds: int) ->
     times = {name: [] for name in runners}
     for _ in range(rounds):
         for name, run in runners.items():
+            time.sleep(COOL_DOWN_S)  # let the previous engine's worker threads stop spinning
             start = time.perf_counter()
             run(images, tags)
             times[name].append(time.perf_counter() - start)
