@@ -257,6 +257,11 @@ def eval_cmd(
 
     if split not in ("train", "val", "test", "all"):
         raise click.BadParameter("choose train, val, test or all", param_hint="--split")
+    if (model / "bundle.json").is_file():
+        raise M3Error(
+            f"{model}: is an engine bundle; this m3trt evaluates checkpoints only "
+            "(bundle evaluation is planned): evaluate the checkpoint it was built from"
+        )
     result = evaluate_checkpoint(
         model,
         manifest,
