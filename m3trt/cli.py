@@ -343,7 +343,11 @@ def calibrate_cmd(
     ctx: click.Context, model: Path, data: Path, out: Path, method: str, count: int
 ) -> None:
     """Compute activation ranges of MODEL.onnx from real images."""
-    from m3trt.calibration.data import MIN_CALIBRATION_IMAGES, load_image_set, require_images
+    from m3trt.calibration.data import (
+        MIN_CALIBRATION_IMAGES,
+        load_calibration_images,
+        require_images,
+    )
     from m3trt.calibration.ranges import CalibrationSettings, calibrate
     from m3trt.runtime.bundle import ModelInfo, sha256_file
 
@@ -355,9 +359,7 @@ def calibrate_cmd(
         tag_vocab=info.tag_vocab,
         count=count,
     )
-    images = load_image_set(data, splits=["train"], **kw) if data.is_file() else None
-    if images is None or len(images) == 0:
-        images = load_image_set(data, **kw)
+    images = load_calibration_images(data, **kw)
     require_images(images, MIN_CALIBRATION_IMAGES, "calibration")
     with reporter.task(f"calibrate ({method})", len(images)) as bar:
         _, hit = calibrate(

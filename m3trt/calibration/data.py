@@ -138,6 +138,20 @@ def load_image_set(
     )
 
 
+def is_manifest(source: Path) -> bool:
+    return source.is_file() or (source / "manifest.jsonl").is_file()
+
+
+def load_calibration_images(source: str | Path, *, count: int, **kw) -> ImageSet:
+    """Calibration images: a manifest's train split (all records if it has none), or a folder."""
+    source = Path(source)
+    if is_manifest(source):
+        images = load_image_set(source, count=count, splits=["train"], **kw)
+        if len(images):
+            return images
+    return load_image_set(source, count=count, **kw)
+
+
 def require_images(data: ImageSet, needed: int, what: str) -> None:
     if len(data) < needed:
         bad = f" ({len(data.failed)} could not be decoded)" if data.failed else ""

@@ -205,7 +205,7 @@ def quantize_with_guard(
         reasons = over_budget(report, budget)
         attempts.append({"kept_in_float": len(excluded), "report": report, "over": reasons})
         if not reasons:
-            kept = [{"node": n, "sqnr_db": round(s, 2)} for n, s in excluded]
+            kept = [{"node": n, "sqnr_db": _db(s)} for n, s in excluded]
             if kept:
                 log(f"accuracy guard kept {len(kept)} node(s) in float: {_names(kept)}")
             return GuardResult(out_path, report, kept, attempts)

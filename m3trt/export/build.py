@@ -20,7 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from m3trt.calibration.data import MIN_CALIBRATION_IMAGES, ImageSet, load_image_set, require_images
+from m3trt.calibration.data import (
+    MIN_CALIBRATION_IMAGES,
+    ImageSet,
+    is_manifest,
+    load_calibration_images,
+    load_image_set,
+    require_images,
+)
 from m3trt.calibration.guard import (
     AccuracyBudget,
     compare_outputs,
@@ -101,10 +108,6 @@ def prepare_source(source: Path, work: Path, opset: int, reporter: Reporter) -> 
     return reference
 
 
-def _is_manifest(path: Path) -> bool:
-    return path.is_file() or (path / "manifest.jsonl").is_file()
-
-
 def load_build_data(
     options: BuildOptions, info: ModelInfo, reporter: Reporter
 ) -> tuple[ImageSet, ImageSet]:
@@ -118,10 +121,8 @@ def load_build_data(
     kw = dict(image_size=info.image_size, label_names=info.label_names, tag_vocab=info.tag_vocab)
     calib_src = Path(options.calib)
     with reporter.task("decode calibration", None) as bar:
-        if _is_manifest(calib_src):
-            calib = load_image_set(calib_src, count=options.calib_count, splits=["train"], **kw)
-            if len(calib) == 0:
-                calib = load_image_set(calib_src, count=options.calib_count, **kw)
+        if is_manifest(calib_src):
+            calib = load_calibration_images(calib_src, count=options.calib_count, **kw)
             val = None
             if options.val is None:
                 for split in ("val", "test"):
