@@ -163,6 +163,7 @@ class GuardResult:
     report: dict[str, Any]
     kept_in_float: list[dict[str, Any]] = field(default_factory=list)
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    uint8_input: bool = False  # the image bytes feed the quantized stem conv (uint8_stem)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -191,7 +192,11 @@ def quantize_with_guard(
     excluded: list[tuple[str, float]] = []
     ranking: list[tuple[str, float]] | None = None
     attempts: list[dict[str, Any]] = []
-    for step in (0, *steps):
+    # The uint8 stem (CPU target) is tried first; when over budget it is the first lever, before
+    # any node is kept in float: its cost is visible only as a whole-graph measurement.
+    plan = [(True, 0)] if TARGETS[target].activation_unsigned else []
+    plan += [(False, step) for step in (0, *steps)]
+    for uint8_input, step in plan:
         if step:
             if ranking is None:
                 sample = val.subset(range(min(SENSITIVITY_IMAGES, len(val))))
@@ -200,16 +205,31 @@ def quantize_with_guard(
             if step == len(excluded):
                 break
             excluded = ranking[:step]
-        write_qdq(fp32_path, out_path, ranges, target, nodes_to_exclude=[n for n, _ in excluded])
+        write_qdq(
+            fp32_path,
+            out_path,
+            ranges,
+            target,
+            nodes_to_exclude=[n for n, _ in excluded],
+            uint8_input=uint8_input,
+        )
         report = compare_outputs(reference, run_outputs(make_session(out_path), val), val.labels)
         reasons = over_budget(report, budget)
-        attempts.append({"kept_in_float": len(excluded), "report": report, "over": reasons})
+        attempts.append(
+            {
+                "uint8_input": uint8_input,
+                "kept_in_float": len(excluded),
+                "report": report,
+                "over": reasons,
+            }
+        )
         if not reasons:
             kept = [{"node": n, "sqnr_db": _db(s)} for n, s in excluded]
             if kept:
                 log(f"accuracy guard kept {len(kept)} node(s) in float: {_names(kept)}")
-            return GuardResult(out_path, report, kept, attempts)
-        log(f"accuracy guard: {'; '.join(reasons)} with {len(excluded)} node(s) in float")
+            return GuardResult(out_path, report, kept, attempts, uint8_input)
+        what = "the uint8 stem" if uint8_input else f"{len(excluded)} node(s) in float"
+        log(f"accuracy guard: {'; '.join(reasons)} with {what}")
     raise M3Error(
         f"INT8 ({target}) stays over the accuracy budget even with {len(excluded)} nodes in "
         f"float ({'; '.join(attempts[-1]['over'])}); use --precision fp32 or more calibration "

@@ -296,6 +296,7 @@ def _build_cpu(
     if chosen.guard is not None:
         provenance["accuracy_guard"] = {
             "kept_in_float": chosen.guard["kept_in_float"],
+            "uint8_input": chosen.guard["uint8_input"],
             "attempts": len(chosen.guard["attempts"]),
         }
     if chosen.precision != "int8":

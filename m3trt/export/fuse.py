@@ -31,6 +31,15 @@ def fold_bn(layer: nn.Conv2d | nn.Linear, bn: nn.BatchNorm1d | nn.BatchNorm2d) -
     return fused
 
 
+@torch.no_grad()
+def fold_input_scale(conv: nn.Conv2d, scale: torch.Tensor) -> None:
+    """Fold a per-input-channel scale into ``conv`` in place: conv(x * s) == conv'(x).
+
+    Exact with zero padding, because a padded zero scales to zero.
+    """
+    conv.weight.mul_(scale.view(1, -1, 1, 1))
+
+
 def _fold_named_pairs(module: nn.Module) -> int:
     """ResNet stems and blocks name their pairs ``conv{i}``/``bn{i}``."""
     folded = 0

@@ -7,12 +7,29 @@ import torch
 from torch import nn
 
 from m3trt.config import CheckpointConfig
-from m3trt.export.fuse import FusedM3
+from m3trt.export.fuse import FusedM3, fold_input_scale
 from m3trt.model import M3Net, Preprocess
 
 INPUT_NAMES = ("image", "tags")
 OUTPUT_NAMES = ("scores", "quantity", "k", "topk")
 FALLBACK_K = 3  # labels per image for a model trained without the quantity head
+
+
+class CenterPixels(nn.Module):
+    """uint8 NHWC -> float NCHW minus 255 * mean: what is left of the preprocessing once the
+    1/(255 * std) scale lives in the stem conv.
+
+    The mean is subtracted before the conv so its zero padding still means "the mean colour",
+    exactly as in training. Transposing the uint8 tensor first moves 4x fewer bytes.
+    """
+
+    def __init__(self, mean: tuple[float, ...]) -> None:
+        super().__init__()
+        shift = torch.tensor([255.0 * m for m in mean]).view(1, 3, 1, 1)
+        self.register_buffer("shift", shift, persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.permute(0, 3, 1, 2).to(torch.float32) - self.shift
 
 
 class AnnotationGraph(nn.Module):
@@ -22,10 +39,12 @@ class AnnotationGraph(nn.Module):
     k is the constant min(3, K_max) and ``quantity`` reports it.
     """
 
-    def __init__(self, model: M3Net | FusedM3, config: CheckpointConfig) -> None:
+    def __init__(
+        self, model: M3Net | FusedM3, config: CheckpointConfig, preprocess: nn.Module | None = None
+    ) -> None:
         super().__init__()
         pre = config.preprocessing
-        self.preprocess = Preprocess(pre.mean, pre.std)
+        self.preprocess = preprocess if preprocess is not None else Preprocess(pre.mean, pre.std)
         self.model = model
         self.k_max = config.model.k_max
         self.uses_tags = config.model.use_tags and config.model.num_tags > 0
@@ -41,8 +60,15 @@ class AnnotationGraph(nn.Module):
 
 
 def build_graph(model: M3Net, config: CheckpointConfig, *, fused: bool) -> AnnotationGraph:
-    body: M3Net | FusedM3 = FusedM3(model) if fused else model.eval()
-    return AnnotationGraph(body, config).eval()
+    """The export graph; ``fused`` also folds the input scale into the stem conv (one Mul fewer
+    over every pixel: 8% of the INT8 ResNet-18's time before this fold)."""
+    if not fused:
+        return AnnotationGraph(model.eval(), config).eval()
+    body = FusedM3(model)
+    pre = config.preprocessing
+    scale = torch.tensor([1.0 / (255.0 * s) for s in pre.std])
+    fold_input_scale(body.body.backbone.conv1, scale)
+    return AnnotationGraph(body, config, CenterPixels(pre.mean)).eval()
 
 
 def example_inputs(config: CheckpointConfig, batch: int = 2) -> tuple[torch.Tensor, ...]:
