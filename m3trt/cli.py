@@ -474,5 +474,113 @@ def inspect_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
         click.echo(describe_bundle(loaded))
 
 
+@main.command("infer")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Results file (JSONL; .csv or --format csv for CSV).",
+)
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), help="Results format.")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024))
+@click.option(
+    "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
+)
+@click.option("--workers", type=click.IntRange(1, 64), help="Decoding threads [default: cores].")
+@click.option("--threads", type=click.IntRange(1, 256), help="Engine threads [default: cores].")
+@click.option("--ext", help="Extensions to look for in folders, e.g. jpg,png [default: all].")
+@click.option(
+    "--tags",
+    "tag_kind",
+    default="none",
+    show_default=True,
+    type=click.Choice(["none", "xmp", "sidecar", "manifest"]),
+    help="User tags per image: embedded XMP/IPTC keywords, IMAGE.tags files, or a JSONL file.",
+)
+@click.option(
+    "--tags-manifest",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSONL with {path, tags} per image (implies --tags manifest).",
+)
+@click.option("--threshold", type=click.FloatRange(0, 1), help="Keep labels scoring at least X.")
+@click.option(
+    "--top-k", type=click.IntRange(1), help="Keep the N best labels (with --threshold: at most N)."
+)
+@click.option("--max-pixels", default=100_000_000, show_default=True, type=click.IntRange(1))
+@click.option("--write-xmp", is_flag=True, help="Write IMAGE.xmp sidecars (labels as keywords).")
+@click.option("--write-txt", is_flag=True, help="Write IMAGE.txt with comma-separated labels.")
+@click.option("--overwrite", is_flag=True, help="Replace existing sidecars and results files.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run into the same -o.")
+@click.option("--strict", is_flag=True, help="Exit 1 if any file failed.")
+@click.option(
+    "--report", type=click.Path(dir_okay=False, path_type=Path), help="HTML contact sheet."
+)
+@click.option("--report-limit", default=1000, show_default=True, type=click.IntRange(1))
+@click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+def infer_cmd(ctx: click.Context, bundle: Path, paths: tuple[Path, ...], **kw: Any) -> None:
+    """Annotate every image in PATHS (files or folders, recursively) with BUNDLE."""
+    from m3trt.runtime.annotator import Annotator
+    from m3trt.runtime.pipeline import InferOptions, run_folder
+    from m3trt.runtime.walk import parse_extensions
+
+    reporter = _reporter(ctx)
+    tag_kind = "manifest" if kw["tags_manifest"] and kw["tag_kind"] == "none" else kw["tag_kind"]
+    options = InferOptions(
+        output=kw["output"],
+        fmt=kw["fmt"],
+        batch_size=kw["batch_size"],
+        workers=kw["workers"],
+        extensions=parse_extensions(kw["ext"]),
+        tags=tag_kind,
+        tags_manifest=kw["tags_manifest"],
+        max_pixels=kw["max_pixels"],
+        write_xmp=kw["write_xmp"],
+        write_txt=kw["write_txt"],
+        overwrite=kw["overwrite"],
+        resume=kw["resume"],
+        report=kw["report"],
+        report_limit=kw["report_limit"],
+    )
+    annotator = Annotator.load(
+        bundle,
+        device=kw["device"],
+        threads=kw["threads"],
+        threshold=kw["threshold"],
+        top_k=kw["top_k"],
+    )
+    reporter.log(annotator.description)
+    summary = run_folder(annotator, paths, options, reporter)
+    if kw["summary_json"]:
+        _write_json(kw["summary_json"], summary.to_json())
+    click.echo(_infer_line(summary), err=True)
+    if summary.interrupted:
+        click.echo("interrupted: continue with the same command plus --resume", err=True)
+        ctx.exit(130)
+    if summary.annotated == 0 and (summary.failed or not summary.skipped):
+        click.echo("error: no image could be annotated", err=True)
+        ctx.exit(EXIT_FAILURE)
+    if kw["strict"] and summary.failed:
+        ctx.exit(EXIT_FAILURE)
+
+
+def _infer_line(summary: Any) -> str:
+    parts = [
+        f"annotated {summary.annotated}",
+        f"failed {summary.failed}",
+        f"skipped {summary.skipped} (already done)",
+    ]
+    line = ", ".join(parts) + f" in {summary.elapsed_s:.1f} s ({summary.images_per_s:.1f} img/s)"
+    line += f" -> {summary.output}"
+    if summary.failed:
+        line += f"; errors in {summary.errors_file}"
+    if summary.sidecars_kept:
+        line += f"; {summary.sidecars_kept} existing sidecars kept (use --overwrite to replace)"
+    return line
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -62,3 +62,34 @@ def tiny_sets(tiny_onnx, tiny_data):
     calib = load_image_set(tiny_data, count=64, splits=["train"], **kw)
     val = load_image_set(tiny_data, splits=["val"], **kw)
     return calib, val
+
+
+@pytest.fixture(scope="session")
+def int8_bundle(tmp_path_factory, tiny_onnx, tiny_data):
+    """A CPU INT8 bundle of the tiny model, built through the CLI."""
+    from click.testing import CliRunner
+
+    from m3trt.cli import main
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny.m3"
+    args = ["--quiet", "build", str(tiny_onnx), "-o", str(out), "--precision", "int8"]
+    args += ["--target", "cpu", "--calib", str(tiny_data), "--calib-count", "64"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def test_images(tmp_path_factory, tiny_data):
+    """The tiny set's test split as a folder tree of JPEGs and PNGs (with a subfolder)."""
+    import shutil
+
+    from m3trt.data.manifest import read_manifest
+
+    out = tmp_path_factory.mktemp("photos")
+    records = read_manifest(tiny_data).split("test")[:24]
+    for i, record in enumerate(records):
+        folder = out / ("sub" if i % 3 == 0 else "")
+        folder.mkdir(exist_ok=True)
+        shutil.copyfile(record.path, folder / record.path.name)
+    return out

@@ -15,27 +15,6 @@ def run(*args):
     return result.exit_code, result.output
 
 
-@pytest.fixture(scope="module")
-def int8_bundle(tmp_path_factory, tiny_onnx, tiny_data):
-    out = tmp_path_factory.mktemp("bundles") / "tiny.m3"
-    code, output = run(
-        "build",
-        tiny_onnx,
-        "-o",
-        out,
-        "--precision",
-        "int8",
-        "--target",
-        "cpu",
-        "--calib",
-        tiny_data,
-        "--calib-count",
-        "64",
-    )
-    assert code == 0, output
-    return out
-
-
 def test_int8_cpu_bundle(int8_bundle):
     bundle = load_bundle(int8_bundle)
     assert (bundle.target, bundle.precision) == ("cpu", "int8")

@@ -1,0 +1,180 @@
+"""The Python API: ``Annotator.load(bundle).annotate(images, tags)``; the CLI is built on it.
+
+The graph already returns the annotation (``topk[:k]``, DESIGN §3.3); this module turns images of
+any kind into the graph's uint8 input, tag words into the multi-hot vector, and the outputs into
+labels, optionally re-cut by a score threshold or a fixed top-k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from m3trt.data.images import ImageSource, load_image
+from m3trt.data.manifest import normalise_tag
+from m3trt.data.vocab import Vocab
+from m3trt.errors import M3Error
+from m3trt.runtime.bundle import Bundle, load_bundle
+from m3trt.runtime.engines import DeviceChoice, Engine, describe, open_engine
+
+DEFAULT_BATCH = 16
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """One image's annotation: labels in score order, their scores, the predicted k and q."""
+
+    labels: list[str]
+    scores: list[float]
+    k: int
+    quantity: float
+
+    def to_json(self, path: str | None = None) -> dict[str, Any]:
+        head = {"path": path} if path is not None else {}
+        return {
+            **head,
+            "labels": self.labels,
+            "scores": [round(s, 6) for s in self.scores],
+            "k": self.k,
+            "quantity": round(self.quantity, 6),
+        }
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How labels are cut: the predicted k (default), a score threshold, a fixed top-k, or a
+    threshold capped at top-k."""
+
+    threshold: float | None = None
+    top_k: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise M3Error(f"--threshold must be between 0 and 1, not {self.threshold}")
+        if self.top_k is not None and self.top_k < 1:
+            raise M3Error(f"--top-k must be at least 1, not {self.top_k}")
+
+    def cut(self, scores: np.ndarray, topk: np.ndarray, k: int) -> np.ndarray:
+        """Label indices for one image, by descending score."""
+        if self.threshold is None and self.top_k is None:
+            return topk[:k]
+        limit = self.top_k if self.top_k is not None else scores.size
+        order = topk if limit <= topk.size and self.threshold is None else _by_score(scores)
+        chosen = order[:limit]
+        if self.threshold is not None:
+            chosen = chosen[scores[chosen] >= self.threshold]
+        return chosen
+
+
+def _by_score(scores: np.ndarray) -> np.ndarray:
+    return np.argsort(-scores, kind="stable")
+
+
+class Annotator:
+    """An engine plus the bundle's metadata: images and tag words in, annotations out."""
+
+    def __init__(
+        self, bundle: Bundle, engine: Engine, choice: DeviceChoice, decoding: Decoding
+    ) -> None:
+        self.bundle = bundle
+        self.engine = engine
+        self.choice = choice
+        self.decoding = decoding
+        self.info = bundle.model
+        self.labels = np.array(self.info.label_names, dtype=object)
+        self.tag_vocab = Vocab(self.info.tag_vocab)
+        self.uses_tags = any(spec.name == "tags" for spec in engine.inputs)
+
+    @classmethod
+    def load(
+        cls,
+        bundle: str | Path | Bundle,
+        *,
+        device: str = "auto",
+        threads: int | None = None,
+        threshold: float | None = None,
+        top_k: int | None = None,
+        verify: bool = True,
+    ) -> Annotator:
+        """Load and verify a ``NAME.m3`` bundle and open its engine on ``device``."""
+        decoding = Decoding(threshold, top_k)
+        if not isinstance(bundle, Bundle):
+            bundle = load_bundle(bundle, verify=verify)
+        engine, choice = open_engine(bundle, device, threads=threads)
+        return cls(bundle, engine, choice, decoding)
+
+    @property
+    def image_size(self) -> int:
+        return self.info.image_size
+
+    @property
+    def description(self) -> str:
+        return describe(self.engine, self.choice)
+
+    def prepare(self, image: ImageSource, name: str | None = None) -> np.ndarray:
+        """Any image source -> the graph's uint8 [S, S, 3] input, decoded as in training."""
+        return load_image(image, self.image_size, name=name)
+
+    def encode_tags(self, rows: Sequence[Sequence[str]]) -> np.ndarray:
+        """Tag words -> multi-hot [B, T]; words outside the vocabulary are ignored."""
+        return self.tag_vocab.encode_many([normalise_tag(t) for t in row] for row in rows)
+
+    def run(self, images: np.ndarray, tags: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """One batch through the engine: uint8 [B, S, S, 3] (+ multi-hot [B, T])."""
+        feeds = {"image": np.ascontiguousarray(images, dtype=np.uint8)}
+        if self.uses_tags:
+            if tags is None:
+                tags = np.zeros((len(images), self.info.num_tags), np.float32)
+            feeds["tags"] = np.ascontiguousarray(tags, dtype=np.float32)
+        return self.engine.run(feeds)
+
+    def decode(self, outputs: dict[str, np.ndarray]) -> list[Annotation]:
+        scores, topk = outputs["scores"], outputs["topk"]
+        ks, quantity = outputs["k"], outputs["quantity"]
+        result = []
+        for b in range(len(scores)):
+            index = self.decoding.cut(scores[b], topk[b], int(ks[b]))
+            result.append(
+                Annotation(
+                    [str(x) for x in self.labels[index]],
+                    [float(x) for x in scores[b][index]],
+                    int(ks[b]),
+                    float(quantity[b]),
+                )
+            )
+        return result
+
+    def annotate(
+        self,
+        images: ImageSource | Sequence[ImageSource],
+        tags: Sequence[Sequence[str]] | None = None,
+        *,
+        batch_size: int = DEFAULT_BATCH,
+    ) -> list[Annotation]:
+        """Annotate paths, PIL images or uint8 arrays (one or a list); ``tags``: words per image."""
+        items = _as_list(images)
+        if tags is not None and len(tags) != len(items):
+            raise M3Error(f"got {len(items)} images but {len(tags)} tag lists")
+        result: list[Annotation] = []
+        for start, stop in _batches(len(items), batch_size):
+            batch = np.stack([self.prepare(x) for x in items[start:stop]])
+            multi_hot = self.encode_tags(tags[start:stop]) if tags is not None else None
+            result.extend(self.decode(self.run(batch, multi_hot)))
+        return result
+
+
+def _as_list(images: Any) -> list[Any]:
+    if isinstance(images, str | Path | bytes) or not isinstance(images, Sequence):
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            return list(images)
+        return [images]
+    return list(images)
+
+
+def _batches(n: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, n, max(1, size)):
+        yield start, min(n, start + size)

@@ -1,0 +1,278 @@
+"""Where `m3trt infer` gets each image's noisy user tags: embedded metadata, sidecars, a manifest.
+
+Every source returns tags already passed through `normalise_tag`, without empty strings or
+duplicates, in first-seen order, so the caller can map them onto the vocabulary directly.
+Metadata inside images is untrusted: reads are capped, bad metadata is ignored rather than fatal,
+and XMP packets that declare a DOCTYPE or entities are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from m3trt.data.manifest import normalise_tag
+from m3trt.errors import InputError, ManifestError
+
+TAG_SOURCES = ("none", "xmp", "sidecar", "manifest")
+SIDECAR_SUFFIX = ".tags"
+
+MAX_HEAD_BYTES = 4 << 20  # XMP/IPTC normally sit near the start of the file
+MAX_TAIL_BYTES = 1 << 20  # ...but PNG and TIFF may put them after the pixel data
+MAX_PACKET_BYTES = 1 << 20
+MAX_PACKETS_TRIED = 8  # a hostile file full of start markers must not cost minutes
+
+_RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
+_DC_SUBJECT = "{http://purl.org/dc/elements/1.1/}subject"
+_PACKET_MARKERS = ((b"<x:xmpmeta", b"</x:xmpmeta>"), (b"<rdf:RDF", b"</rdf:RDF>"))
+_UNSAFE_DECL = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+_SIDECAR_SEPARATORS = re.compile(r"[,\n]")
+
+IPTC_KEYWORDS = (2, 25)
+
+
+def clean_tags(tags: Iterable[str]) -> list[str]:
+    """Normalise, drop empties and duplicates (first seen wins) so every source agrees."""
+    return [t for t in dict.fromkeys(normalise_tag(t) for t in tags) if t]
+
+
+# --- XMP -----------------------------------------------------------------------------------------
+
+
+def parse_xmp_subjects(packet: bytes) -> list[str]:
+    """The ``dc:subject`` items of one XMP document, raw and in document order.
+
+    Raises ValueError for malformed XML, an oversized packet, a non-UTF-8 (NUL-containing) packet
+    or a DOCTYPE/ENTITY declaration: refusing those keeps entity-expansion attacks out.
+    """
+    if len(packet) > MAX_PACKET_BYTES:
+        raise ValueError(f"XMP packet is larger than {MAX_PACKET_BYTES} bytes")
+    if b"\x00" in packet:
+        raise ValueError("XMP packet is not UTF-8")
+    if _UNSAFE_DECL.search(packet):
+        raise ValueError("XMP packet declares a DOCTYPE or ENTITY")
+    try:
+        root = ET.fromstring(packet)
+    except ET.ParseError as exc:
+        raise ValueError(f"malformed XMP ({exc})") from None
+    return [
+        _li_text(item)
+        for subject in root.iter(_DC_SUBJECT)
+        for array in subject  # rdf:Bag, or rdf:Seq / rdf:Alt from lenient writers
+        for item in array
+        if item.tag == f"{_RDF}li"
+    ]
+
+
+def _li_text(item: ET.Element) -> str:
+    """An array item's value; qualified items keep it in an ``rdf:value`` child."""
+    value = item.find(f"{_RDF}value")
+    return (value.text if value is not None else item.text) or ""
+
+
+def _find_packets(data: bytes) -> Iterator[bytes]:
+    """Candidate XMP packets in raw file bytes, whatever container wraps them."""
+    tried = 0
+    for start_tag, end_tag in _PACKET_MARKERS:
+        start = data.find(start_tag)
+        while start != -1 and tried < MAX_PACKETS_TRIED:
+            tried += 1
+            end = data.find(end_tag, start, start + MAX_PACKET_BYTES)
+            if end != -1:
+                yield data[start : end + len(end_tag)]
+            start = data.find(start_tag, start + 1)
+
+
+def _first_subjects(packets: Iterable[bytes]) -> list[str]:
+    """Subjects of the first packet that parses; bad packets are skipped, never fatal."""
+    for packet in packets:
+        try:
+            return parse_xmp_subjects(packet)
+        except ValueError:
+            continue
+    return []
+
+
+# --- embedded metadata ---------------------------------------------------------------------------
+
+
+def _read_bounded(path: Path) -> list[bytes]:
+    """The file's head and (if larger) its tail: all we ever scan, so memory stays bounded."""
+    try:
+        with path.open("rb") as f:
+            chunks = [f.read(MAX_HEAD_BYTES)]
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_HEAD_BYTES:
+                f.seek(max(MAX_HEAD_BYTES, size - MAX_TAIL_BYTES))
+                chunks.append(f.read(MAX_TAIL_BYTES))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read image ({exc.strerror or exc})") from None
+    return chunks
+
+
+def _decode_iptc(value: bytes) -> str:
+    """IPTC has no reliable charset marker in practice: UTF-8 first, latin-1 never fails."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
+
+
+def _pillow_metadata(path: Path) -> tuple[list[str], bytes | None]:
+    """IPTC keywords and Pillow's own XMP copy (it inflates compressed PNG iTXt); no pixels."""
+    from PIL import Image, IptcImagePlugin
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                iptc = IptcImagePlugin.getiptcinfo(im) or {}
+                xmp = im.info.get("xmp")
+    except Exception:  # metadata is best effort: any parser failure means "no metadata"
+        return [], None
+    raw = iptc.get(IPTC_KEYWORDS, [])
+    values = raw if isinstance(raw, list) else [raw]
+    keywords = [_decode_iptc(v) for v in values if isinstance(v, bytes)]
+    if isinstance(xmp, str):
+        xmp = xmp.encode("utf-8")
+    return keywords, xmp if isinstance(xmp, bytes) else None
+
+
+def read_embedded_keywords(path: Path) -> list[str]:
+    """Keywords stored in the image: XMP ``dc:subject`` first, then IPTC 2:25 Keywords.
+
+    Bad or hostile metadata yields no tags from that part; only an unreadable file raises.
+    """
+    path = Path(path)
+    chunks = _read_bounded(path)
+    iptc, pillow_xmp = _pillow_metadata(path)
+    packets = [p for chunk in chunks for p in _find_packets(chunk)]
+    subjects = _first_subjects([*packets, *([pillow_xmp] if pillow_xmp else [])])
+    return clean_tags([*subjects, *iptc])
+
+
+# --- sidecar text files --------------------------------------------------------------------------
+
+
+def sidecar_tags_path(path: Path) -> Path:
+    """``photo.jpg`` -> ``photo.jpg.tags``; keeping the extension keeps photo.png apart."""
+    path = Path(path)
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def read_sidecar_tags(path: Path) -> list[str]:
+    """Tags from ``<image>.tags`` (comma- and/or newline-separated UTF-8); none if it is absent."""
+    sidecar = sidecar_tags_path(path)
+    try:
+        text = sidecar.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise InputError(f"{sidecar}: cannot read tags file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{sidecar}: tags file is not UTF-8 text (byte {exc.start})") from None
+    return clean_tags(_SIDECAR_SEPARATORS.split(text))
+
+
+# --- tags manifest -------------------------------------------------------------------------------
+
+
+def _resolve(path: Path) -> Path:
+    """Absolute, symlink-free key; falls back to a lexical one if resolving fails (loops)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return Path(os.path.abspath(path))
+
+
+def _parse_tags_line(text: str) -> tuple[str, list[str]]:
+    """One JSONL row -> (path as written, tags); ValueError says what is wrong with it."""
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(row, dict):
+        raise ValueError("a line must be a JSON object")
+    image = row.get("path", row.get("image"))
+    if not isinstance(image, str) or not image.strip():
+        raise ValueError('missing "path" (or "image"): the image file, relative to the manifest')
+    tags = row.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise ValueError('"tags" must be a list of strings')
+    return image, clean_tags(tags)
+
+
+class ManifestTags:
+    """Tags per image from a JSONL manifest, looked up by resolved path (or the path as written)."""
+
+    def __init__(self, file: Path, by_path: dict[Path, list[str]], by_text: dict[str, list[str]]):
+        self.file = file
+        self._by_path = by_path
+        self._by_text = by_text
+
+    @classmethod
+    def load(cls, file: Path) -> ManifestTags:
+        """Read the manifest; the first bad line raises ManifestError "FILE:LINE: problem"."""
+        file = Path(file)
+        try:
+            lines = file.read_bytes().decode("utf-8-sig").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ManifestError(f"{file}: cannot read tags manifest ({reason or exc})") from None
+        by_path: dict[Path, list[str]] = {}
+        by_text: dict[str, list[str]] = {}
+        first_line: dict[Path, int] = {}
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                image, tags = _parse_tags_line(line)
+            except ValueError as exc:
+                raise ManifestError(f"{file}:{number}: {exc}") from None
+            key = _resolve(file.parent / image)
+            if key in first_line:
+                raise ManifestError(
+                    f"{file}:{number}: {image!r} is listed twice (first on line {first_line[key]})"
+                )
+            first_line[key] = number
+            by_path[key] = tags
+            by_text.setdefault(str(Path(image)), tags)
+        return cls(file, by_path, by_text)
+
+    def __len__(self) -> int:
+        return len(self._by_path)
+
+    def tags_for(self, path: Path) -> list[str]:
+        """Tags of one image; an image the manifest does not list has none."""
+        tags = self._by_path.get(_resolve(Path(path)))
+        if tags is None:
+            tags = self._by_text.get(str(path), [])
+        return list(tags)
+
+
+# --- choosing a source ---------------------------------------------------------------------------
+
+
+def _no_tags(path: Path) -> list[str]:
+    """The "none" source: visual-only inference."""
+    return []
+
+
+def tag_source(kind: str, manifest: Path | None = None) -> Callable[[Path], list[str]]:
+    """The per-image tag reader for ``--tags KIND``; a manifest is loaded (and checked) now."""
+    if kind == "none":
+        return _no_tags
+    if kind == "xmp":
+        return read_embedded_keywords
+    if kind == "sidecar":
+        return read_sidecar_tags
+    if kind == "manifest":
+        if manifest is None:
+            raise InputError("tag source 'manifest' needs a file: use --tags-manifest FILE")
+        return ManifestTags.load(manifest).tags_for
+    raise InputError(f"unknown tag source {kind!r}: use one of {', '.join(TAG_SOURCES)}")

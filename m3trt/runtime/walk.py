@@ -1,0 +1,117 @@
+"""Recursive, deterministic, streaming walk over the images under the paths a user gives.
+
+Streaming (a generator over ``os.scandir``) keeps memory flat for a million files; names are
+sorted per folder so two runs see the same order (``--resume`` and diffs rely on it). Symbolic
+links are followed, but a folder already visited on this walk (a link loop) is entered once, and
+a broken or looping file link becomes an error entry, not a crash.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from m3trt.data.images import IMAGE_EXTENSIONS
+from m3trt.errors import InputError
+
+
+@dataclass(frozen=True)
+class Found:
+    """A candidate image; ``error`` is set when the path cannot even be opened as a file."""
+
+    path: str
+    error: str | None = None
+
+
+def parse_extensions(text: str | None) -> frozenset[str]:
+    """``"jpg,png"`` -> {".jpg", ".png"}; None -> every format m3trt decodes."""
+    if not text:
+        return IMAGE_EXTENSIONS
+    exts = {("." + e.strip().lower().lstrip(".")) for e in text.split(",") if e.strip()}
+    if not exts:
+        raise InputError(f"--ext {text!r}: no extensions given")
+    return frozenset(exts)
+
+
+def check_roots(paths: Iterable[str | Path]) -> list[Path]:
+    """Every PATH must exist (a typo should stop the run before it starts)."""
+    roots = [Path(p) for p in paths]
+    if not roots:
+        raise InputError("no input: give one or more image files or folders")
+    for root in roots:
+        if not root.exists() and not root.is_symlink():
+            raise InputError(f"{root}: no such file or folder")
+    return roots
+
+
+def iter_images(
+    roots: Iterable[Path], extensions: frozenset[str] = IMAGE_EXTENSIONS
+) -> Iterator[Found]:
+    """Files named on the command line are taken as they are; folders are searched for files
+    with one of ``extensions`` (case-insensitive)."""
+    seen: set[tuple[int, int]] = set()
+    for root in roots:
+        if root.is_dir():
+            yield from _walk_dir(root, extensions, seen)
+        else:
+            yield _check_file(str(root))
+
+
+def _check_file(path: str) -> Found:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return Found(path, _os_reason(path, exc))
+    if not _is_regular(st.st_mode):
+        return Found(path, "not a regular file")
+    return Found(path)
+
+
+def _is_regular(mode: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(mode)
+
+
+def _os_reason(path: str, exc: OSError) -> str:
+    import errno
+
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if exc.errno == errno.ENOENT and os.path.islink(path):
+        return "broken symbolic link (its target does not exist)"
+    if exc.errno == errno.EACCES:
+        return "permission denied"
+    return exc.strerror or str(exc)
+
+
+def _walk_dir(
+    folder: Path, extensions: frozenset[str], seen: set[tuple[int, int]]
+) -> Iterator[Found]:
+    try:
+        st = folder.stat()
+    except OSError as exc:
+        yield Found(str(folder), _os_reason(str(folder), exc))
+        return
+    key = (st.st_dev, st.st_ino)
+    if key in seen:
+        return  # a link back to a folder this walk has entered: a loop or a duplicate
+    seen.add(key)
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        yield Found(str(folder), f"cannot list folder: {_os_reason(str(folder), exc)}")
+        return
+    for entry in entries:
+        path = os.path.join(folder, entry.name)
+        try:
+            is_dir = entry.is_dir()  # follows links
+        except OSError:
+            is_dir = False
+        if is_dir:
+            yield from _walk_dir(Path(path), extensions, seen)
+        elif os.path.splitext(entry.name)[1].lower() in extensions:
+            yield _check_file(path)
