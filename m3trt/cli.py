@@ -241,6 +241,27 @@ def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the metrics as JSON.",
 )
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    help="Bundles only: where the engine runs.",
+)
+@click.option(
+    "--atol",
+    default=1e-2,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Bundles only: absolute tolerance per output element vs the FP32 reference.",
+)
+@click.option(
+    "--rtol",
+    default=1e-2,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Bundles only: relative tolerance per output element vs the FP32 reference.",
+)
 @click.pass_context
 def eval_cmd(
     ctx: click.Context,
@@ -250,18 +271,37 @@ def eval_cmd(
     batch_size: int,
     threshold: float,
     json_path: Path | None,
+    device: str,
+    atol: float,
+    rtol: float,
 ) -> None:
-    """Score MODEL (a checkpoint folder) on a MANIFEST split, in every decoding mode."""
+    """Score MODEL (a checkpoint folder or a NAME.m3 bundle) on a MANIFEST split, in every
+    decoding mode; a bundle is also compared with its FP32 reference."""
     from m3trt import metrics
-    from m3trt.train.evaluate import evaluate_checkpoint
 
     if split not in ("train", "val", "test", "all"):
         raise click.BadParameter("choose train, val, test or all", param_hint="--split")
-    if (model / "bundle.json").is_file():
-        raise M3Error(
-            f"{model}: is an engine bundle; this m3trt evaluates checkpoints only "
-            "(bundle evaluation is planned): evaluate the checkpoint it was built from"
+    if (model / "bundle.json").is_file() or model.name == "bundle.json":
+        from m3trt.bench.evaluate import evaluate_bundle, format_agreement
+
+        result = evaluate_bundle(
+            model,
+            manifest,
+            split=None if split == "all" else split,
+            batch_size=batch_size,
+            threshold=threshold,
+            device=device,
+            atol=atol,
+            rtol=rtol,
+            reporter=_reporter(ctx),
         )
+        click.echo(metrics.format_table(result))
+        click.echo(format_agreement(result["agreement"]))
+        if json_path:
+            _write_json(json_path, result)
+        return
+    from m3trt.train.evaluate import evaluate_checkpoint
+
     result = evaluate_checkpoint(
         model,
         manifest,

@@ -1,1 +1,1 @@
-"""bench."""
+"""Latency and accuracy measurement of bundles (no torch)."""
