@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -43,18 +42,18 @@ def make_photos(folder: Path, n: int, seed: int) -> Path:
     from m3trt.data.synth import sample_image
 
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
     for i in range(n):
         path = folder / f"IMG_{i:05d}.jpg"
+        if path.exists():
+            continue
+        rng = np.random.default_rng([seed, i])
         megapixels = rng.uniform(1.0, 3.0)
         landscape = rng.random() < 0.75
         long_side = int(np.sqrt(megapixels * 1e6 * 4 / 3))
         size = (long_side, long_side * 3 // 4) if landscape else (long_side * 3 // 4, long_side)
-        if path.exists():
-            continue
         _, _, img = sample_image(seed, 100_000 + i, 448)
         big = np.asarray(img.resize(size, Image.Resampling.BICUBIC), dtype=np.int16)
-        noise = rng.normal(0, 6, big.shape[:2] + (1,)).astype(np.int16)
+        noise = rng.normal(0, 6, (*big.shape[:2], 1)).astype(np.int16)
         pixels = np.clip(big + noise, 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(path, quality=90)
     return folder
@@ -157,11 +156,15 @@ def naive(checkpoint: Path, folder: Path, out: Path) -> dict:
 
 
 def ensure_bundle(checkpoint: Path, data: Path, work: Path) -> Path:
+    checkpoint, data = checkpoint.resolve(), data.resolve()
     bundle = work / f"{checkpoint.name}-int8.m3"
     if not (bundle / "bundle.json").exists():
         subprocess.run(
-            [str(ROOT / ".venv/bin/m3trt"), "-q", "build", str(checkpoint), "-o", str(bundle)]
-            + ["--precision", "int8", "--target", "cpu", "--calib", str(data)],
+            [
+                *(str(ROOT / ".venv/bin/m3trt"), "-q", "build", str(checkpoint)),
+                *("-o", str(bundle), "--precision", "int8", "--target", "cpu"),
+                *("--calib", str(data)),
+            ],
             check=True,
             cwd=ROOT,
         )
@@ -194,20 +197,25 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="manifest for calibration")
     parser.add_argument("--work", type=Path, default=ROOT / "runs/bench/infer")
     parser.add_argument("--n", type=int, default=500, help="photos in the small folder")
+    parser.add_argument("--bundle", type=Path, help="an INT8 CPU bundle of the checkpoint")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/infer_folder")
     args = parser.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     small = make_photos(work / f"photos_{args.n}", args.n, seed=11)
     large = make_photos(work / f"photos_{2 * args.n}", 2 * args.n, seed=12)
-    bundle = ensure_bundle(args.checkpoint.resolve(), args.data.resolve(), work)
+    bundle = (args.bundle or ensure_bundle(args.checkpoint, args.data, work)).resolve()
     sizes = {"small": warm_cache(small), "large": warm_cache(large)}
 
     m3_small = m3trt_infer(bundle, small, work / "m3trt_small.jsonl", work)
     base = naive(args.checkpoint.resolve(), small, work / "naive_small.jsonl")
     m3_large = m3trt_infer(bundle, large, work / "m3trt_large.jsonl", work)
     result = {
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+        },
         "bundle": str(bundle.relative_to(ROOT) if bundle.is_relative_to(ROOT) else bundle),
         "photos": {
             "small": {"count": args.n, "mib": round(sizes["small"] / 2**20, 1)},
@@ -252,8 +260,9 @@ def render(r: dict) -> str:
         f"({r['speedup_wall']:.2f}x in wall time, start-up included).",
         f"- Peak memory at {r['photos']['large']['count']} photos is "
         f"{r['peak_rss_growth']:.3f}x that at {r['photos']['small']['count']}.",
-        f"- Label sets equal to the naive loop's on {100 * r['label_set_agreement_with_naive']:.1f}%"
-        " of the photos (INT8 vs FP32, draft-mode JPEG decoding vs full decode + resize).",
+        "- Label sets equal to the naive loop's on "
+        f"{100 * r['label_set_agreement_with_naive']:.1f}% of the photos (INT8 vs FP32, "
+        "draft-mode JPEG decoding vs full decode + resize).",
     ]
     return "\n".join(lines)
 

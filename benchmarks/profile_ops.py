@@ -23,6 +23,7 @@ def main() -> None:
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--runs", type=int, default=6)
+    parser.add_argument("--nodes", type=int, default=0, help="also list the N slowest nodes")
     args = parser.parse_args()
     bundle = load_bundle(args.bundle)
     options = ort.SessionOptions()
@@ -44,13 +45,19 @@ def main() -> None:
             session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())
     per_op: collections.Counter[str] = collections.Counter()
+    per_node: collections.Counter[str] = collections.Counter()
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             per_op[event["args"]["op_name"]] += event["dur"]
+            per_node[event["name"].removesuffix("_kernel_time")] += event["dur"]
     total = sum(per_op.values())
     print(f"{bundle.name}: {total / args.runs / 1000:.1f} ms of kernels per batch of {args.batch}")
     for op, micros in per_op.most_common(12):
         print(f"  {op:<22} {micros / args.runs / 1000:7.1f} ms  {100 * micros / total:5.1f}%")
+    if args.nodes:
+        print("slowest nodes:")
+    for node, micros in per_node.most_common(args.nodes):
+        print(f"  {node[:60]:<60} {micros / args.runs / 1000:7.2f} ms")
 
 
 if __name__ == "__main__":

@@ -188,6 +188,11 @@ def _print_import(summary: Any) -> None:
     help="torchvision-format ResNet state_dict (.pth) to start from.",
 )
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in the same -o folder.")
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 256),
+    help="CPU threads [default: cores]; fix it for bit-identical runs across machines.",
+)
 @click.pass_context
 def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
     """Train an M3 model on MANIFEST and keep the best checkpoint in OUT."""
@@ -210,6 +215,7 @@ def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
         tag_hidden=kw["tag_hidden"],
         visual_dim=kw["visual_dim"],
         backbone_weights=str(kw["backbone_weights"]) if kw["backbone_weights"] else None,
+        threads=kw["threads"],
     )
     result = train(manifest, out, options, resume=kw["resume"], reporter=_reporter(ctx))
     skipped = result.counts.get("unlabelled_skipped", 0)
@@ -262,6 +268,18 @@ def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
     type=click.FloatRange(0),
     help="Bundles only: relative tolerance per output element vs the FP32 reference.",
 )
+@click.option(
+    "--baseline",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="An earlier --json: exit 1 if a figure dropped more than --max-drop.",
+)
+@click.option(
+    "--max-drop",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Allowed drop per figure, in metric points.",
+)
 @click.pass_context
 def eval_cmd(
     ctx: click.Context,
@@ -274,6 +292,8 @@ def eval_cmd(
     device: str,
     atol: float,
     rtol: float,
+    baseline: Path | None,
+    max_drop: float,
 ) -> None:
     """Score MODEL (a checkpoint folder or a NAME.m3 bundle) on a MANIFEST split, in every
     decoding mode; a bundle is also compared with its FP32 reference."""
@@ -299,6 +319,7 @@ def eval_cmd(
         click.echo(format_agreement(result["agreement"]))
         if json_path:
             _write_json(json_path, result)
+        _accuracy_gate(ctx, result, baseline, max_drop)
         return
     from m3trt.train.evaluate import evaluate_checkpoint
 
@@ -318,6 +339,22 @@ def eval_cmd(
         )
     if json_path:
         _write_json(json_path, result)
+    _accuracy_gate(ctx, result, baseline, max_drop)
+
+
+def _accuracy_gate(
+    ctx: click.Context, result: dict[str, Any], baseline: Path | None, max_drop: float
+) -> None:
+    if baseline is None:
+        return
+    from m3trt.bench.regression import compare_accuracy, load_baseline
+
+    lines = compare_accuracy(result, load_baseline(baseline), max_drop)
+    for line in lines:
+        click.echo(f"regression: {line}", err=True)
+    if lines:
+        ctx.exit(EXIT_FAILURE)
+    click.echo(f"no regression against {baseline} (max drop {max_drop:g} points)", err=True)
 
 
 # ------------------------------------------------------------------------------- export/build
@@ -620,6 +657,96 @@ def _infer_line(summary: Any) -> str:
     if summary.sidecars_kept:
         line += f"; {summary.sidecars_kept} existing sidecars kept (use --overwrite to replace)"
     return line
+
+
+def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(x) for x in value.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give positive integers, e.g. 1,8,32") from None
+    if not sizes or min(sizes) < 1:
+        raise click.BadParameter(f"{value!r}: give positive integers, e.g. 1,8,32")
+    return sizes
+
+
+@main.command("bench")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_batch_sizes)
+@click.option("--warmup", default=1.0, show_default=True, type=click.FloatRange(0), help="Seconds.")
+@click.option(
+    "--duration", default=3.0, show_default=True, type=click.FloatRange(0), help="Seconds timed."
+)
+@click.option(
+    "--iterations",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1),
+    help="At least this many timed runs per batch size.",
+)
+@click.option(
+    "--folder",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Measure end to end over these images (decoding included).",
+)
+@click.option("--against", help="Reference in the same process: torch, onnx-fp32 or a bundle.")
+@click.option(
+    "--checkpoint",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The checkpoint for --against torch (default: the bundle's source).",
+)
+@click.option(
+    "--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
+)
+@click.option("--threads", type=click.IntRange(1, 256), help="Engine threads [default: cores].")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PNG: latency distributions and throughput against batch size.",
+)
+@click.option(
+    "--baseline",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="An earlier --json: exit 1 if a ratio fell by more than --max-slowdown.",
+)
+@click.option("--max-slowdown", default=1.10, show_default=True, type=click.FloatRange(1.0))
+@click.pass_context
+def bench_cmd(ctx: click.Context, bundle: Path, **kw: Any) -> None:
+    """Latency and throughput of BUNDLE per batch size, as trtexec reports them."""
+    from m3trt.bench.latency import BenchOptions, compare_speed, run_bench
+    from m3trt.bench.report import format_bench
+
+    options = BenchOptions(
+        batch_sizes=kw["batch_sizes"],
+        warmup_s=kw["warmup"],
+        duration_s=kw["duration"],
+        iterations=kw["iterations"],
+        folder=kw["folder"],
+        against=kw["against"],
+        checkpoint=kw["checkpoint"],
+        device=kw["device"],
+        threads=kw["threads"],
+    )
+    baseline = None
+    if kw["baseline"]:
+        from m3trt.bench.regression import load_baseline
+
+        baseline = load_baseline(kw["baseline"])  # a bad baseline fails before the long run
+    report = run_bench(bundle, options, reporter=_reporter(ctx))
+    click.echo(format_bench(report))
+    if kw["json_path"]:
+        _write_json(kw["json_path"], report)
+    if kw["plot"]:
+        from m3trt.bench.plot import plot_bench
+
+        plot_bench(report, kw["plot"])
+    if baseline is not None:
+        lines = compare_speed(report, baseline, kw["max_slowdown"])
+        for line in lines:
+            click.echo(f"regression: {line}", err=True)
+        if lines:
+            ctx.exit(EXIT_FAILURE)
+        click.echo(f"no regression against {kw['baseline']}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

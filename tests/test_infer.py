@@ -356,3 +356,28 @@ def test_runtime_and_infer_never_import_torch(tmp_path, int8_bundle, test_images
     )
     subprocess.run([sys.executable, "-c", script], check=True)
     assert len(jsonl(out)) == len(image_paths(test_images))
+
+
+def test_device_choice(int8_bundle):
+    from m3trt.errors import M3Error
+    from m3trt.runtime.engines import choose_device
+
+    bundle = load_bundle(int8_bundle, verify=False)
+    cpu_only = ["CPUExecutionProvider"]
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    auto = choose_device(bundle, "auto", cpu_only)
+    assert (auto.device, auto.artifact) == ("cpu", "engine") and "no CUDA" in auto.reason
+    assert choose_device(bundle, "cpu", gpu).device == "cpu"
+    on_gpu = choose_device(bundle, "auto", gpu)
+    # The CPU INT8 graph's uint8 Q/DQ kernels are a CPU format: a GPU runs the FP32 reference,
+    # and TensorRT's provider is only used for TensorRT bundles.
+    assert on_gpu.device == "cuda" and on_gpu.artifact == "reference"
+    assert on_gpu.providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    with pytest.raises(M3Error, match="no CUDA provider.*onnxruntime-gpu"):
+        choose_device(bundle, "cuda", cpu_only)
+
+
+def test_device_cuda_without_a_gpu_is_a_clear_error(tmp_path, int8_bundle, test_images):
+    code, output = infer(int8_bundle, test_images, "-o", tmp_path / "o.jsonl", "--device", "cuda")
+    assert code == 2 and "onnxruntime-gpu" in output
+    assert not (tmp_path / "o.jsonl").exists()

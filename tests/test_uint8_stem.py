@@ -136,3 +136,30 @@ def test_guard_turns_the_uint8_stem_off_when_it_costs_accuracy(
     first = result.attempts[0]
     assert first["uint8_input"] and first["over"]
     assert result.uint8_input is False and result.kept_in_float == []
+
+
+def test_space_to_depth_stem_is_bit_identical(tmp_path, monkeypatch, tiny_onnx, tiny_sets, ranges):
+    """The stride-2 stem rewritten over the 2x2 space-to-depth image: same integers, same output."""
+    fast = write_qdq(tiny_onnx, tmp_path / "s2d.onnx", ranges, "cpu")
+    model = onnx.load(str(fast))
+    stem_conv = next(n for n in model.graph.node if n.name.endswith("conv2d"))
+    kernel = next(a.ints for a in stem_conv.attribute if a.name == "kernel_shape")
+    assert list(kernel) == [4, 4] and "Pad" in _ops(fast)
+    monkeypatch.setattr(uint8_stem, "space_to_depth", lambda _m, _s: False)
+    plain = write_qdq(tiny_onnx, tmp_path / "plain.onnx", ranges, "cpu")
+    assert "Pad" not in _ops(plain)
+    _, val = tiny_sets
+    feeds = {"image": val.images, "tags": val.tags}
+    ours, theirs = cpu_session(fast).run(None, feeds), cpu_session(plain).run(None, feeds)
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_space_to_depth_weights_reorder_the_kernel():
+    weight = np.arange(2 * 3 * 7 * 7, dtype=np.int8).reshape(2, 3, 7, 7)
+    out = uint8_stem.space_to_depth_weights(weight)
+    assert out.shape == (2, 12, 4, 4)
+    # Phase (r, s) of channel c holds kernel taps (2m + r - 1, 2n + s - 1); tap -1 is the zero pad.
+    assert out[1, (1 * 2 + 0) * 3 + 2, 1, 2] == weight[1, 2, 2, 3]
+    assert out[0, 0, 0, :].tolist() == [0, 0, 0, 0]
+    assert np.count_nonzero(out) == np.count_nonzero(weight)

@@ -79,6 +79,8 @@ def write_qdq(
                 prepared.unlink(missing_ok=True)
             quantized = onnx.load(str(out_path))
             if uint8_stem.feed_uint8(quantized, stem):
+                uint8_stem.space_to_depth(quantized, stem)
+                onnx.checker.check_model(quantized, full_check=True)
                 onnx.save(quantized, str(out_path))
                 return out_path
     _quantize(fp32_path, out_path, ranges, spec, nodes_to_exclude, op_types)

@@ -315,6 +315,12 @@ def choose(candidates: list[Candidate]) -> Candidate:
     return min(fits, key=lambda c: c.latency_ms if c.latency_ms is not None else float("inf"))
 
 
+def _source(source: Path) -> dict[str, str]:
+    """Where the bundle came from (``m3trt bench --against torch`` finds the checkpoint here)."""
+    kind = "checkpoint" if source.is_dir() else "onnx"
+    return {"kind": kind, kind: str(source.resolve())}
+
+
 def build_bundle(
     source: str | Path,
     out: str | Path,
@@ -356,7 +362,7 @@ def build_bundle(
             target=target,
             precision=chosen.precision,
             files={"reference": (reference, "onnx", "fp32"), **files},
-            provenance={**software_versions(), **provenance},
+            provenance={**software_versions(), "source": _source(source), **provenance},
             accuracy=chosen.accuracy,
             latency=latency,
             overwrite=options.overwrite,

@@ -23,7 +23,7 @@ from m3trt.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, load_image
 from m3trt.errors import InputError, M3Error
 from m3trt.progress import SILENT, Reporter
 from m3trt.runtime.annotator import Annotation, Annotator
-from m3trt.runtime.results import ResultWriter, done_paths, format_for
+from m3trt.runtime.results import ResultWriter, done_paths, errors_path, format_for
 from m3trt.runtime.walk import Found, check_roots, iter_images
 
 
@@ -186,16 +186,16 @@ def run_folder(
         annotator.bundle.name,
         annotator.description,
         str(options.output),
-        str(options.output.with_name(f"{options.output.stem}.errors.jsonl")),
+        str(errors_path(options.output)),
     )
     workers = options.workers or max(1, os.cpu_count() or 1)
     decode = decoder(annotator.image_size, options.max_pixels, tags_for)
     sidecars = Sidecars(options.write_xmp, options.write_txt, options.overwrite)
-    report = _open_report(options, annotator)
     todo = (f for f in iter_images(roots, options.extensions) if f.path not in done)
     summary.skipped = skipped
     start = time.perf_counter()
     writer = ResultWriter(options.output, fmt, resume=options.resume, overwrite=options.overwrite)
+    report = _open_report(options, annotator)
     try:
         with writer, reporter.task("annotate", total - summary.skipped) as bar:
             stream = decode_ahead(todo, decode, workers, window=2 * options.batch_size + workers)

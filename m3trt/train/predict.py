@@ -47,3 +47,32 @@ def predict(
         return np.zeros((0, c), np.float32), None, np.zeros(0, np.int64)
     q_all = np.concatenate(quantities) if quantities else None
     return np.concatenate(scores), q_all, np.concatenate(rows)
+
+
+def torch_runner(checkpoint, threads: int | None = None) -> Callable:
+    """PyTorch eager FP32 as a benchmark reference: ``run(uint8 images, multi-hot tags)``
+    returning the graph's outputs (scores, quantity, k, topk) as numpy arrays."""
+    import os
+    from pathlib import Path
+
+    from m3trt import metrics
+    from m3trt.train.checkpoint import load_checkpoint
+
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    model, config = load_checkpoint(Path(checkpoint))
+    model.eval()
+    pre = preprocess_for(config)
+    k_max = config.model.k_max
+    uses_tags = config.model.use_tags and config.model.num_tags > 0
+
+    @torch.inference_mode()
+    def run(images: np.ndarray, tags: np.ndarray | None) -> dict[str, np.ndarray]:
+        t = torch.from_numpy(tags) if uses_tags and tags is not None else None
+        logits, q = model(pre(torch.from_numpy(images)), t)
+        scores = torch.sigmoid(logits)
+        topk = torch.topk(scores, k_max, dim=1).indices.to(torch.int32).numpy()
+        quantity = q.numpy() if q is not None else np.full(len(images), min(3, k_max), np.float32)
+        k = metrics.decode_quantity(quantity, k_max)
+        return {"scores": scores.numpy(), "quantity": quantity, "k": k, "topk": topk}
+
+    return run

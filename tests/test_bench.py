@@ -1,0 +1,140 @@
+"""`m3trt bench` and the regression gate: statistics, JSON shape, ratios, exit codes."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from m3trt.bench.latency import compare_speed
+from m3trt.bench.regression import compare_accuracy
+from m3trt.bench.stats import latency_stats, percentile
+from m3trt.cli import main
+from m3trt.errors import M3Error
+
+
+def cli(*args):
+    result = CliRunner().invoke(main, ["--quiet", *map(str, args)])
+    return result.exit_code, result.output
+
+
+def test_percentiles_follow_trtexec():
+    hundred = list(range(1, 101))
+    assert [percentile(hundred, p) for p in (90, 95, 99, 100)] == [90, 95, 99, 100]
+    ten = list(range(1, 11))
+    assert percentile(ten, 90) == 9 and percentile(ten, 99) == 10 and percentile(ten, 0) == 1
+    stats = latency_stats([5.0, 1.0, 3.0, 2.0])
+    assert stats["min"] == 1 and stats["max"] == 5 and stats["mean"] == 2.75
+    assert stats["median"] == 2.5 and stats["p99"] == 5
+    with pytest.raises(ValueError):
+        latency_stats([])
+
+
+def _speed(ratios, reference="onnx-fp32"):
+    return {"ratios": ratios, "reference": {"name": reference}}
+
+
+def test_speed_gate_compares_ratios():
+    baseline = _speed({"1": 2.0, "8": 3.0})
+    assert compare_speed(_speed({"1": 1.95, "8": 3.1}), baseline, 1.10) == []
+    lines = compare_speed(_speed({"1": 1.95, "8": 2.5}), baseline, 1.10)
+    assert len(lines) == 1 and lines[0].startswith("batch 8: 2.50x") and "1.20x slower" in lines[0]
+    with pytest.raises(M3Error, match="measured against"):
+        compare_speed(_speed({"1": 2.0}, "torch"), baseline, 1.1)
+    with pytest.raises(M3Error, match="--against"):
+        compare_speed({"results": []}, baseline, 1.1)
+
+
+def test_accuracy_gate_compares_points():
+    base = {"n_images": 10, "mAP": 0.60, "modes": {"top3": {"OF1": 0.50, "CF1": 0.40}}}
+    same = json.loads(json.dumps(base))
+    assert compare_accuracy(same, base, 0.5) == []
+    worse = {"n_images": 10, "mAP": 0.596, "modes": {"top3": {"OF1": 0.49, "CF1": 0.41}}}
+    lines = compare_accuracy(worse, base, 0.5)
+    assert lines == ["top3 OF1: 49.00 vs baseline 50.00 (-1.00 points, allowed -0.5)"]
+    with pytest.raises(M3Error, match="same split"):
+        compare_accuracy({**worse, "n_images": 11}, base, 0.5)
+
+
+@pytest.fixture(scope="module")
+def bench_json(tmp_path_factory, int8_bundle):
+    out = tmp_path_factory.mktemp("bench")
+    args = ["bench", int8_bundle, "--batch-sizes", "1,4", "--warmup", "0.05", "--duration", "0.3"]
+    args += ["--iterations", "5", "--against", "onnx-fp32", "--json", out / "b.json"]
+    args += ["--plot", out / "b.png"]
+    code, output = cli(*args)
+    assert code == 0, output
+    return out
+
+
+def test_bench_json_has_every_field(bench_json):
+    data = json.loads((bench_json / "b.json").read_text())
+    assert {"cpu", "cpu_flags", "cores", "gpus", "versions"} <= set(data["machine"])
+    assert [r["batch_size"] for r in data["results"]] == [1, 4]
+    for r in data["results"] + data["reference"]["results"]:
+        assert {"throughput_qps", "images_per_s", "latency_ms", "iterations"} <= set(r)
+        assert set(r["latency_ms"]) == {"min", "max", "mean", "median", "p90", "p95", "p99"}
+        assert r["iterations"] >= 5 and r["latency_ms"]["min"] <= r["latency_ms"]["p99"]
+        assert np.isclose(r["images_per_s"], r["throughput_qps"] * r["batch_size"])
+    assert data["reference"]["name"] == "onnx-fp32" and set(data["ratios"]) == {"1", "4"}
+
+
+def test_bench_plot_is_a_png(bench_json):
+    from PIL import Image
+
+    with Image.open(bench_json / "b.png") as img:
+        assert img.format == "PNG" and img.size[0] > 800
+
+
+def test_bench_baseline_exit_codes(tmp_path, bench_json, int8_bundle):
+    base = json.loads((bench_json / "b.json").read_text())
+    args = ["bench", int8_bundle, "--batch-sizes", "4", "--warmup", "0", "--duration", "0.2"]
+    args += ["--against", "onnx-fp32"]
+    fast = {**base, "ratios": {"4": 1e-3}}  # any real run beats this baseline
+    (tmp_path / "fast.json").write_text(json.dumps(fast))
+    assert cli(*args, "--baseline", tmp_path / "fast.json")[0] == 0
+    slow = {**base, "ratios": {"4": 1e3}}  # a baseline 1000x faster than any real run
+    (tmp_path / "slow.json").write_text(json.dumps(slow))
+    code, output = cli(*args, "--baseline", tmp_path / "slow.json")
+    assert code == 1 and "regression: batch 4:" in output
+    code, output = cli(*args[:-2], "--baseline", tmp_path / "slow.json")  # no --against
+    assert code == 2 and "--against" in output
+    (tmp_path / "bad.json").write_text("{not json")
+    code, output = cli(*args, "--baseline", tmp_path / "bad.json")
+    assert code == 2 and "bad.json" in output
+
+
+def test_bench_folder_mode(tmp_path, int8_bundle, test_images):
+    out = tmp_path / "f.json"
+    code, output = cli(
+        "bench",
+        int8_bundle,
+        "--folder",
+        test_images,
+        "--batch-sizes",
+        "8",
+        "--warmup",
+        "0",
+        "--duration",
+        "0.1",
+        "--iterations",
+        "3",
+        "--json",
+        out,
+    )
+    assert code == 0, output
+    data = json.loads(out.read_text())
+    assert data["mode"] == "folder" and data["results"][0]["iterations"] >= 3
+
+
+def test_bench_against_torch(tmp_path, int8_bundle, tiny_checkpoint):
+    args = ["bench", int8_bundle, "--batch-sizes", "2", "--warmup", "0", "--duration", "0.1"]
+    args += ["--iterations", "2", "--against", "torch"]
+    code, output = cli(*args)
+    # Built from an .onnx: the bundle does not know a checkpoint.
+    assert code == 2 and "--checkpoint" in output
+    out = tmp_path / "t.json"
+    code, output = cli(*args, "--checkpoint", tiny_checkpoint[0], "--json", out)
+    assert code == 0, output
+    data = json.loads(out.read_text())
+    assert data["reference"]["name"] == "torch" and data["ratios"]["2"] > 0
