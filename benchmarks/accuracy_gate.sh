@@ -12,9 +12,9 @@ BASELINE=benchmarks/baselines/accuracy.json
 MAX_DROP=${MAX_DROP:-0.5}
 
 rm -rf "$RUN"
-$M3 -q data synth "$RUN/data" --n 400 --size 64 --seed 7
+$M3 -q data synth "$RUN/data" --n 800 --size 64 --seed 7
 $M3 -q train "$RUN/data/manifest.jsonl" -o "$RUN/ckpt" --backbone resnet18 --image-size 64 \
-  --epochs 6 --batch-size 32 --lr 2e-3 --tag-hidden 128 --seed 0 --threads 2
+  --epochs 10 --batch-size 32 --lr 2e-3 --tag-hidden 128 --seed 0 --threads 2
 $M3 -q build "$RUN/ckpt" -o "$RUN/gate.m3" --precision int8 --target cpu \
   --calib "$RUN/data/manifest.jsonl"
 if [ "${1:-}" = "--update" ]; then

@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from m3trt.bench.machine import describe_machine
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 16
@@ -178,16 +179,6 @@ def agreement(a: Path, b: Path) -> float:
     return float(np.mean([rows_a[p] == rows_b[p] for p in common])) if common else float("nan")
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--naive-child":
         naive_loop(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
@@ -211,11 +202,7 @@ def main() -> None:
     base = naive(args.checkpoint.resolve(), small, work / "naive_small.jsonl")
     m3_large = m3trt_infer(bundle, large, work / "m3trt_large.jsonl", work)
     result = {
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "machine": describe_machine(),
         "bundle": str(bundle.relative_to(ROOT) if bundle.is_relative_to(ROOT) else bundle),
         "photos": {
             "small": {"count": args.n, "mib": round(sizes["small"] / 2**20, 1)},

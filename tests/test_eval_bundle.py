@@ -38,3 +38,45 @@ def test_eval_of_a_bundle(tmp_path, int8_bundle, tiny_data):
     recorded = load_bundle(int8_bundle).accuracy
     assert agreement["label_set_agreement"] == recorded["label_set_agreement"]
     assert np.isclose(agreement["max_abs_score_delta"], recorded["max_abs_score_delta"])
+
+
+def _build(source, out):
+    args = ["--quiet", "build", str(source), "-o", str(out), "--precision", "fp32"]
+    result = CliRunner().invoke(main, [*args, "--target", "cpu"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_accuracy_gate_fails_a_broken_preprocessing_and_passes_the_good_one(
+    tmp_path, tiny_onnx, tiny_data
+):
+    """A deliberately broken change: the graph subtracts a wrong mean from the pixels."""
+    import onnx
+    from onnx import numpy_helper
+
+    from m3trt.calibration.uint8_stem import find_stem
+
+    model = onnx.load(str(tiny_onnx))
+    stem = find_stem(model)
+    sub = next(n for n in model.graph.node if n.name == stem.sub)
+    shift = next(t for t in model.graph.initializer if t.name == sub.input[1])
+    wrong = numpy_helper.to_array(shift) + 80.0  # mean 0.31 too high on every channel
+    shift.CopyFrom(numpy_helper.from_array(wrong.astype(np.float32), shift.name))
+    broken_onnx = tmp_path / "broken.onnx"
+    onnx.save(model, str(broken_onnx))
+    good = _build(tiny_onnx, tmp_path / "good.m3")
+    broken = _build(broken_onnx, tmp_path / "broken.m3")
+    base = tmp_path / "baseline.json"
+
+    def gate(bundle, *extra):
+        args = ["eval", str(bundle), str(tiny_data), "--split", "val", *extra]
+        return CliRunner().invoke(main, ["--quiet", *args])
+
+    assert gate(good, "--json", str(base)).exit_code == 0
+    passed = gate(good, "--baseline", str(base))
+    assert passed.exit_code == 0 and "no regression" in passed.output
+    failed = gate(broken, "--baseline", str(base))
+    assert failed.exit_code == 1
+    lines = [x for x in failed.output.splitlines() if x.startswith("regression: ")]
+    assert any(x.startswith("regression: mAP:") for x in lines), failed.output
+    assert all("points, allowed -0.5" in x for x in lines)

@@ -130,7 +130,11 @@ def format_agreement(agreement: dict[str, Any]) -> str:
     ]
     for name in COMPARED:
         t = tol[name]
-        verdict = "pass" if t["pass"] else f"FAIL ({t['mismatched']}/{t['elements']} elements)"
+        verdict = (
+            "all elements within"
+            if t["pass"]
+            else f"{t['mismatched']}/{t['elements']} elements outside"
+        )
         lines.append(
             f"  {name}: max |d| {t['max_abs']:.2e}, mean |d| {t['mean_abs']:.2e}, "
             f"max rel {t['max_rel']:.2e}; atol {tol['atol']:g} rtol {tol['rtol']:g}: {verdict}"

@@ -238,8 +238,10 @@ def space_to_depth(model: onnx.ModelProto, stem: Stem) -> bool:
     blocks = padded_side // 2
     constants = {
         "pads": [0, before, before, 0, 0, after, after, 0],
-        "shape6": [0, blocks, 2, blocks, 2, channels],
-        "shape4": [0, blocks, blocks, 4 * channels],
+        # [B * rows, r, columns, (s, c)]: moving the one axis r keeps 2C-byte runs together,
+        # which ONNX Runtime transposes much faster than a general 6-D permutation.
+        "rows": [-1, 2, blocks, 2 * channels],
+        "shape4": [-1, blocks, blocks, 4 * channels],
     }
     for key, values in constants.items():
         graph.initializer.append(
@@ -248,8 +250,8 @@ def space_to_depth(model: onnx.ModelProto, stem: Stem) -> bool:
     make = onnx.helper.make_node
     chain = [
         make("Pad", [image, f"{name}_pads", dq.input[2]], [f"{name}_padded"], name=f"{name}_pad"),
-        make("Reshape", [f"{name}_padded", f"{name}_shape6"], [f"{name}_6d"], name=f"{name}_6d"),
-        make("Transpose", [f"{name}_6d"], [f"{name}_t"], name=f"{name}_t", perm=[0, 1, 3, 2, 4, 5]),
+        make("Reshape", [f"{name}_padded", f"{name}_rows"], [f"{name}_r"], name=f"{name}_rows"),
+        make("Transpose", [f"{name}_r"], [f"{name}_t"], name=f"{name}_t", perm=[0, 2, 1, 3]),
         make("Reshape", [f"{name}_t", f"{name}_shape4"], [f"{name}_nhwc"], name=f"{name}_4d"),
         make(
             "Transpose", [f"{name}_nhwc"], [f"{name}_nchw"], name=f"{name}_nchw", perm=[0, 3, 1, 2]

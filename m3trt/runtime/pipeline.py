@@ -160,6 +160,10 @@ class Sidecars:
         return written, kept
 
 
+def _no_tags(_path: Path) -> list[str]:
+    return []
+
+
 def _tag_source(options: InferOptions) -> Callable[[Path], list[str]]:
     from m3trt.runtime.tag_sources import tag_source
 
@@ -180,6 +184,7 @@ def run_folder(
     tags_for = _tag_source(options)
     if options.tags != "none" and not annotator.uses_tags:
         reporter.log(f"note: this model was trained without tags; --tags {options.tags} ignored")
+        tags_for = _no_tags
     done = done_paths(options.output, fmt) if options.resume else set()
     total, skipped = _count(roots, options.extensions, done)
     summary = Summary(
