@@ -698,6 +698,11 @@ def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tu
     "--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
 )
 @click.option("--threads", type=click.IntRange(1, 256), help="Engine threads [default: cores].")
+@click.option(
+    "--transfers/--no-transfers",
+    default=None,
+    help="Also time host-to-device, compute and device-to-host apart [default: on for GPUs].",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--plot",
@@ -726,6 +731,7 @@ def bench_cmd(ctx: click.Context, bundle: Path, **kw: Any) -> None:
         checkpoint=kw["checkpoint"],
         device=kw["device"],
         threads=kw["threads"],
+        transfers=kw["transfers"],
     )
     baseline = None
     if kw["baseline"]:

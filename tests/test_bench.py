@@ -138,3 +138,29 @@ def test_bench_against_torch(tmp_path, int8_bundle, tiny_checkpoint):
     assert code == 0, output
     data = json.loads(out.read_text())
     assert data["reference"]["name"] == "torch" and data["ratios"]["2"] > 0
+
+
+def test_bench_splits_transfers_and_compute(tmp_path, int8_bundle):
+    """The I/O-binding path GPU engines use, exercised with CPU copies."""
+    out = tmp_path / "x.json"
+    code, output = cli(
+        "bench",
+        int8_bundle,
+        "--batch-sizes",
+        "4",
+        "--warmup",
+        "0",
+        "--duration",
+        "0.2",
+        "--iterations",
+        "3",
+        "--transfers",
+        "--json",
+        out,
+    )
+    assert code == 0, output
+    result = json.loads(out.read_text())["results"][0]
+    for part in ("h2d_ms", "compute_ms", "d2h_ms"):
+        assert set(result[part]) == {"min", "max", "mean", "median", "p90", "p95", "p99"}
+        assert 0 <= result[part]["min"] <= result[part]["max"]
+    assert result["compute_ms"]["median"] > result["h2d_ms"]["median"]

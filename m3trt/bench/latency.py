@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ class BenchOptions:
     device: str = "cpu"
     threads: int | None = None
     seed: int = 0
-    labels: list[str] = field(default_factory=list)
+    transfers: bool | None = None  # time H2D / compute / D2H apart; None: on for GPU engines
 
 
 def _annotator_runner(annotator: Annotator) -> Runner:
@@ -162,20 +162,41 @@ def time_folder(
     return samples, images_done
 
 
-def _result(batch: int, samples: list[float], images: int | None = None) -> dict[str, Any]:
+def time_transfers(
+    annotator: Annotator, images: np.ndarray, tags: np.ndarray, duration_s: float, minimum: int
+) -> dict[str, dict[str, float]]:
+    """Host-to-device, compute and device-to-host ms of the bundle's engine, apart (I/O binding)."""
+    feeds = {"image": images, "tags": tags}
+    parts: tuple[list[float], list[float], list[float]] = ([], [], [])
+    start = time.perf_counter()
+    while time.perf_counter() - start < duration_s or len(parts[0]) < minimum:
+        _, times = annotator.engine.run_timed(feeds)
+        for part, value in zip(parts, times, strict=True):
+            part.append(value)
+    return {
+        name: latency_stats(values)
+        for name, values in zip(("h2d_ms", "compute_ms", "d2h_ms"), parts, strict=True)
+    }
+
+
+def _result(
+    batch: int,
+    samples: list[float],
+    images: int | None = None,
+    transfers: dict[str, dict[str, float]] | None = None,
+) -> dict[str, Any]:
     stats = latency_stats(samples)
     total_s = sum(samples) / 1e3
     n_images = images if images is not None else batch * len(samples)
+    # Without --transfers, host/device times are not split: session.run does it all.
+    split = transfers or {"h2d_ms": None, "compute_ms": None, "d2h_ms": None}
     return {
         "batch_size": batch,
         "iterations": len(samples),
         "throughput_qps": len(samples) / total_s,
         "images_per_s": n_images / total_s,
         "latency_ms": stats,
-        # ONNX Runtime runs transfers inside session.run: no separate host/device times.
-        "h2d_ms": None,
-        "compute_ms": None,
-        "d2h_ms": None,
+        **split,
         "samples_ms": [round(s, 4) for s in samples],
     }
 
@@ -218,7 +239,14 @@ def run_bench(
                 options.iterations,
                 bar.advance,
             )
-            results.append(_result(batch, timed["bundle"]))
+            transfers = None
+            if options.transfers or (
+                options.transfers is None and annotator.choice.device == "cuda"
+            ):
+                transfers = time_transfers(
+                    annotator, images, tags, options.duration_s / 2, options.iterations
+                )
+            results.append(_result(batch, timed["bundle"], transfers=transfers))
             if ref_run is not None:
                 reference_results.append(_result(batch, timed["reference"]))
                 ratios[str(batch)] = float(

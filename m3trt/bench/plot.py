@@ -31,13 +31,14 @@ def plot_bench(report: dict[str, Any], path: Path) -> Path:
             widths=width * 0.9,
             patch_artist=True,
             showfliers=True,
-            flierprops={"markersize": 2},
+            flierprops={"markersize": 2, "markeredgecolor": f"C{i}"},
+            medianprops={"color": "black"},
         )
         colour = f"C{i}"
         for box in parts["boxes"]:
             box.set_facecolor(colour)
-            box.set_alpha(0.5)
-        left.plot([], [], color=colour, linewidth=6, alpha=0.5, label=name)
+            box.set_alpha(0.8)
+        left.plot([], [], color=colour, linewidth=6, alpha=0.8, label=name)
         right.plot(
             [r["batch_size"] for r in results],
             [r["images_per_s"] for r in results],

@@ -138,6 +138,41 @@ class OnnxRuntimeEngine:
         values = self.session.run(None, wanted)
         return dict(zip(self.outputs, values, strict=True))
 
+    @property
+    def device_type(self) -> str:
+        return "cuda" if CUDA in self.active_providers else "cpu"
+
+    def run_timed(
+        self, feeds: Mapping[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], tuple[float, float, float]]:
+        """``run`` split in three timed steps (ms) with ONNX Runtime's I/O binding, as trtexec
+        splits a GPU inference: host-to-device copies, compute, device-to-host copies. On the
+        CPU the copies are plain memory copies."""
+        import time
+
+        import onnxruntime as ort
+
+        device = self.device_type
+        binding = self.session.io_binding()
+        t0 = time.perf_counter()
+        values = [
+            ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(feeds[s.name]), device, 0)
+            for s in self.inputs
+        ]
+        for spec, value in zip(self.inputs, values, strict=True):
+            binding.bind_ortvalue_input(spec.name, value)
+        for name in self.outputs:
+            binding.bind_output(name, device)
+        binding.synchronize_inputs()
+        t1 = time.perf_counter()
+        self.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        t2 = time.perf_counter()
+        host = binding.copy_outputs_to_cpu()
+        t3 = time.perf_counter()
+        outputs = dict(zip(self.outputs, host, strict=True))
+        return outputs, ((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
+
 
 def open_engine(
     bundle: Bundle,
