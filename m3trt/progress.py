@@ -74,7 +74,7 @@ class Reporter:
 
     def log(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(message, highlight=False)
+            self.console.print(message, highlight=False, soft_wrap=True)
 
 
 SILENT = Reporter(quiet=True)

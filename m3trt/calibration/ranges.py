@@ -7,6 +7,8 @@ ranges are reused only when all three match. The ranges themselves are ONNX Runt
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import tempfile
@@ -124,8 +126,10 @@ def collect_ranges(
         # (a ResNet at 224 px: ~15 MB per image); chunks keep it flat, histograms merge.
         for start in range(0, len(data), COLLECT_CHUNK):
             chunk = data.subset(range(start, min(start + COLLECT_CHUNK, len(data))))
-            calibrator.collect_data(ImageSetReader(chunk, names, settings.batch_size, on_batch))
-        ranges = calibrator.compute_data()
+            with contextlib.redirect_stdout(io.StringIO()):  # its print()s would break our bars
+                calibrator.collect_data(ImageSetReader(chunk, names, settings.batch_size, on_batch))
+        with contextlib.redirect_stdout(io.StringIO()):
+            ranges = calibrator.compute_data()
         del calibrator
     return ranges
 
