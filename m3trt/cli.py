@@ -562,7 +562,13 @@ def inspect_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
     help="Results file (JSONL; .csv or --format csv for CSV).",
 )
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), help="Results format.")
-@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024))
+@click.option(
+    "--batch-size",
+    default=16,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="Images per engine call.",
+)
 @click.option(
     "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
 )
@@ -586,7 +592,13 @@ def inspect_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
 @click.option(
     "--top-k", type=click.IntRange(1), help="Keep the N best labels (with --threshold: at most N)."
 )
-@click.option("--max-pixels", default=100_000_000, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--max-pixels",
+    default=100_000_000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Refuse larger images (decompression bombs); read from the header.",
+)
 @click.option("--write-xmp", is_flag=True, help="Write IMAGE.xmp sidecars (labels as keywords).")
 @click.option("--write-txt", is_flag=True, help="Write IMAGE.txt with comma-separated labels.")
 @click.option("--overwrite", is_flag=True, help="Replace existing sidecars and results files.")
@@ -595,8 +607,18 @@ def inspect_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
 @click.option(
     "--report", type=click.Path(dir_okay=False, path_type=Path), help="HTML contact sheet."
 )
-@click.option("--report-limit", default=1000, show_default=True, type=click.IntRange(1))
-@click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--report-limit",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Images shown in --report (all are counted).",
+)
+@click.option(
+    "--summary-json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the run's counts, speed and engine as JSON.",
+)
 @click.pass_context
 def infer_cmd(ctx: click.Context, bundle: Path, paths: tuple[Path, ...], **kw: Any) -> None:
     """Annotate every image in PATHS (files or folders, recursively) with BUNDLE."""
