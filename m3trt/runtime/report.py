@@ -69,7 +69,11 @@ margin-bottom:20px}
 .failures ul{margin:8px 0 0;padding-left:18px}
 .failures li{margin:2px 0;word-break:break-all}
 .failures .err{color:#9a3412}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(180px,1fr));gap:14px}
+.grid{display:flex;flex-wrap:wrap;gap:14px}
+.grid>.card{width:200px;margin:0 14px 14px 0}
+@supports (display:grid){
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(180px,1fr))}
+.grid>.card{width:auto;margin:0}}
 .card{background:#fff;border:1px solid #d8dee4;border-radius:8px;padding:8px;
 display:flex;flex-direction:column;gap:6px;box-shadow:0 1px 2px rgba(0,0,0,.04)}
 .thumb{display:block;width:100%;height:auto;aspect-ratio:1/1;object-fit:contain;
