@@ -219,6 +219,15 @@ def run_bench(
     with reporter.task("bench", per_size * len(options.batch_sizes), unit="s") as bar:
         for batch in options.batch_sizes:
             if options.folder is not None:
+                warm_images, warm_tags = synthetic_batch(annotator, batch, options.seed)
+                time_interleaved(  # warm-up only: the engine's first calls are slow
+                    {"bundle": _annotator_runner(annotator)},
+                    warm_images,
+                    warm_tags,
+                    options.warmup_s,
+                    0.0,
+                    0,
+                )
                 samples, n = time_folder(
                     annotator, options.folder, batch, options.duration_s, options.iterations
                 )
