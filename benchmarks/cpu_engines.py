@@ -30,7 +30,7 @@ from m3trt.calibration.data import load_image_set
 from m3trt.export.build import BuildOptions, build_bundle
 from m3trt.runtime.sessions import cpu_session
 from m3trt.train.checkpoint import load_checkpoint
-from m3trt.train.predict import preprocess_for
+from m3trt.train.predict import torch_runner
 
 BATCHES = (1, 16)
 # Both ONNX Runtime's and OpenMP's pools busy-wait briefly after a call; without a pause the engine
@@ -38,17 +38,12 @@ BATCHES = (1, 16)
 COOL_DOWN_S = 0.2
 
 
-def torch_runner(checkpoint: Path):
-    model, config = load_checkpoint(checkpoint)
-    pre = preprocess_for(config)
-    k_max = config.model.k_max
+def eager_runner(checkpoint: Path):
+    run_eager = torch_runner(checkpoint)
 
-    @torch.inference_mode()
     def run(images: np.ndarray, tags: np.ndarray):
-        logits, q = model(pre(torch.from_numpy(images)), torch.from_numpy(tags))
-        scores = torch.sigmoid(logits).numpy()
-        k = metrics.decode_quantity(q.numpy(), k_max)
-        return scores, k
+        out = run_eager(images, tags)
+        return out["scores"], out["k"]
 
     return run
 
@@ -94,7 +89,7 @@ def bench_model(checkpoint: Path, data: Path, work: Path, rounds: int) -> dict:
         bundles[precision] = build_bundle(checkpoint, out, options)
     _, config = load_checkpoint(checkpoint)
     runners = {
-        "torch_eager_fp32": torch_runner(checkpoint),
+        "torch_eager_fp32": eager_runner(checkpoint),
         "bundle_fp32": onnx_runner(bundles["fp32"].artifact_path("engine")),
         "bundle_int8": onnx_runner(bundles["int8"].artifact_path("engine")),
     }

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from m3trt import metrics
-from m3trt.calibration.data import ImageSet, load_image_set
-from m3trt.calibration.guard import Outputs, compare_outputs
+from m3trt.calibration.data import load_image_set
+from m3trt.calibration.guard import compare_outputs, run_outputs
 from m3trt.errors import InputError
 from m3trt.progress import SILENT, Reporter
 from m3trt.runtime.annotator import Annotator
@@ -23,16 +23,6 @@ from m3trt.runtime.engines import CPU, OnnxRuntimeEngine
 DEFAULT_ATOL = 1e-2
 DEFAULT_RTOL = 1e-2
 COMPARED = ("scores", "quantity")
-
-
-def _outputs(run, data: ImageSet, batch_size: int, advance) -> Outputs:
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in ("scores", "quantity", "k", "topk")}
-    for images, tags in data.batches(batch_size):
-        out = run(images, tags)
-        for name in parts:
-            parts[name].append(out[name])
-        advance(len(images))
-    return Outputs(*(np.concatenate(parts[n]) for n in ("scores", "quantity", "k", "topk")))
 
 
 def tolerance_check(
@@ -81,15 +71,13 @@ def evaluate_bundle(
     labelled = np.flatnonzero(data.labels.any(axis=1))
     skipped = len(data) - len(labelled)
     data = data.subset(labelled)
-    reference = annotator
     engine_path = annotator.bundle.artifact_path(annotator.choice.artifact)
     ref_path = annotator.bundle.artifact_path(REFERENCE)
     with reporter.task("evaluate", 2 * len(data) if engine_path != ref_path else len(data)) as bar:
-        out = _outputs(annotator.run, data, batch_size, bar.advance)
+        out = run_outputs(annotator.engine.session, data, batch_size, bar.advance)
         if engine_path != ref_path:
-            engine = OnnxRuntimeEngine(ref_path, [CPU])
-            reference = Annotator(annotator.bundle, engine, annotator.choice, annotator.decoding)
-            ref = _outputs(reference.run, data, batch_size, bar.advance)
+            reference = OnnxRuntimeEngine(ref_path, [CPU]).session
+            ref = run_outputs(reference, data, batch_size, bar.advance)
         else:
             ref = out
     k = out.k if info.quantity_head else None

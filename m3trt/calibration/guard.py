@@ -47,12 +47,18 @@ class Outputs:
         return mask
 
 
-def run_outputs(session, data: ImageSet, batch_size: int = 16) -> Outputs:
+def run_outputs(
+    session,
+    data: ImageSet,
+    batch_size: int = 16,
+    on_batch: Callable[[int], None] = lambda _n: None,
+) -> Outputs:
     names = [i.name for i in session.get_inputs()]
     parts = []
     for images, tags in data.batches(batch_size):
         feeds = {"image": images, "tags": tags.astype(np.float32)}
         parts.append(session.run(["scores", "quantity", "k", "topk"], {n: feeds[n] for n in names}))
+        on_batch(len(images))
     return Outputs(*(np.concatenate(p) for p in zip(*parts, strict=True)))
 
 

@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from m3trt.errors import ManifestError
 
@@ -77,14 +78,20 @@ def _string_list(value: object, key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def parse_line(text: str, root: Path, line: int) -> Record:
-    """Parse one manifest line; raises ValueError with the reason (no file or line in it)."""
+def parse_json_object(text: str) -> dict[str, Any]:
+    """One JSONL line as an object; ValueError says what is wrong (no file or line in it)."""
     try:
         row = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(row, dict):
         raise ValueError("a line must be a JSON object")
+    return row
+
+
+def parse_line(text: str, root: Path, line: int) -> Record:
+    """Parse one manifest line; raises ValueError with the reason (no file or line in it)."""
+    row = parse_json_object(text)
     image = row.get("image")
     if not isinstance(image, str) or not image.strip():
         raise ValueError('missing "image" (a path relative to the manifest)')

@@ -9,7 +9,6 @@ reported, never assumed.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from m3trt.errors import M3Error
 from m3trt.runtime.bundle import ENGINE, REFERENCE, Bundle
+from m3trt.runtime.sessions import session_options
 
 DEVICES = ("auto", "cpu", "cuda")
 CPU = "CPUExecutionProvider"
@@ -116,9 +116,7 @@ class OnnxRuntimeEngine:
     def __post_init__(self) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads or os.cpu_count() or 1
-        options.log_severity_level = 3
+        options = session_options(self.threads)
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types

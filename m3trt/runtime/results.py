@@ -122,7 +122,6 @@ class ResultWriter:
         new_csv = fmt == "csv" and (not resume or not output.exists() or output.stat().st_size == 0)
         self._out: IO[str] = open(output, mode, encoding="utf-8", newline="")  # noqa: SIM115
         self._err: IO[str] | None = None
-        self._err_mode = mode
         if not resume and self.errors_file.exists():
             self.errors_file.unlink()  # --overwrite: the old errors belong to the old results
         # Rows of a batch wait here and reach the file in one write at flush(): Ctrl-C between

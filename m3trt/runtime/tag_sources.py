@@ -8,7 +8,6 @@ and XMP packets that declare a DOCTYPE or entities are refused.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import warnings
@@ -16,7 +15,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from m3trt.data.manifest import normalise_tag
+from m3trt.data.manifest import normalise_tag, parse_json_object
 from m3trt.errors import InputError, ManifestError
 
 TAG_SOURCES = ("none", "xmp", "sidecar", "manifest")
@@ -192,12 +191,7 @@ def _resolve(path: Path) -> Path:
 
 def _parse_tags_line(text: str) -> tuple[str, list[str]]:
     """One JSONL row -> (path as written, tags); ValueError says what is wrong with it."""
-    try:
-        row = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(row, dict):
-        raise ValueError("a line must be a JSON object")
+    row = parse_json_object(text)
     image = row.get("path", row.get("image"))
     if not isinstance(image, str) or not image.strip():
         raise ValueError('missing "path" (or "image"): the image file, relative to the manifest')

@@ -8,7 +8,9 @@ a broken or looping file link becomes an error entry, not a crash.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,20 +66,12 @@ def _check_file(path: str) -> Found:
         st = os.stat(path)
     except OSError as exc:
         return Found(path, _os_reason(path, exc))
-    if not _is_regular(st.st_mode):
+    if not stat.S_ISREG(st.st_mode):
         return Found(path, "not a regular file")
     return Found(path)
 
 
-def _is_regular(mode: int) -> bool:
-    import stat
-
-    return stat.S_ISREG(mode)
-
-
 def _os_reason(path: str, exc: OSError) -> str:
-    import errno
-
     if exc.errno == errno.ELOOP:
         return "symbolic link loop"
     if exc.errno == errno.ENOENT and os.path.islink(path):
