@@ -21,6 +21,7 @@ from typing import IO, TypeAlias
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from m3trt.data.native_memory import TRIM_AFTER_BYTES, release_free_memory
 from m3trt.errors import ImageDecodeError
 
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -86,6 +87,8 @@ class DecodeBudget:
         try:
             yield
         finally:
+            if cost >= TRIM_AFTER_BYTES:
+                release_free_memory()  # before the next large decode may start
             with self._cond:
                 self.in_use -= cost
                 self._cond.notify_all()

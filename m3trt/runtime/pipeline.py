@@ -279,12 +279,22 @@ def _run_locked(
                 bar.advance(len(good) + len(bad), failed=summary.failed)
     except KeyboardInterrupt:
         summary.interrupted = True
+    except OSError as exc:  # inputs fail per image in decode(): this is an output (a full disk)
+        raise _output_failure(exc, options.report or options.output) from None
     finally:
         summary.elapsed_s = time.perf_counter() - start
         summary.images_per_s = summary.annotated / summary.elapsed_s if summary.elapsed_s else 0.0
         if report is not None:
-            report.close(_report_summary(summary, annotator))
+            try:
+                report.close(_report_summary(summary, annotator))
+            except OSError as exc:
+                raise _output_failure(exc, report.path) from None
     return summary
+
+
+def _output_failure(exc: OSError, fallback: Path) -> OutputFailure:
+    where = os.fsdecode(exc.filename) if exc.filename else str(fallback)
+    return OutputFailure(f"{where}: cannot write ({os_reason(exc)}); the results so far are valid")
 
 
 def _fail(path: str, reason: str, writer: ResultWriter, summary: Summary, report: Any) -> None:
