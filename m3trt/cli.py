@@ -71,6 +71,24 @@ def quiet_option(command: Any) -> Any:
     )(command)
 
 
+def verify_key_option(command: Any) -> Any:
+    """``--verify-key pub.pem`` (or ``M3TRT_VERIFY_KEY``): refuse unsigned or wrongly signed
+    bundles (README, "signed bundles")."""
+    return click.option(
+        "--verify-key",
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar="M3TRT_VERIFY_KEY",
+        help="Public key (PEM): refuse a bundle not signed by it [env: M3TRT_VERIFY_KEY].",
+    )(command)
+
+
+def _verify(bundle: Path, key: Path | None) -> None:
+    if key is not None:
+        from m3trt.runtime.signing import verify_bundle
+
+        verify_bundle(bundle, key)
+
+
 def _finite(_ctx: click.Context, param: click.Parameter, value: float) -> float:
     if value is not None and not math.isfinite(value):
         raise click.BadParameter(f"{value}: give a finite number of seconds", param=param)
@@ -316,6 +334,7 @@ def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
     type=click.FloatRange(0),
     help="Allowed drop per figure, in metric points.",
 )
+@verify_key_option
 @quiet_option
 @click.pass_context
 def eval_cmd(
@@ -331,6 +350,7 @@ def eval_cmd(
     rtol: float,
     baseline: Path | None,
     max_drop: float,
+    verify_key: Path | None,
 ) -> None:
     """Score MODEL (a checkpoint folder or a NAME.m3 bundle) on a MANIFEST split, in every
     decoding mode; a bundle is also compared with its FP32 reference."""
@@ -341,6 +361,7 @@ def eval_cmd(
     if (model / "bundle.json").is_file() or model.name == "bundle.json":
         from m3trt.bench.evaluate import evaluate_bundle, format_agreement
 
+        _verify(model, verify_key)
         result = evaluate_bundle(
             model,
             manifest,
@@ -358,6 +379,8 @@ def eval_cmd(
             _write_json(json_path, result)
         _accuracy_gate(ctx, result, baseline, max_drop)
         return
+    if verify_key is not None:
+        raise M3Error(f"{model}: --verify-key checks bundles; this is not one (no bundle.json)")
     from m3trt.train.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(
@@ -543,6 +566,11 @@ def calibrate_cmd(
     help="Also limit the %% of images whose label set may change.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
+@click.option(
+    "--sign-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Elliptic-curve private key (PEM): sign the bundle (OpenSSF model signing).",
+)
 @quiet_option
 @click.pass_context
 def build_cmd(ctx: click.Context, source: Path, out: Path, **kw: Any) -> None:
@@ -550,6 +578,10 @@ def build_cmd(ctx: click.Context, source: Path, out: Path, **kw: Any) -> None:
     from m3trt.calibration.guard import AccuracyBudget
     from m3trt.export.build import BuildOptions, build_bundle
 
+    if kw["sign_key"] is not None:
+        from m3trt.runtime.signing import check_signing_key
+
+        check_signing_key(kw["sign_key"])  # before the build, not after it
     disagreement = kw["max_disagreement"]
     options = BuildOptions(
         precision=kw["precision"],
@@ -566,6 +598,10 @@ def build_cmd(ctx: click.Context, source: Path, out: Path, **kw: Any) -> None:
         overwrite=kw["overwrite"],
     )
     bundle = build_bundle(source, out, options, reporter=_reporter(ctx))
+    if kw["sign_key"] is not None:
+        from m3trt.runtime.signing import sign_bundle
+
+        click.echo(f"signed: {sign_bundle(bundle.path, kw['sign_key'])}", err=True)
     latency = bundle.latency
     speed = latency.get("speedup_vs_reference")
     versus = f" ({speed:.2f}x the FP32 reference)" if speed else ""
@@ -666,6 +702,7 @@ def inspect_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
     type=click.IntRange(64, 1 << 20),
     help="MiB of decoder memory all workers together may hold (large images wait their turn).",
 )
+@verify_key_option
 @quiet_option
 @click.pass_context
 def infer_cmd(ctx: click.Context, bundle: Path, paths: tuple[Path, ...], **kw: Any) -> None:
@@ -694,6 +731,7 @@ def infer_cmd(ctx: click.Context, bundle: Path, paths: tuple[Path, ...], **kw: A
         summary_json=kw["summary_json"],
         decode_memory=kw["decode_memory"] << 20,
     )
+    _verify(bundle, kw["verify_key"])
     annotator = Annotator.load(
         bundle,
         device=kw["device"],
