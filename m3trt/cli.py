@@ -89,6 +89,18 @@ def _verify(bundle: Path, key: Path | None) -> None:
         verify_bundle(bundle, key)
 
 
+def _within_pillow(param: click.Parameter, value: int) -> int:
+    from m3trt.data.images import pillow_pixel_limit
+
+    limit = pillow_pixel_limit()
+    if limit is not None and value > limit:
+        raise click.BadParameter(
+            f"{value:,} is above {limit:,} pixels, the most the image decoder (Pillow) opens",
+            param=param,
+        )
+    return value
+
+
 def _finite(_ctx: click.Context, param: click.Parameter, value: float) -> float:
     if value is not None and not math.isfinite(value):
         raise click.BadParameter(f"{value}: give a finite number of seconds", param=param)
@@ -694,6 +706,7 @@ def inspect_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
     default=100_000_000,
     show_default=True,
     type=click.IntRange(1),
+    callback=lambda _c, p, v: _within_pillow(p, v),
     help="Refuse larger images (decompression bombs); read from the header.",
 )
 @click.option("--write-xmp", is_flag=True, help="Write IMAGE.xmp sidecars (labels as keywords).")

@@ -144,22 +144,15 @@ def load_image(
     if isinstance(source, Image.Image):
         # The caller's image: no draft, which would change their object.
         return _decode(source, size, where, max_pixels)
-    allow_pixels(max_pixels)
     with _open(source, where) as img:
         return _decode(img, size, where, max_pixels, draft=True, budget=budget)
 
 
-_PILLOW_LIMIT_LOCK = threading.Lock()
-
-
-def allow_pixels(max_pixels: int) -> None:
-    """Let Pillow open images up to ``max_pixels``: its own guard (an error above twice
-    ``Image.MAX_IMAGE_PIXELS``) would otherwise refuse what the user explicitly allowed. Only
-    ever raised, never lowered; m3trt's own check (`_check_pixels`) enforces ``max_pixels``."""
-    with _PILLOW_LIMIT_LOCK:
-        current = Image.MAX_IMAGE_PIXELS
-        if current is not None and max_pixels > current:
-            Image.MAX_IMAGE_PIXELS = max_pixels
+def pillow_pixel_limit() -> int | None:
+    """The most pixels Pillow opens (it raises above twice ``Image.MAX_IMAGE_PIXELS``); None if
+    the caller switched Pillow's guard off. ``--max-pixels`` above it is refused up front."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else 2 * int(limit)
 
 
 def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
@@ -363,7 +356,7 @@ def _unidentified(_exc: BaseException, source: ImageSource | None) -> str:
 
 def _too_big_for_pillow(exc: BaseException, _source: ImageSource | None) -> str:
     detail = " ".join(str(exc).split())
-    return f"image too large ({detail}; a guard against decompression bombs: see --max-pixels)"
+    return f"image too large for Pillow's decompression-bomb guard ({detail})"
 
 
 def _permission(_exc: BaseException, source: ImageSource | None) -> str:
