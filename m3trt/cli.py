@@ -7,6 +7,7 @@ shows the traceback).
 from __future__ import annotations
 
 import json
+import math
 import sys
 import traceback
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import click
 
 from m3trt import __version__
-from m3trt.errors import M3Error
+from m3trt.errors import M3Error, OutputFailure
 from m3trt.progress import Reporter
 
 EXIT_FAILURE = 1
@@ -32,6 +33,8 @@ class M3Group(click.Group):
             raise
         except M3Error as exc:
             _fail(ctx, f"error: {exc}", EXIT_USAGE, exc)
+        except OutputFailure as exc:
+            _fail(ctx, f"error: {exc}", EXIT_FAILURE, exc)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
@@ -48,6 +51,60 @@ def _fail(ctx: click.Context, message: str, code: int, exc: BaseException) -> No
 
 def _reporter(ctx: click.Context) -> Reporter:
     return Reporter(quiet=ctx.obj.get("quiet", False))
+
+
+def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(dict)
+        ctx.obj["quiet"] = True
+
+
+def quiet_option(command: Any) -> Any:
+    """``-q/--quiet`` after the subcommand too (``m3trt infer ... --quiet``), as users type it."""
+    return click.option(
+        "--quiet",
+        "-q",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_quiet,
+        help="No progress bars or chatter; errors still print.",
+    )(command)
+
+
+def verify_key_option(command: Any) -> Any:
+    """``--verify-key pub.pem`` (or ``M3TRT_VERIFY_KEY``): refuse unsigned or wrongly signed
+    bundles (README, "signed bundles")."""
+    return click.option(
+        "--verify-key",
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar="M3TRT_VERIFY_KEY",
+        help="Public key (PEM): refuse a bundle not signed by it [env: M3TRT_VERIFY_KEY].",
+    )(command)
+
+
+def _verify(bundle: Path, key: Path | None) -> None:
+    if key is not None:
+        from m3trt.runtime.signing import verify_bundle
+
+        verify_bundle(bundle, key)
+
+
+def _within_pillow(param: click.Parameter, value: int) -> int:
+    from m3trt.data.images import pillow_pixel_limit
+
+    limit = pillow_pixel_limit()
+    if limit is not None and value > limit:
+        raise click.BadParameter(
+            f"{value:,} is above {limit:,} pixels, the most the image decoder (Pillow) opens",
+            param=param,
+        )
+    return value
+
+
+def _finite(_ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value}: give a finite number of seconds", param=param)
+    return value
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -88,11 +145,17 @@ def data() -> None:
 @click.option("--n", "n", default=2000, show_default=True, help="Number of images.")
 @click.option("--size", default=128, show_default=True, help="Image side in pixels.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Write into an OUT folder that is not empty.")
+@quiet_option
 @click.pass_context
-def data_synth(ctx: click.Context, out: Path, n: int, size: int, seed: int) -> None:
+def data_synth(
+    ctx: click.Context, out: Path, n: int, size: int, seed: int, overwrite: bool
+) -> None:
     """Write a synthetic multi-label dataset with noisy user tags to OUT."""
     from m3trt.data.synth import generate
 
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise M3Error(f"{out}: exists and is not an empty folder; use --overwrite or another OUT")
     reporter = _reporter(ctx)
     try:
         with reporter.task("synth", n) as bar:
@@ -109,6 +172,7 @@ def data_synth(ctx: click.Context, out: Path, n: int, size: int, seed: int) -> N
 @click.option(
     "--images", type=click.Path(path_type=Path), help="Image folder (default ROOT/Flickr)."
 )
+@quiet_option
 @click.pass_context
 def data_import_nuswide(ctx: click.Context, root: Path, out: Path, images: Path | None) -> None:
     """Write a manifest from the official NUS-WIDE layout under ROOT."""
@@ -129,6 +193,7 @@ def data_import_nuswide(ctx: click.Context, root: Path, out: Path, images: Path 
 )
 @click.option("--images", type=click.Path(path_type=Path), help="Image folder.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), help="Split for every image.")
+@quiet_option
 @click.pass_context
 def data_import_coco(
     ctx: click.Context,
@@ -200,6 +265,7 @@ def _print_import(summary: Any) -> None:
     type=click.IntRange(1, 256),
     help="CPU threads [default: cores]; fix it for bit-identical runs across machines.",
 )
+@quiet_option
 @click.pass_context
 def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
     """Train an M3 model on MANIFEST and keep the best checkpoint in OUT."""
@@ -288,6 +354,8 @@ def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
     type=click.FloatRange(0),
     help="Allowed drop per figure, in metric points.",
 )
+@verify_key_option
+@quiet_option
 @click.pass_context
 def eval_cmd(
     ctx: click.Context,
@@ -303,6 +371,7 @@ def eval_cmd(
     rtol: float,
     baseline: Path | None,
     max_drop: float,
+    verify_key: Path | None,
 ) -> None:
     """Score MODEL (a checkpoint folder or a NAME.m3 bundle) on a MANIFEST split, in every
     decoding mode; a bundle is also compared with its FP32 reference."""
@@ -313,6 +382,7 @@ def eval_cmd(
     if (model / "bundle.json").is_file() or model.name == "bundle.json":
         from m3trt.bench.evaluate import evaluate_bundle, format_agreement
 
+        _verify(model, verify_key)
         result = evaluate_bundle(
             model,
             manifest,
@@ -331,6 +401,8 @@ def eval_cmd(
             _write_json(json_path, result)
         _accuracy_gate(ctx, result, baseline, max_drop)
         return
+    if verify_key is not None:
+        raise M3Error(f"{model}: --verify-key checks bundles; this is not one (no bundle.json)")
     from m3trt.train.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(
@@ -384,6 +456,7 @@ def _accuracy_gate(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the export report (node counts, parity) as JSON.",
 )
+@quiet_option
 @click.pass_context
 def export_cmd(
     ctx: click.Context, checkpoint: Path, out: Path, opset: int, json_path: Path | None
@@ -425,6 +498,7 @@ def export_cmd(
     type=click.IntRange(1),
     help="Calibration images to use (a seeded sample when there are more).",
 )
+@quiet_option
 @click.pass_context
 def calibrate_cmd(
     ctx: click.Context, model: Path, data: Path, out: Path, method: str, count: int
@@ -522,6 +596,12 @@ def calibrate_cmd(
     help="Also limit the %% of images whose label set may change.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
+@click.option(
+    "--sign-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Elliptic-curve private key (PEM): sign the bundle (OpenSSF model signing).",
+)
+@quiet_option
 @click.pass_context
 def build_cmd(ctx: click.Context, source: Path, out: Path, **kw: Any) -> None:
     """Build an engine bundle from SOURCE (a checkpoint folder or an exported .onnx)."""
@@ -529,6 +609,10 @@ def build_cmd(ctx: click.Context, source: Path, out: Path, **kw: Any) -> None:
     from m3trt.build.options import BuildOptions
     from m3trt.calibration.guard import AccuracyBudget
 
+    if kw["sign_key"] is not None:
+        from m3trt.runtime.signing import check_signing_key
+
+        check_signing_key(kw["sign_key"])  # before the build, not after it
     disagreement = kw["max_disagreement"]
     options = BuildOptions(
         precision=kw["precision"],
@@ -546,6 +630,10 @@ def build_cmd(ctx: click.Context, source: Path, out: Path, **kw: Any) -> None:
         overwrite=kw["overwrite"],
     )
     bundle = build_bundle(source, out, options, reporter=_reporter(ctx))
+    if kw["sign_key"] is not None:
+        from m3trt.runtime.signing import sign_bundle
+
+        click.echo(f"signed: {sign_bundle(bundle.path, kw['sign_key'])}", err=True)
     latency = bundle.latency
     speed = latency.get("speedup_vs_reference")
     versus = f" ({speed:.2f}x the FP32 reference)" if speed else ""
@@ -618,6 +706,7 @@ def inspect_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
     default=100_000_000,
     show_default=True,
     type=click.IntRange(1),
+    callback=lambda _c, p, v: _within_pillow(p, v),
     help="Refuse larger images (decompression bombs); read from the header.",
 )
 @click.option("--write-xmp", is_flag=True, help="Write IMAGE.xmp sidecars (labels as keywords).")
@@ -640,6 +729,15 @@ def inspect_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the run's counts, speed and engine as JSON.",
 )
+@click.option(
+    "--decode-memory",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(64, 1 << 20),
+    help="MiB of decoder memory all workers together may hold (large images wait their turn).",
+)
+@verify_key_option
+@quiet_option
 @click.pass_context
 def infer_cmd(ctx: click.Context, bundle: Path, paths: tuple[Path, ...], **kw: Any) -> None:
     """Annotate every image in PATHS (files or folders, recursively) with BUNDLE."""
@@ -664,7 +762,10 @@ def infer_cmd(ctx: click.Context, bundle: Path, paths: tuple[Path, ...], **kw: A
         resume=kw["resume"],
         report=kw["report"],
         report_limit=kw["report_limit"],
+        summary_json=kw["summary_json"],
+        decode_memory=kw["decode_memory"] << 20,
     )
+    _verify(bundle, kw["verify_key"])
     annotator = Annotator.load(
         bundle,
         device=kw["device"],
@@ -675,8 +776,6 @@ def infer_cmd(ctx: click.Context, bundle: Path, paths: tuple[Path, ...], **kw: A
     )
     reporter.log(annotator.description)
     summary = run_folder(annotator, paths, options, reporter)
-    if kw["summary_json"]:
-        _write_json(kw["summary_json"], summary.to_json())
     click.echo(_infer_line(summary), err=True)
     if summary.interrupted:
         click.echo("interrupted: continue with the same command plus --resume", err=True)
@@ -716,9 +815,21 @@ def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tu
 @main.command("bench")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_batch_sizes)
-@click.option("--warmup", default=1.0, show_default=True, type=click.FloatRange(0), help="Seconds.")
 @click.option(
-    "--duration", default=3.0, show_default=True, type=click.FloatRange(0), help="Seconds timed."
+    "--warmup",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0, 86400),
+    callback=_finite,
+    help="Seconds.",
+)
+@click.option(
+    "--duration",
+    default=3.0,
+    show_default=True,
+    type=click.FloatRange(0, 86400),
+    callback=_finite,
+    help="Seconds timed (at most a day).",
 )
 @click.option(
     "--iterations",
@@ -760,6 +871,7 @@ def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tu
     help="An earlier --json: exit 1 if a ratio fell by more than --max-slowdown.",
 )
 @click.option("--max-slowdown", default=1.10, show_default=True, type=click.FloatRange(1.0))
+@quiet_option
 @click.pass_context
 def bench_cmd(ctx: click.Context, bundle: Path, **kw: Any) -> None:
     """Latency and throughput of BUNDLE per batch size, as trtexec reports them."""

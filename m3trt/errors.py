@@ -19,3 +19,8 @@ class ImageDecodeError(InputError):
 
 class ManifestError(InputError):
     """A manifest or label file is malformed; the message names the file and line."""
+
+
+class OutputFailure(Exception):
+    """Writing an output failed (a full disk, a vanished folder): not the user's input, so the
+    CLI exits 1, but the message still names the file and says what went wrong."""

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import onnx
+import onnx.numpy_helper
 import pytest
 from onnx import TensorProto, helper
 
@@ -46,11 +47,38 @@ def model_info() -> ModelInfo:
 
 
 def save_onnx(path: Path, op: str, info: ModelInfo | None) -> Path:
-    """A tiny but real ONNX graph, optionally carrying the m3trt metadata."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
-    node = helper.make_node(op, ["x", "x"] if op == "Add" else ["x"], ["y"])
-    graph = helper.make_graph([node], "tiny", [x], [y])
+    """A tiny but real ONNX graph with the I/O contract of DESIGN §3.3 (which loading checks
+    against bundle.json), optionally carrying the m3trt metadata; ``op`` varies the weights."""
+    import numpy as np
+
+    c = len(LABELS)
+    weights = np.full((3, c), 0.5 if op == "Add" else 0.25, np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["tags", "w"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["scores"]),
+        helper.make_node("ReduceSum", ["scores"], ["quantity"], keepdims=0),
+        helper.make_node("Cast", ["quantity"], ["k"], to=TensorProto.INT32),
+        helper.make_node("TopK", ["scores", "three"], ["values", "indices"]),
+        helper.make_node("Cast", ["indices"], ["topk"], to=TensorProto.INT32),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [
+            helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", 32, 32, 3]),
+            helper.make_tensor_value_info("tags", TensorProto.FLOAT, ["batch", 3]),
+        ],
+        [
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", c]),
+            helper.make_tensor_value_info("quantity", TensorProto.FLOAT, ["batch"]),
+            helper.make_tensor_value_info("k", TensorProto.INT32, ["batch"]),
+            helper.make_tensor_value_info("topk", TensorProto.INT32, ["batch", 3]),
+        ],
+        initializer=[
+            onnx.numpy_helper.from_array(weights, "w"),
+            onnx.numpy_helper.from_array(np.array([3], np.int64), "three"),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     if info is not None:
         helper.set_model_props(model, info.to_onnx_metadata())
@@ -144,7 +172,7 @@ def test_deterministic(tmp_path, sources):
 def test_flipped_byte(built):
     path = built.artifact_path("engine")
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
+    data[data.find(b"\x00\x00\x00\x3f") + 3] ^= 0x01  # one weight: the graph still parses
     path.write_bytes(bytes(data))
     message = error_of(built.path)
     assert "model.int8.onnx" in message and "sha256" in message and "m3trt build" in message

@@ -109,7 +109,7 @@ def test_csv_output(tmp_path, int8_bundle, test_images):
     assert infer(int8_bundle, test_images, "-o", out)[0] == 0
     jl = tmp_path / "results.jsonl"
     assert infer(int8_bundle, test_images, "-o", jl)[0] == 0
-    assert out.read_text().splitlines()[0] == "path,labels,scores,k,quantity"
+    assert out.read_text().splitlines()[0] == "path,labels,scores,k,quantity,path_bytes"
     for a, b in zip(read_results(out), jsonl(jl), strict=True):
         assert a["path"] == b["path"] and a["labels"] == b["labels"] and a["k"] == b["k"]
         np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-6)
@@ -346,6 +346,11 @@ def test_runtime_and_infer_never_import_torch(tmp_path, int8_bundle, test_images
         "import m3trt.runtime.annotator, m3trt.runtime.pipeline, m3trt.runtime.engines\n"
         "import m3trt.runtime.results, m3trt.runtime.walk, m3trt.runtime.report\n"
         "import m3trt.runtime.sidecars, m3trt.runtime.tag_sources, m3trt.metrics, m3trt.data\n"
+        "import m3trt.runtime.outputs, m3trt.runtime.signing, m3trt.data.safe_open\n"
+        "try:\n"
+        "    m3trt.runtime.signing._library()  # --verify-key's imports: model-signing\n"
+        "except m3trt.errors.InputError:\n"
+        "    pass  # not installed\n"
         "from m3trt.cli import main\n"
         "try:\n"
         f"    main(['-q', 'infer', {str(int8_bundle)!r}, {str(test_images)!r}, '-o', {str(out)!r},"

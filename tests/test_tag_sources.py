@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import time
 from pathlib import Path
@@ -189,16 +190,18 @@ def test_plain_images_have_no_keywords(tmp_path, fmt):
     assert read_embedded_keywords(path) == []
 
 
-def test_malformed_xmp_is_ignored_but_iptc_kept(tmp_path):
+def test_malformed_xmp_fails_the_image_like_a_bad_sidecar(tmp_path):
     bad = xmp_packet(["never"]).replace(b"</rdf:Description>", b"</rdf:Oops>")
     path = write_jpeg(tmp_path / "a.jpg", xmp=bad, iptc=[b"kept"])
-    assert read_embedded_keywords(path) == ["kept"]
+    with pytest.raises(InputError, match=r"a\.jpg: bad XMP tags: malformed XMP"):
+        read_embedded_keywords(path)
 
 
-def test_entity_declaring_xmp_is_ignored(tmp_path):
+def test_entity_declaring_xmp_fails_the_image(tmp_path):
     packet = xmp_packet(["&a;", "plain"], prolog='<!DOCTYPE x:xmpmeta [<!ENTITY a "boom">]>')
     path = write_jpeg(tmp_path / "a.jpg", xmp=packet)
-    assert read_embedded_keywords(path) == []
+    with pytest.raises(InputError, match="bad XMP tags"):
+        read_embedded_keywords(path)
 
 
 def test_non_image_file_with_packet_still_read(tmp_path):
@@ -225,7 +228,7 @@ def test_packet_in_tail_of_large_file_is_found(tmp_path):
 def test_missing_or_unreadable_file_raises(tmp_path):
     with pytest.raises(InputError, match=r"missing\.jpg: cannot read image"):
         read_embedded_keywords(tmp_path / "missing.jpg")
-    with pytest.raises(InputError, match="cannot read image"):
+    with pytest.raises(InputError, match="image is a folder"):
         read_embedded_keywords(tmp_path)
 
 
@@ -258,7 +261,7 @@ def test_undecodable_sidecar_raises_naming_it(tmp_path):
 
 def test_sidecar_that_is_a_folder_raises(tmp_path):
     (tmp_path / "photo.jpg.tags").mkdir()
-    with pytest.raises(InputError, match=r"photo\.jpg\.tags: cannot read"):
+    with pytest.raises(InputError, match=r"photo\.jpg\.tags: tags file is a folder"):
         read_sidecar_tags(tmp_path / "photo.jpg")
 
 
@@ -333,7 +336,7 @@ def test_duplicate_manifest_entry_is_refused(tmp_path):
 
 
 def test_unreadable_manifest_raises(tmp_path):
-    with pytest.raises(ManifestError, match=r"nope\.jsonl: cannot read tags manifest"):
+    with pytest.raises(ManifestError, match=r"nope\.jsonl: tags manifest not found"):
         ManifestTags.load(tmp_path / "nope.jsonl")
     (tmp_path / "latin.jsonl").write_bytes(b'{"path": "\xe9.jpg", "tags": []}\n')
     with pytest.raises(ManifestError, match="not UTF-8"):
@@ -361,3 +364,46 @@ def test_tag_source_errors(tmp_path):
         tag_source("exif")
     with pytest.raises(ManifestError, match="missing.jsonl"):
         tag_source("manifest", tmp_path / "missing.jsonl")  # checked now, not per image
+
+
+# --- hostile tag sources: never read what is not a regular file ------------------------------
+
+
+def test_fifo_and_device_sidecars_fail_at_once(tmp_path):
+    os.mkfifo(tmp_path / "pipe.jpg.tags")  # opening it for reading would block forever
+    (tmp_path / "zero.jpg.tags").symlink_to("/dev/zero")  # reading it never ends
+    started = time.perf_counter()
+    with pytest.raises(InputError, match=r"pipe\.jpg\.tags: tags file is a FIFO"):
+        read_sidecar_tags(tmp_path / "pipe.jpg")
+    with pytest.raises(InputError, match=r"zero\.jpg\.tags: tags file is a character device"):
+        read_sidecar_tags(tmp_path / "zero.jpg")
+    assert time.perf_counter() - started < 2
+
+
+def test_oversized_sidecar_and_fifo_manifest_are_refused(tmp_path):
+    (tmp_path / "big.jpg.tags").write_bytes(b"a," * tag_sources.MAX_SIDECAR_BYTES)
+    with pytest.raises(InputError, match="limit is"):
+        read_sidecar_tags(tmp_path / "big.jpg")
+    os.mkfifo(tmp_path / "tags.jsonl")
+    with pytest.raises(ManifestError, match=r"tags\.jsonl: tags manifest is a FIFO"):
+        ManifestTags.load(tmp_path / "tags.jsonl")
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [("[" * 100_000 + "]" * 100_000, "nested too deeply"), ('{"path": ' + "9" * 5000 + "}", "")],
+)
+def test_hostile_manifest_lines_give_one_line(tmp_path, line, problem):
+    manifest = tmp_path / "tags.jsonl"
+    manifest.write_text(line + "\n")
+    with pytest.raises(ManifestError, match=rf"tags\.jsonl:1: .*{problem}") as info:
+        ManifestTags.load(manifest)
+    assert "\n" not in str(info.value)
+
+
+def test_manifest_with_a_bom_and_a_line_separator_in_a_name(tmp_path):
+    name = "a\u2028b.jpg"
+    manifest = tmp_path / "tags.jsonl"
+    row = json.dumps({"path": name, "tags": ["x"]}, ensure_ascii=False)
+    manifest.write_bytes(b"\xef\xbb\xbf" + row.encode() + b"\n")
+    assert ManifestTags.load(manifest).tags_for(tmp_path / name) == ["x"]

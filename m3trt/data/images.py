@@ -11,14 +11,17 @@ from __future__ import annotations
 import io
 import operator
 import os
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TypeAlias
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from m3trt.data.native_memory import TRIM_AFTER_BYTES, release_free_memory
 from m3trt.errors import ImageDecodeError
 
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -28,6 +31,9 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
 """Lowercase file extensions accepted when scanning folders."""
+
+DEFAULT_DECODE_MEMORY = 1 << 30
+"""Bytes of decoder memory all threads together may hold (``DecodeBudget``)."""
 
 PILLOW_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
 """Formats Pillow may identify. Limiting them keeps untrusted files away from plugins such as EPS,
@@ -55,12 +61,73 @@ _ORIENTATION = {
 }
 
 
+class DecodeBudget:
+    """Decoder memory shared by threads: each decode holds its estimated peak bytes while it runs.
+
+    A 389 KB PNG can declare 100 megapixels and need over a gigabyte to decode; N worker threads
+    decoding N of those at once multiply that by N. With a budget, decodes wait for memory the
+    way they would wait for a core: many small images run side by side, large ones one by one.
+    An image costing more than the whole budget runs alone (``max_pixels`` bounds that case).
+    """
+
+    def __init__(self, limit_bytes: int = DEFAULT_DECODE_MEMORY) -> None:
+        self.limit = _positive_int(limit_bytes, "decode memory")
+        self.in_use = 0
+        self.peak = 0  # the most bytes ever held at once (tests and benchmarks read it)
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, cost: int) -> Iterator[None]:
+        cost = max(1, min(cost, self.limit))
+        with self._cond:
+            while self.in_use + cost > self.limit:
+                self._cond.wait()
+            self.in_use += cost
+            self.peak = max(self.peak, self.in_use)
+        try:
+            yield
+        finally:
+            if cost >= TRIM_AFTER_BYTES:
+                release_free_memory()  # before the next large decode may start
+            with self._cond:
+                self.in_use -= cost
+                self._cond.notify_all()
+
+
+def decode_cost(img: Image.Image) -> int:
+    """Estimated peak bytes to decode ``img`` (after draft) into RGB and resize it.
+
+    The decoded image itself plus what `_to_rgb` allocates at full size: an RGB copy (3 B/px),
+    and for transparent images an RGBA copy too (4 B/px, unless already RGBA); 16-bit and float
+    greys go through numpy copies (uint32 or float64). Resizing happens after a reduce, so its
+    buffers are small; 1 B/px covers them.
+    """
+    width, height = img.size
+    mode = img.mode
+    if mode in ("I", "F"):
+        per_pixel = 4 + 3 * 8 + 1 + 3
+    elif mode.startswith("I;16"):
+        per_pixel = 2 + 2 * 4 + 1 + 3
+    else:
+        try:
+            per_pixel = Image.getmodebands(mode)  # 8-bit bands: one byte each
+        except (KeyError, ValueError):
+            per_pixel = 4
+        if mode in _ALPHA_MODES or "transparency" in img.info:
+            per_pixel += (0 if mode == "RGBA" else 4) + 3
+        elif mode != "RGB":
+            per_pixel += 3
+        per_pixel += 1
+    return width * height * per_pixel
+
+
 def load_image(
     source: ImageSource,
     size: int,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     name: str | None = None,
+    budget: DecodeBudget | None = None,
 ) -> np.ndarray:
     """Decode `source` into a writable, C-contiguous uint8 array of shape (size, size, 3), RGB.
 
@@ -78,7 +145,14 @@ def load_image(
         # The caller's image: no draft, which would change their object.
         return _decode(source, size, where, max_pixels)
     with _open(source, where) as img:
-        return _decode(img, size, where, max_pixels, draft=True)
+        return _decode(img, size, where, max_pixels, draft=True, budget=budget)
+
+
+def pillow_pixel_limit() -> int | None:
+    """The most pixels Pillow opens (it raises above twice ``Image.MAX_IMAGE_PIXELS``); None if
+    the caller switched Pillow's guard off. ``--max-pixels`` above it is refused up front."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else 2 * int(limit)
 
 
 def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
@@ -160,7 +234,13 @@ def _check_pixels(img: Image.Image, where: str, max_pixels: int) -> None:
 
 
 def _decode(
-    img: Image.Image, size: int, where: str, max_pixels: int, *, draft: bool = False
+    img: Image.Image,
+    size: int,
+    where: str,
+    max_pixels: int,
+    *,
+    draft: bool = False,
+    budget: DecodeBudget | None = None,
 ) -> np.ndarray:
     """Check the size, then decode, convert and resize; Pillow failures become one-line errors."""
     _check_pixels(img, where, max_pixels)
@@ -168,16 +248,25 @@ def _decode(
         if draft and img.format in _DRAFT_FORMATS:
             # DCT scaling: decode at 1/2, 1/4 or 1/8 scale, never below the requested size.
             img.draft("RGB", (size, size))
-        img.load()
-        transpose = _orientation(img)
-        rgb = _to_rgb(img)
-        small = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        with budget.hold(decode_cost(img)) if budget is not None else _no_hold():
+            img.load()
+            transpose = _orientation(img)
+            rgb = _to_rgb(img)
+            small = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+            del rgb
+            if draft:  # our own image: drop its full-size pixels before handing the budget back
+                img.im = None
     except Exception as exc:
         raise ImageDecodeError(f"{where}: {_reason(exc, None)}") from exc
     if transpose is not None:
         # Rotating the small square gives the same pixels as rotating the big original first.
         small = small.transpose(transpose)
     return np.array(small, dtype=np.uint8, order="C")
+
+
+@contextmanager
+def _no_hold() -> Iterator[None]:
+    yield
 
 
 def _orientation(img: Image.Image) -> Image.Transpose | None:
@@ -196,7 +285,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if mode in _ALPHA_MODES or "transparency" in img.info:
         if mode == "La":  # Pillow converts premultiplied La only to LA.
             img = img.convert("LA")
-        return _over_white(img.convert("RGBA"))
+        return _over_white(img if mode == "RGBA" else img.convert("RGBA"))
     if mode == "RGB":
         return img
     return img.convert("RGB")
@@ -267,10 +356,7 @@ def _unidentified(_exc: BaseException, source: ImageSource | None) -> str:
 
 def _too_big_for_pillow(exc: BaseException, _source: ImageSource | None) -> str:
     detail = " ".join(str(exc).split())
-    return (
-        f"image too large for Pillow's decompression-bomb guard ({detail}); raise "
-        "PIL.Image.MAX_IMAGE_PIXELS as well as max_pixels to accept it"
-    )
+    return f"image too large for Pillow's decompression-bomb guard ({detail})"
 
 
 def _permission(_exc: BaseException, source: ImageSource | None) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from m3trt.atomic import write_text
-from m3trt.errors import ManifestError
+from m3trt.errors import InputError, ManifestError
 
 SPLITS = ("train", "val", "test")
 LABELS_FILE = "labels.txt"
@@ -80,11 +80,19 @@ def _string_list(value: object, key: str) -> tuple[str, ...]:
 
 
 def parse_json_object(text: str) -> dict[str, Any]:
-    """One JSONL line as an object; ValueError says what is wrong (no file or line in it)."""
+    """One JSONL line as an object; ValueError says what is wrong (no file or line in it).
+
+    Hostile lines get the same one-line treatment as broken ones: nesting deep enough to
+    exhaust the parser's recursion and integers longer than Python will convert.
+    """
     try:
         row = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer with more than 4300 digits
+        raise ValueError(f"not usable JSON ({' '.join(str(exc).split())[:120]})") from None
     if not isinstance(row, dict):
         raise ValueError("a line must be a JSON object")
     return row
@@ -114,10 +122,7 @@ def parse_line(text: str, root: Path, line: int) -> Record:
 
 def read_label_file(path: Path) -> list[str]:
     """Read ``labels.txt``: one name per line, blank lines ignored, duplicates refused."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path}: cannot read label file ({exc})") from None
+    lines = _read_text(path, "label file", MAX_LABEL_FILE_BYTES).splitlines()
     names: list[str] = []
     seen: dict[str, int] = {}
     for number, raw in enumerate(lines, 1):
@@ -133,6 +138,27 @@ def read_label_file(path: Path) -> list[str]:
     if not names:
         raise ManifestError(f"{path}: label file is empty")
     return names
+
+
+MAX_MANIFEST_BYTES = 4 << 30
+MAX_LABEL_FILE_BYTES = 64 << 20
+
+
+def _read_text(path: Path, what: str, max_bytes: int) -> str:
+    """A UTF-8 text file (a byte-order mark is allowed, as editors on Windows write one),
+    read only if it is a regular file under ``max_bytes``."""
+    from m3trt.data.safe_open import read_regular
+
+    try:
+        data = read_regular(path, what, max_bytes)
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: {what} not found") from None
+    except InputError as exc:
+        raise ManifestError(str(exc)) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: {what} is not UTF-8 text (byte {exc.start})") from None
 
 
 def _summarise(path: Path, problems: list[str], what: str) -> str:
@@ -163,14 +189,11 @@ def read_manifest(
         if not candidate.is_file():
             raise ManifestError(f"{path}: is a folder without a manifest.jsonl")
         path = candidate
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path}: cannot read manifest ({exc})") from None
+    text = _read_text(path, "manifest", MAX_MANIFEST_BYTES)
 
     records: list[Record] = []
     problems: list[str] = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):  # JSON may hold a raw U+2028
         if not line.strip():
             continue
         try:

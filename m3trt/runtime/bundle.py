@@ -25,6 +25,7 @@ from m3trt.runtime.model_io import (
     check_int,
 )
 from m3trt.runtime.model_io import bundle_error as _error
+from m3trt.runtime.model_io import one_line as _one_line
 
 SCHEMA_VERSION = 2
 BUNDLE_FILE = "bundle.json"
@@ -71,11 +72,11 @@ class Artifact:
         try:
             art = cls(
                 role=role,
-                file=str(data["file"]),
-                sha256=str(data["sha256"]).lower(),
+                file=_check_str(data["file"], "file"),
+                sha256=_check_str(data["sha256"], "sha256").lower(),
                 bytes=check_int(data["bytes"], "bytes"),
-                format=data.get("format"),
-                precision=data.get("precision"),
+                format=_check_choice(data.get("format"), "format", FORMATS),
+                precision=_check_choice(data.get("precision"), "precision", PRECISIONS),
             )
         except KeyError as exc:
             raise _error(f"{where} lacks {exc}; {REBUILD}") from None
@@ -87,6 +88,19 @@ class Artifact:
             raise _error(f"{where} has a negative size; {REBUILD}")
         _safe_relative(art.file, where)
         return art
+
+
+def _check_str(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, not {type(value).__name__}")
+    return value
+
+
+def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str | None:
+    if value is not None and value not in choices:
+        shown = repr(value) if isinstance(value, str) else type(value).__name__
+        raise TypeError(f"{name} {shown[:40]} is not one of {', '.join(choices)}")
+    return value
 
 
 @dataclass
@@ -189,11 +203,20 @@ def software_versions() -> dict[str, str]:
 
 def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     """Load ``NAME.m3/`` or its ``bundle.json``; ``verify=False`` skips hashing, not the checks."""
+    from m3trt.runtime.graph_contract import check_graph, check_model_info
+
     folder = _bundle_folder(Path(path))
     manifest = folder / BUNDLE_FILE
     bundle = _parse_bundle(_read_manifest(manifest), folder)
+    check_model_info(bundle.model, str(manifest))
     for artifact in bundle.artifacts.values():
         _check_artifact(bundle, artifact, verify=verify)
+    files = [a.file for a in bundle.artifacts.values()]
+    for artifact in bundle.artifacts.values():
+        if artifact.format in (ONNX, ONNX_ORT_CPU) or (
+            artifact.format is None and artifact.file.endswith(".onnx")
+        ):
+            check_graph(bundle.model, folder / artifact.file, str(manifest), folder, files)
     return bundle
 
 
@@ -214,15 +237,26 @@ def _bundle_folder(path: Path) -> Path:
     return path
 
 
+MAX_MANIFEST_BYTES = 64 << 20  # bundle.json holds metadata, never weights
+
+
 def _read_manifest(manifest: Path) -> dict[str, Any]:
+    from m3trt.data.safe_open import read_regular
+    from m3trt.errors import InputError
+
     try:
-        text = manifest.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise _error(f"{manifest}: cannot be read ({exc}); {REBUILD}") from None
+        text = read_regular(manifest, "bundle manifest", MAX_MANIFEST_BYTES).decode("utf-8")
+    except (OSError, UnicodeDecodeError, InputError) as exc:
+        reason = exc if isinstance(exc, InputError) else f"{manifest}: cannot be read ({exc})"
+        raise _error(f"{reason}; {REBUILD}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise _error(f"{manifest}: not valid JSON ({exc}); {REBUILD}") from None
+    except RecursionError:
+        raise _error(f"{manifest}: JSON nested too deeply; {REBUILD}") from None
+    except ValueError as exc:  # an integer longer than Python converts
+        raise _error(f"{manifest}: unusable JSON ({_one_line(exc)[:120]}); {REBUILD}") from None
     if not isinstance(data, dict):
         raise _error(f"{manifest}: must hold a JSON object; {REBUILD}")
     _check_schema(data, manifest)

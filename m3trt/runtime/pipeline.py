@@ -19,11 +19,25 @@ from typing import Any
 
 import numpy as np
 
-from m3trt.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, load_image
-from m3trt.errors import InputError, M3Error
+from m3trt.data.images import (
+    DEFAULT_DECODE_MEMORY,
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    DecodeBudget,
+    load_image,
+)
+from m3trt.data.safe_open import open_regular, os_reason
+from m3trt.errors import InputError, M3Error, OutputFailure
 from m3trt.progress import SILENT, Reporter
 from m3trt.runtime.annotator import Annotation, Annotator
-from m3trt.runtime.results import ResultWriter, done_paths, errors_path, format_for
+from m3trt.runtime.outputs import check_outputs, output_lock
+from m3trt.runtime.results import (
+    ResultWriter,
+    display_path,
+    done_paths,
+    errors_path,
+    format_for,
+)
 from m3trt.runtime.walk import Found, check_roots, iter_images
 
 
@@ -43,6 +57,8 @@ class InferOptions:
     resume: bool = False
     report: Path | None = None
     report_limit: int = 1000
+    summary_json: Path | None = None
+    decode_memory: int = DEFAULT_DECODE_MEMORY  # bytes, all decoding threads together
 
 
 @dataclass
@@ -81,14 +97,21 @@ def _reason(path: str, exc: BaseException) -> str:
 
 
 def decoder(
-    size: int, max_pixels: int, tags_for: Callable[[Path], list[str]]
+    size: int,
+    max_pixels: int,
+    tags_for: Callable[[Path], list[str]],
+    budget: DecodeBudget | None = None,
 ) -> Callable[[Found], Decoded]:
     def decode(found: Found) -> Decoded:
         if found.error is not None:
             return Decoded(found.path, error=found.error)
         try:
-            image = load_image(found.path, size, max_pixels=max_pixels, name=found.path)
+            # Opened as a regular file (never a FIFO swapped in since the walk looked at it).
+            with open_regular(found.path, "image") as f:
+                image = load_image(f, size, max_pixels=max_pixels, name=found.path, budget=budget)
             tags = tags_for(Path(found.path))
+        except FileNotFoundError:
+            return Decoded(found.path, error="file not found (removed during the run)")
         except (M3Error, OSError, ValueError) as exc:
             return Decoded(found.path, error=_reason(found.path, exc))
         except Exception as exc:  # a decoder bug on one hostile file must not end the run
@@ -130,13 +153,17 @@ def batches(stream: Iterable[Decoded], size: int) -> Iterator[tuple[list[Decoded
 
 
 class Sidecars:
-    """``--write-xmp`` / ``--write-txt``: never overwrite without ``--overwrite``."""
+    """``--write-xmp`` / ``--write-txt``: never overwrite without ``--overwrite``, never
+    replace one of the run's own outputs (``protected``); a failure is that image's error."""
 
-    def __init__(self, xmp: bool, txt: bool, overwrite: bool) -> None:
+    def __init__(
+        self, xmp: bool, txt: bool, overwrite: bool, protected: Iterable[Path] = ()
+    ) -> None:
         self.xmp, self.txt, self.overwrite = xmp, txt, overwrite
+        self._protected = {_file_key(p) for p in protected}
 
     def write(self, path: str, annotation: Annotation) -> tuple[int, int]:
-        """(written, kept) counts for one image."""
+        """(written, kept) counts for one image; InputError names the sidecar that failed."""
         from m3trt.runtime import sidecars
 
         written = kept = 0
@@ -153,11 +180,19 @@ class Sidecars:
                 (sidecars.txt_sidecar_path(Path(path)), sidecars.render_txt(annotation.labels))
             )
         for target, text in jobs:
+            if _file_key(target) in self._protected:
+                raise InputError(
+                    f"{target}: the sidecar would replace an output of this run; not written"
+                )
             if sidecars.write_sidecar(target, text, overwrite=self.overwrite):
                 written += 1
             else:
                 kept += 1
         return written, kept
+
+
+def _file_key(path: Path) -> str:
+    return os.path.join(os.path.realpath(path.parent), path.name)
 
 
 def _no_tags(_path: Path) -> list[str]:
@@ -181,10 +216,40 @@ def run_folder(
         raise InputError(f"--batch-size must be at least 1, not {options.batch_size}")
     roots = check_roots(paths)
     fmt = format_for(options.output, options.fmt)
+    outputs = {
+        "results": options.output,
+        "errors": errors_path(options.output),
+        "report": options.report,
+        "summary": options.summary_json,
+    }
+    check_outputs(
+        outputs,
+        roots,
+        options.extensions,
+        overwrite=options.overwrite,
+        resume=options.resume,
+    )
+    with output_lock(options.output) as lock:
+        protected = [p for p in outputs.values() if p is not None] + [lock]
+        summary = _run_locked(annotator, roots, fmt, options, reporter, protected)
+    if options.summary_json is not None:
+        _write_summary(options.summary_json, summary)
+    return summary
+
+
+def _run_locked(
+    annotator: Annotator,
+    roots: list[Path],
+    fmt: str,
+    options: InferOptions,
+    reporter: Reporter,
+    protected: list[Path],
+) -> Summary:
     tags_for = _tag_source(options)
     if options.tags != "none" and not annotator.uses_tags:
         reporter.log(f"note: this model was trained without tags; --tags {options.tags} ignored")
         tags_for = _no_tags
+    # Validated before anything is changed: a file that is not m3trt's is refused untouched.
     done = done_paths(options.output, fmt) if options.resume else set()
     total, skipped = _count(roots, options.extensions, done)
     summary = Summary(
@@ -194,8 +259,9 @@ def run_folder(
         str(errors_path(options.output)),
     )
     workers = options.workers or max(1, os.cpu_count() or 1)
-    decode = decoder(annotator.image_size, options.max_pixels, tags_for)
-    sidecars = Sidecars(options.write_xmp, options.write_txt, options.overwrite)
+    budget = DecodeBudget(options.decode_memory)
+    decode = decoder(annotator.image_size, options.max_pixels, tags_for, budget)
+    sidecars = Sidecars(options.write_xmp, options.write_txt, options.overwrite, protected)
     todo = (f for f in iter_images(roots, options.extensions) if f.path not in done)
     summary.skipped = skipped
     start = time.perf_counter()
@@ -206,22 +272,50 @@ def run_folder(
             stream = decode_ahead(todo, decode, workers, window=2 * options.batch_size + workers)
             for good, bad in batches(stream, options.batch_size):
                 for item in bad:
-                    writer.error(item.path, item.error or "unknown error")
-                    summary.failed += 1
-                    if report is not None:
-                        report.add_failure(item.path, item.error or "")
+                    _fail(item.path, item.error or "unknown error", writer, summary, report)
                 if good:
                     _annotate_batch(annotator, good, writer, sidecars, summary, report)
                 writer.flush()
                 bar.advance(len(good) + len(bad), failed=summary.failed)
     except KeyboardInterrupt:
         summary.interrupted = True
+    except OSError as exc:  # inputs fail per image in decode(): this is an output (a full disk)
+        raise _output_failure(exc, options.report or options.output) from None
     finally:
         summary.elapsed_s = time.perf_counter() - start
         summary.images_per_s = summary.annotated / summary.elapsed_s if summary.elapsed_s else 0.0
         if report is not None:
-            report.close(_report_summary(summary, annotator))
+            try:
+                report.close(_report_summary(summary, annotator))
+            except OSError as exc:
+                raise _output_failure(exc, report.path) from None
     return summary
+
+
+def _output_failure(exc: OSError, fallback: Path) -> OutputFailure:
+    where = os.fsdecode(exc.filename) if exc.filename else str(fallback)
+    return OutputFailure(f"{where}: cannot write ({os_reason(exc)}); the results so far are valid")
+
+
+def _fail(path: str, reason: str, writer: ResultWriter, summary: Summary, report: Any) -> None:
+    writer.error(path, reason)
+    summary.failed += 1
+    if report is not None:
+        report.add_failure(display_path(path), reason)
+
+
+def _write_summary(path: Path, summary: Summary) -> None:
+    """``--summary-json``, replaced atomically (check_outputs has allowed it)."""
+    import json
+
+    temp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp.write_text(json.dumps(summary.to_json(), indent=2) + "\n", encoding="utf-8")
+        os.replace(temp, path)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise OutputFailure(f"{path}: cannot write the summary ({os_reason(exc)})") from None
 
 
 def _count(roots: list[Path], extensions: frozenset[str], done: set[str]) -> tuple[int, int]:
@@ -244,14 +338,18 @@ def _annotate_batch(
     images = np.stack([item.image for item in good])
     tags = annotator.encode_tags([item.tags for item in good]) if annotator.uses_tags else None
     for item, annotation in zip(good, annotator.decode(annotator.run(images, tags)), strict=True):
+        try:
+            written, kept = sidecars.write(item.path, annotation)
+        except (M3Error, OSError) as exc:  # that image's failure, never the run's end
+            _fail(item.path, _reason(item.path, exc), writer, summary, report)
+            continue
         writer.write(annotation.to_json(item.path))
         summary.annotated += 1
-        written, kept = sidecars.write(item.path, annotation)
         summary.sidecars_written += written
         summary.sidecars_kept += kept
         if report is not None:
             report.add(
-                item.path,
+                display_path(item.path),
                 annotation.labels,
                 annotation.scores,
                 annotation.k,

@@ -338,6 +338,7 @@ def _page_open(title: str) -> str:
         "<!DOCTYPE html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        '<meta name="generator" content="m3trt">\n'
         f"<title>{_esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
     )
 

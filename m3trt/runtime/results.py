@@ -1,26 +1,116 @@
 """Result files of ``m3trt infer``: JSONL (default) or CSV, plus ``<stem>.errors.jsonl``.
 
-Lines are appended and flushed once per batch, so after Ctrl-C or a kill the file holds every
-finished batch and at most one torn last line. ``--resume`` cuts that torn line off and reads the
-paths already written, so the run continues without duplicates or gaps. An existing file is never
-replaced without ``--overwrite``.
+Lines are appended and synced once per batch, so after Ctrl-C or a kill the file holds every
+finished batch and at most one torn last line. ``--resume`` first checks that both files are
+m3trt's (every complete line parses; a torn last line looks like the start of one of ours), and
+only then cuts the torn line off; a file that is not ours is refused untouched.
+
+File names are bytes on POSIX and need not be UTF-8 (``caf\\xe9.jpg`` from a Latin-1 disk). Python
+carries such names as str with lone surrogates (``os.fsdecode``), which no UTF-8 file can hold.
+So ``path`` is always valid UTF-8 text for people and tools (undecodable bytes shown as U+FFFD),
+and a name that is not valid UTF-8 also gets ``path_bytes``: its exact bytes in base64, which is
+what ``--resume`` and ``read_results`` use to get the name back.
+
+CSV lists (labels, scores) are joined by ``|``; a ``|`` or ``\\`` inside a label is escaped with a
+backslash, so labels split back exactly. Rows end in CRLF (RFC 4180), so a carriage return in a
+file name is quoted, not taken for the end of a row.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import csv
 import io
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from m3trt.errors import InputError
+from m3trt.data.safe_open import os_reason
+from m3trt.errors import InputError, OutputFailure
 
 FORMATS = ("jsonl", "csv")
-CSV_COLUMNS = ("path", "labels", "scores", "k", "quantity")
+CSV_COLUMNS = ("path", "labels", "scores", "k", "quantity", "path_bytes")
 LIST_SEPARATOR = "|"
+MAX_LINE_BYTES = 1 << 20  # longer than any line m3trt writes: a bigger one is not ours
+_JSONL_START = b'{"path": "'
+
+
+# --- file names ------------------------------------------------------------------------------
+
+
+def display_path(path: str) -> str:
+    """``path`` as valid UTF-8: undecodable bytes become U+FFFD (for people, not for lookup)."""
+    try:
+        return os.fsencode(path).decode("utf-8", "replace")
+    except UnicodeError:  # surrogates that no file name decodes to (a caller's str)
+        return path.encode("utf-8", "replace").decode("utf-8")
+
+
+def path_fields(path: str) -> dict[str, str]:
+    """``{"path": text}``, plus ``"path_bytes"`` (base64) when the name is not valid UTF-8."""
+    try:
+        path.encode("utf-8")
+        return {"path": path}
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = os.fsencode(path)
+    except UnicodeError:
+        raw = path.encode("utf-8", "surrogatepass")
+    return {"path": display_path(path), "path_bytes": base64.b64encode(raw).decode("ascii")}
+
+
+def path_from_fields(row: dict[str, Any]) -> str:
+    """The exact name written by ``path_fields`` (raises ValueError if the fields are bad)."""
+    encoded = row.get("path_bytes")
+    if encoded:
+        if not isinstance(encoded, str):
+            raise ValueError('"path_bytes" is not a string')
+        try:
+            return os.fsdecode(base64.b64decode(encoded, validate=True))
+        except (binascii.Error, ValueError):
+            raise ValueError('"path_bytes" is not base64') from None
+    path = row.get("path")
+    if not isinstance(path, str) or not path:
+        raise ValueError('no "path"')
+    return path
+
+
+def clean_text(text: str) -> str:
+    """Any str made writable as UTF-8 (error reasons may quote a non-UTF-8 name)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# --- CSV lists -------------------------------------------------------------------------------
+
+
+def join_list(items: list[str]) -> str:
+    """``["a|b", "c"]`` -> ``a\\|b|c``: backslash escapes ``\\`` and ``|`` inside an item."""
+    return LIST_SEPARATOR.join(i.replace("\\", "\\\\").replace("|", "\\|") for i in items)
+
+
+def split_list(text: str) -> list[str]:
+    """Inverse of ``join_list``; an empty cell is an empty list."""
+    if not text:
+        return []
+    items, current, chars = [], [], iter(text)
+    for char in chars:
+        if char == "\\":
+            current.append(next(chars, "\\"))
+        elif char == LIST_SEPARATOR:
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    items.append("".join(current))
+    return items
+
+
+# --- formats and names -----------------------------------------------------------------------
 
 
 def errors_path(output: Path) -> Path:
@@ -37,8 +127,124 @@ def format_for(output: Path, fmt: str | None) -> str:
     return "csv" if output.suffix.lower() == ".csv" else "jsonl"
 
 
+# --- reading back for --resume ---------------------------------------------------------------
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
+    """(number, line, complete) for each line, never holding more than one bounded line."""
+    with open(path, "rb") as f:
+        number = 0
+        while True:
+            line = f.readline(MAX_LINE_BYTES + 1)
+            if not line:
+                return
+            number += 1
+            if len(line) > MAX_LINE_BYTES:
+                raise InputError(
+                    f"{path}:{number}: a line longer than {MAX_LINE_BYTES:,} bytes is not one "
+                    "m3trt wrote; move the file away or use --overwrite"
+                )
+            yield number, line, line.endswith(b"\n")
+
+
+def _not_ours(path: Path, number: int, why: str) -> InputError:
+    return InputError(
+        f"{path}:{number}: not a line m3trt wrote ({why}); --resume changes nothing in it: "
+        "move it away, choose another -o, or use --overwrite"
+    )
+
+
+def _scan_jsonl(path: Path, key: str) -> tuple[set[str], int]:
+    """Paths in an m3trt JSONL file whose lines carry ``key``, and the size to keep."""
+    done: set[str] = set()
+    keep = 0
+    for number, line, complete in _lines(path):
+        if not complete:
+            if not (line.startswith(_JSONL_START) or _JSONL_START.startswith(line)):
+                raise _not_ours(path, number, "a last line that does not start like ours")
+            return done, keep  # a torn last line: cut after validation
+        keep += len(line)
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+            if not isinstance(row, dict) or key not in row:
+                raise ValueError(f'no "{key}"')
+            done.add(path_from_fields(row))
+        except (ValueError, RecursionError) as exc:
+            raise _not_ours(path, number, str(exc).split("\n")[0][:80]) from None
+    return done, keep
+
+
+def _scan_csv(path: Path) -> tuple[set[str], int]:
+    """Paths in an m3trt CSV, and the size to keep (everything up to the last complete row)."""
+    done: set[str] = set()
+    header = ",".join(CSV_COLUMNS).encode()
+    keep = 0
+    pending = b""  # a row may span lines (a quoted newline inside a name)
+    for number, line, complete in _lines(path):
+        if number == 1:
+            if line.rstrip(b"\r\n") != header:
+                if not complete and header.startswith(line):
+                    return done, 0
+                raise _not_ours(path, 1, "not m3trt's CSV header")
+            keep += len(line)
+            continue
+        if not complete:
+            return done, keep
+        if len(pending) > MAX_LINE_BYTES:
+            raise _not_ours(path, number, "an unterminated quoted field")
+        pending += line
+        if pending.count(b'"') % 2 == 1:
+            continue  # inside a quoted field (a newline in a name): the row goes on
+        try:
+            rows = list(csv.reader(io.StringIO(pending.decode("utf-8"), newline="")))
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise _not_ours(path, number, str(exc)[:80]) from None
+        if len(rows) != 1 or (rows[0] and len(rows[0]) != len(CSV_COLUMNS)):
+            raise _not_ours(path, number, f"not a row of {len(CSV_COLUMNS)} columns")
+        keep += len(pending)
+        pending = b""
+        if rows[0]:
+            try:
+                done.add(path_from_fields(dict(zip(CSV_COLUMNS, rows[0], strict=True))))
+            except ValueError as exc:
+                raise _not_ours(path, number, str(exc)) from None
+    return done, keep
+
+
+def _check_regular(path: Path) -> None:
+    if path.exists() and not path.is_file():
+        raise InputError(f"{path}: exists and is not a regular file; choose another -o")
+
+
+def done_paths(output: Path, fmt: str) -> set[str]:
+    """Paths already in the results and errors files. Both files are validated first; only
+    then are torn last lines cut off, so a file that is not m3trt's is never changed."""
+    plans: list[tuple[Path, int]] = []
+    done: set[str] = set()
+    errors = errors_path(output)
+    for path, scan in (
+        (output, (lambda p: _scan_csv(p)) if fmt == "csv" else (lambda p: _scan_jsonl(p, "k"))),
+        (errors, lambda p: _scan_jsonl(p, "error")),
+    ):
+        if not path.exists():
+            continue
+        _check_regular(path)
+        paths, keep = scan(path)
+        done |= paths
+        plans.append((path, keep))
+    for path, keep in plans:
+        if path.stat().st_size != keep:
+            os.truncate(path, keep)
+    return done
+
+
 def repair_torn_tail(path: Path) -> int:
-    """Cut a last line that has no newline (a write interrupted mid-line); returns bytes cut."""
+    """Cut a last line that has no newline (a write interrupted mid-line); returns bytes cut.
+
+    Only for files this process is writing (``ResultWriter.close``); ``--resume`` validates
+    before it cuts (``done_paths``)."""
     with open(path, "rb+") as f:
         size = f.seek(0, os.SEEK_END)
         if size == 0:
@@ -62,46 +268,7 @@ def repair_torn_tail(path: Path) -> int:
         return size
 
 
-def _jsonl_paths(path: Path) -> Iterable[str]:
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)["path"]
-            except (ValueError, KeyError, TypeError):
-                raise InputError(
-                    f"{path}:{number}: not a line m3trt wrote (no JSON object with a path); "
-                    "cannot resume from it: move it away or use --overwrite"
-                ) from None
-
-
-def _csv_paths(path: Path) -> Iterable[str]:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            return
-        if tuple(header) != CSV_COLUMNS:
-            raise InputError(
-                f"{path}: not an m3trt CSV (header {header!r}); move it away or use --overwrite"
-            )
-        for row in reader:
-            if row:
-                yield row[0]
-
-
-def done_paths(output: Path, fmt: str) -> set[str]:
-    """Paths already in the results and error files (after repairing torn tails)."""
-    done: set[str] = set()
-    if output.exists():
-        repair_torn_tail(output)
-        done.update(_csv_paths(output) if fmt == "csv" else _jsonl_paths(output))
-    errors = errors_path(output)
-    if errors.exists():
-        repair_torn_tail(errors)
-        done.update(_jsonl_paths(errors))
-    return done
+# --- writing ---------------------------------------------------------------------------------
 
 
 class ResultWriter:
@@ -111,54 +278,82 @@ class ResultWriter:
         self.output = output
         self.fmt = fmt
         self.errors_file = errors_path(output)
-        existing = [p for p in (output, self.errors_file) if p.exists()]
+        self.rows_written = 0
+        existing = [p for p in (output, self.errors_file) if p.exists() or p.is_symlink()]
         if existing and not (resume or overwrite):
             raise InputError(
                 f"{existing[0]} exists: continue it with --resume, replace it with --overwrite, "
                 "or choose another -o"
             )
-        output.parent.mkdir(parents=True, exist_ok=True)
+        for path in existing:
+            _check_regular(path)
+        had_rows = resume and output.exists() and output.stat().st_size > 0
+        self._created = not had_rows
         mode = "a" if resume else "w"
-        new_csv = fmt == "csv" and (not resume or not output.exists() or output.stat().st_size == 0)
-        self._out: IO[str] = open(output, mode, encoding="utf-8", newline="")  # noqa: SIM115
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            self._out: IO[str] = open(output, mode, encoding="utf-8", newline="")  # noqa: SIM115
+            if not resume and self.errors_file.exists():
+                self.errors_file.unlink()  # --overwrite: the old errors belong to the old results
+        except OSError as exc:
+            raise OutputFailure(f"{output}: cannot write results ({os_reason(exc)})") from None
         self._err: IO[str] | None = None
-        if not resume and self.errors_file.exists():
-            self.errors_file.unlink()  # --overwrite: the old errors belong to the old results
         # Rows of a batch wait here and reach the file in one write at flush(): Ctrl-C between
         # two rows then loses the unfinished batch (redone by --resume), never half a line.
         self._rows = io.StringIO()
         self._errors = io.StringIO()
-        self._csv = csv.writer(self._rows, lineterminator="\n") if fmt == "csv" else None
-        if self._csv is not None and new_csv:
+        self._csv = (
+            csv.writer(self._rows, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+            if fmt == "csv"
+            else None
+        )
+        if self._csv is not None and not had_rows:
             self._csv.writerow(CSV_COLUMNS)
 
     def write(self, row: dict[str, Any]) -> None:
+        """One annotated image; ``row["path"]`` is the name as the walk spells it."""
+        fields = path_fields(row["path"])
         if self._csv is not None:
             self._csv.writerow(
                 [
-                    row["path"],
-                    LIST_SEPARATOR.join(row["labels"]),
+                    fields["path"],
+                    join_list(row["labels"]),
                     LIST_SEPARATOR.join(f"{s:.6f}" for s in row["scores"]),
                     row["k"],
                     f"{row['quantity']:.6f}",
+                    fields.get("path_bytes", ""),
                 ]
             )
         else:
-            self._rows.write(json.dumps(row, ensure_ascii=False) + "\n")
+            line = {**row, **fields} if "path_bytes" in fields else {**row, "path": fields["path"]}
+            self._rows.write(json.dumps(line, ensure_ascii=False) + "\n")
+        self.rows_written += 1
 
     def error(self, path: str, reason: str) -> None:
-        self._errors.write(json.dumps({"path": path, "error": reason}, ensure_ascii=False) + "\n")
+        line = {**path_fields(path), "error": clean_text(reason)}
+        if "path_bytes" in line:  # keep "path" first, as in the results
+            line = {"path": line["path"], "error": line["error"], "path_bytes": line["path_bytes"]}
+        self._errors.write(json.dumps(line, ensure_ascii=False) + "\n")
 
     def flush(self) -> None:
         """Write the batch's rows and errors, each file in one write, and sync them to disk."""
         rows, errors = self._take(self._rows), self._take(self._errors)
-        if errors and self._err is None:
-            self._err = open(self.errors_file, "a", encoding="utf-8")  # noqa: SIM115
-        for f, text in ((self._out, rows), (self._err, errors)):
-            if f is not None and text:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
+        target = self.output
+        try:
+            if errors and self._err is None:
+                target = self.errors_file
+                self._err = open(self.errors_file, "a", encoding="utf-8")  # noqa: SIM115
+            for f, text in ((self._out, rows), (self._err, errors)):
+                if f is not None and text:
+                    target = Path(f.name)
+                    f.write(text)
+                    f.flush()
+                    os.fsync(f.fileno())
+        except OSError as exc:
+            raise OutputFailure(
+                f"{target}: cannot write ({os_reason(exc)}); what was written before is "
+                "valid: free space and continue with --resume"
+            ) from None
 
     @staticmethod
     def _take(buffer: io.StringIO) -> str:
@@ -168,14 +363,18 @@ class ResultWriter:
         return text
 
     def close(self) -> None:
-        """Flush and close; a line torn by an interrupt inside a write is cut off."""
+        """Flush and close; a line torn by an interrupt inside a write is cut off. A results
+        file this run created and never wrote a row to is removed (nothing was annotated)."""
         try:
             self.flush()
         finally:
             for f in (self._out, self._err):
                 if f is not None:
-                    f.close()
+                    with contextlib.suppress(OSError):  # the flush has said what went wrong
+                        f.close()
                     repair_torn_tail(Path(f.name))
+            if self._created and self.rows_written == 0:
+                self.output.unlink(missing_ok=True)
 
     def __enter__(self) -> ResultWriter:
         return self
@@ -185,19 +384,23 @@ class ResultWriter:
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
-    """Rows of a results file in either format (tests, eval and users' scripts)."""
-    text = path.read_text(encoding="utf-8")
+    """Rows of a results or errors file in either format (tests, eval and users' scripts);
+    ``path`` is the exact name (from ``path_bytes`` when present)."""
+    text = path.read_bytes().decode("utf-8")  # no newline translation: a name may hold a CR
     if path.suffix.lower() != ".csv":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        rows = [json.loads(line) for line in text.split("\n") if line.strip()]
+        for row in rows:
+            row["path"] = path_from_fields(row)
+            row.pop("path_bytes", None)
+        return rows
     rows = []
-    for row in csv.DictReader(io.StringIO(text)):
-        labels = row["labels"].split(LIST_SEPARATOR) if row["labels"] else []
-        scores = [float(s) for s in row["scores"].split(LIST_SEPARATOR)] if row["scores"] else []
+    for row in csv.DictReader(io.StringIO(text, newline="")):
+        scores = row["scores"]
         rows.append(
             {
-                "path": row["path"],
-                "labels": labels,
-                "scores": scores,
+                "path": path_from_fields(row),
+                "labels": split_list(row["labels"]),
+                "scores": [float(s) for s in scores.split(LIST_SEPARATOR)] if scores else [],
                 "k": int(row["k"]),
                 "quantity": float(row["quantity"]),
             }

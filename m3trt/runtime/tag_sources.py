@@ -2,8 +2,10 @@
 
 Every source returns tags already passed through `normalise_tag`, without empty strings or
 duplicates, in first-seen order, so the caller can map them onto the vocabulary directly.
-Metadata inside images is untrusted: reads are capped, bad metadata is ignored rather than fatal,
-and XMP packets that declare a DOCTYPE or entities are refused.
+Every source reads regular files only (a FIFO or ``/dev/zero`` behind a name is refused at
+once, never read), with a size cap, and a bad tag source fails that one image the same way
+whatever the source: a sidecar that is not UTF-8 text, an XMP packet that is malformed or declares
+a DOCTYPE/ENTITY, each give the image one error line. An image without any tags is not an error.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from m3trt.data.manifest import normalise_tag, parse_json_object
+from m3trt.data.safe_open import open_regular, read_regular
 from m3trt.errors import InputError, ManifestError
 
 TAG_SOURCES = ("none", "xmp", "sidecar", "manifest")
@@ -25,6 +29,8 @@ MAX_HEAD_BYTES = 4 << 20  # XMP/IPTC normally sit near the start of the file
 MAX_TAIL_BYTES = 1 << 20  # ...but PNG and TIFF may put them after the pixel data
 MAX_PACKET_BYTES = 1 << 20
 MAX_PACKETS_TRIED = 8  # a hostile file full of start markers must not cost minutes
+MAX_SIDECAR_BYTES = 1 << 20  # a tags file is a few words; more is not one
+MAX_TAGS_MANIFEST_BYTES = 4 << 30
 
 _RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
 _DC_SUBJECT = "{http://purl.org/dc/elements/1.1/}subject"
@@ -88,27 +94,31 @@ def _find_packets(data: bytes) -> Iterator[bytes]:
 
 
 def _first_subjects(packets: Iterable[bytes]) -> list[str]:
-    """Subjects of the first packet that parses; bad packets are skipped, never fatal."""
+    """Subjects of the first packet that parses. ValueError (the first packet's problem) when
+    there are packets and none parses: bad XMP is a bad tag source, as a bad sidecar is."""
+    first_problem: ValueError | None = None
     for packet in packets:
         try:
             return parse_xmp_subjects(packet)
-        except ValueError:
-            continue
+        except ValueError as exc:
+            first_problem = first_problem or exc
+    if first_problem is not None:
+        raise first_problem
     return []
 
 
 # --- embedded metadata ---------------------------------------------------------------------------
 
 
-def _read_bounded(path: Path) -> list[bytes]:
+def _read_bounded(f: BinaryIO, path: Path) -> list[bytes]:
     """The file's head and (if larger) its tail: all we ever scan, so memory stays bounded."""
     try:
-        with path.open("rb") as f:
-            chunks = [f.read(MAX_HEAD_BYTES)]
-            size = os.fstat(f.fileno()).st_size
-            if size > MAX_HEAD_BYTES:
-                f.seek(max(MAX_HEAD_BYTES, size - MAX_TAIL_BYTES))
-                chunks.append(f.read(MAX_TAIL_BYTES))
+        chunks = [f.read(MAX_HEAD_BYTES)]
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_HEAD_BYTES:
+            f.seek(max(MAX_HEAD_BYTES, size - MAX_TAIL_BYTES))
+            chunks.append(f.read(MAX_TAIL_BYTES))
+        f.seek(0)
     except OSError as exc:
         raise InputError(f"{path}: cannot read image ({exc.strerror or exc})") from None
     return chunks
@@ -122,14 +132,14 @@ def _decode_iptc(value: bytes) -> str:
         return value.decode("latin-1")
 
 
-def _pillow_metadata(path: Path) -> tuple[list[str], bytes | None]:
+def _pillow_metadata(f: BinaryIO) -> tuple[list[str], bytes | None]:
     """IPTC keywords and Pillow's own XMP copy (it inflates compressed PNG iTXt); no pixels."""
     from PIL import Image, IptcImagePlugin
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(f) as im:
                 iptc = IptcImagePlugin.getiptcinfo(im) or {}
                 xmp = im.info.get("xmp")
     except Exception:  # metadata is best effort: any parser failure means "no metadata"
@@ -145,13 +155,21 @@ def _pillow_metadata(path: Path) -> tuple[list[str], bytes | None]:
 def read_embedded_keywords(path: Path) -> list[str]:
     """Keywords stored in the image: XMP ``dc:subject`` first, then IPTC 2:25 Keywords.
 
-    Bad or hostile metadata yields no tags from that part; only an unreadable file raises.
+    Raises InputError for an unreadable or non-regular file and for XMP that is present but
+    malformed or hostile (DOCTYPE/ENTITY); IPTC that Pillow cannot parse counts as none.
     """
     path = Path(path)
-    chunks = _read_bounded(path)
-    iptc, pillow_xmp = _pillow_metadata(path)
+    try:
+        with open_regular(path, "image") as f:
+            chunks = _read_bounded(f, path)
+            iptc, pillow_xmp = _pillow_metadata(f)
+    except FileNotFoundError:
+        raise InputError(f"{path}: cannot read image (no such file)") from None
     packets = [p for chunk in chunks for p in _find_packets(chunk)]
-    subjects = _first_subjects([*packets, *([pillow_xmp] if pillow_xmp else [])])
+    try:
+        subjects = _first_subjects([*packets, *([pillow_xmp] if pillow_xmp else [])])
+    except ValueError as exc:
+        raise InputError(f"{path}: bad XMP tags: {exc}") from None
     return clean_tags([*subjects, *iptc])
 
 
@@ -168,11 +186,9 @@ def read_sidecar_tags(path: Path) -> list[str]:
     """Tags from ``<image>.tags`` (comma- and/or newline-separated UTF-8); none if it is absent."""
     sidecar = sidecar_tags_path(path)
     try:
-        text = sidecar.read_bytes().decode("utf-8-sig")
+        text = read_regular(sidecar, "tags file", MAX_SIDECAR_BYTES).decode("utf-8-sig")
     except FileNotFoundError:
         return []
-    except OSError as exc:
-        raise InputError(f"{sidecar}: cannot read tags file ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
         raise InputError(f"{sidecar}: tags file is not UTF-8 text (byte {exc.start})") from None
     return clean_tags(_SIDECAR_SEPARATORS.split(text))
@@ -214,10 +230,14 @@ class ManifestTags:
         """Read the manifest; the first bad line raises ManifestError "FILE:LINE: problem"."""
         file = Path(file)
         try:
-            lines = file.read_bytes().decode("utf-8-sig").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise ManifestError(f"{file}: cannot read tags manifest ({reason or exc})") from None
+            data = read_regular(file, "tags manifest", MAX_TAGS_MANIFEST_BYTES)
+            lines = data.decode("utf-8-sig").split("\n")  # not splitlines: U+2028 may be in a name
+        except FileNotFoundError:
+            raise ManifestError(f"{file}: tags manifest not found") from None
+        except InputError as exc:
+            raise ManifestError(str(exc)) from None
+        except UnicodeDecodeError:
+            raise ManifestError(f"{file}: cannot read tags manifest (not UTF-8 text)") from None
         by_path: dict[Path, list[str]] = {}
         by_text: dict[str, list[str]] = {}
         first_line: dict[Path, int] = {}

@@ -1,0 +1,162 @@
+"""``bundle.json`` checked against the graphs it describes, field by field, at load.
+
+Hashes tie each artifact to ``bundle.json``, but ``bundle.json`` itself is only as good as its
+author: an ``image_size`` edited to 100000 made the runtime allocate a batch of 100000 x 100000
+images (killed by the kernel at 24 GB). So before anything is allocated, every field the runtime
+sizes buffers from is compared with the ONNX graph: the graph's own m3trt metadata (labels, tag
+vocabulary, preprocessing, K_max) and its input/output types and static shapes (DESIGN §3.3). A
+graph that stores weights as external data may only point at files that are artifacts of the
+bundle (listed in ``bundle.json``, hashed, inside the folder): anything else is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+MAX_IMAGE_SIZE = 8192  # the graph takes S x S images; no M3 model is trained on larger ones
+
+# name -> (ONNX element type name, shape after the batch dimension, from the model info)
+_UINT8, _FLOAT, _FLOAT16, _INT32, _INT64 = "UINT8", "FLOAT", "FLOAT16", "INT32", "INT64"
+
+
+def _expected(info: Any) -> tuple[dict[str, tuple[set[str], tuple[int, ...]]], dict[str, Any]]:
+    s, c, k = info.image_size, info.num_labels, info.k_max
+    inputs = {"image": ({_UINT8}, (s, s, 3))}
+    if info.use_tags:
+        inputs["tags"] = ({_FLOAT, _FLOAT16}, (info.num_tags,))
+    outputs = {
+        "scores": ({_FLOAT, _FLOAT16}, (c,)),
+        "quantity": ({_FLOAT, _FLOAT16}, ()),
+        "k": ({_INT32, _INT64}, ()),
+        "topk": ({_INT32, _INT64}, (k,)),
+    }
+    return inputs, outputs
+
+
+def _dims(value_info: Any) -> list[int | str | None]:
+    shape = value_info.type.tensor_type.shape
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in shape.dim]
+
+
+def _check_values(
+    kind: str, found: Any, expected: dict[str, tuple[set[str], tuple[int, ...]]], where: str
+) -> list[str]:
+    import onnx
+
+    problems = []
+    by_name = {v.name: v for v in found}
+    for name, (types, shape) in expected.items():
+        value = by_name.get(name)
+        if value is None:
+            problems.append(f"the graph has no {kind} {name!r}")
+            continue
+        elem = onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type)
+        if elem not in types:
+            problems.append(f"{kind} {name!r} is {elem}, bundle.json implies {'/'.join(types)}")
+        dims = _dims(value)
+        if dims[1:] != list(shape):
+            problems.append(
+                f"{kind} {name!r} has shape {dims}, bundle.json implies [batch, "
+                f"{', '.join(map(str, shape))}]".replace(", ]", "]")
+            )
+    extra = sorted(set(by_name) - set(expected)) if kind == "input" else []
+    if extra:
+        problems.append(f"the graph has inputs bundle.json does not describe: {extra}")
+    return problems
+
+
+def _check_metadata(info: Any, props: dict[str, str], where: str) -> list[str]:
+    """bundle.json's model section against the graph's own m3trt metadata (when it has it)."""
+    import json
+
+    problems = []
+    pairs = (
+        ("m3trt.label_names", "label_names", info.label_names),
+        ("m3trt.tag_vocab", "tag_vocab", info.tag_vocab),
+        ("m3trt.preprocessing", "preprocessing", info.preprocessing),
+    )
+    for key, field, value in pairs:
+        if key not in props:
+            continue
+        try:
+            theirs = json.loads(props[key])
+        except (ValueError, RecursionError):
+            problems.append(f"its metadata {key} is not valid JSON")
+            continue
+        if theirs != value:
+            problems.append(f"bundle.json's {field} differs from the graph's")
+    if "m3trt.model" in props:
+        try:
+            flags = json.loads(props["m3trt.model"])
+        except (ValueError, RecursionError):
+            flags = None
+        if not isinstance(flags, dict):
+            problems.append("its metadata m3trt.model is not a JSON object")
+        else:
+            for name in ("k_max", "use_tags", "quantity_head"):
+                if name in flags and flags[name] != getattr(info, name):
+                    problems.append(
+                        f"bundle.json's {name} is {getattr(info, name)!r}, "
+                        f"the graph's is {flags[name]!r}"
+                    )
+    return problems
+
+
+def _external_files(model: Any) -> set[str]:
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    files = set()
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor):
+            entry = {e.key: e.value for e in tensor.external_data}
+            files.add(entry.get("location", ""))
+    return files
+
+
+def check_model_info(info: Any, where: str) -> None:
+    """Bounds that need no graph: sizes the runtime allocates from."""
+    from m3trt.runtime.model_io import BundleError
+
+    if not 1 <= info.image_size <= MAX_IMAGE_SIZE:
+        raise BundleError(
+            f"{where}: preprocessing.image_size {info.image_size} is outside "
+            f"1..{MAX_IMAGE_SIZE}; rebuild the bundle with `m3trt build`"
+        )
+
+
+def check_graph(
+    info: Any, graph: Path, where: str, folder: Path, artifact_files: Collection[str]
+) -> None:
+    """Raise BundleError (one line) if ``graph`` is not the graph ``info`` describes, or if it
+    reads external data from a file that is not one of ``artifact_files`` inside ``folder``."""
+    import onnx
+
+    from m3trt.runtime.model_io import BundleError
+
+    check_model_info(info, where)
+    try:
+        model = onnx.load(str(graph), load_external_data=False)
+    except Exception as exc:  # protobuf raises assorted types on garbage
+        detail = " ".join(str(exc).split())[:200]
+        raise BundleError(f"{graph}: not a readable ONNX graph ({detail})") from None
+    inputs, outputs = _expected(info)
+    problems = _check_metadata(info, {p.key: p.value for p in model.metadata_props}, where)
+    problems += _check_values("input", model.graph.input, inputs, where)
+    problems += _check_values("output", model.graph.output, outputs, where)
+    allowed = {os.path.normpath(f) for f in artifact_files}
+    root = os.path.realpath(folder)
+    for location in sorted(_external_files(model)):
+        target = os.path.realpath(os.path.join(graph.parent, location))
+        relative = os.path.relpath(target, root)
+        if relative.startswith(os.pardir) or os.path.isabs(location):
+            problems.append(f"external data {location!r} lies outside the bundle")
+        elif os.path.normpath(relative) not in allowed:
+            problems.append(f"external data {location!r} is not an artifact (not hashed)")
+    if problems:
+        shown = "; ".join(problems[:3]) + (
+            f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        )
+        raise BundleError(f"{where}: does not match {graph.name}: {shown}; rebuild the bundle")

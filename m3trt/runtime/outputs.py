@@ -1,0 +1,141 @@
+"""What ``m3trt infer`` may write, checked before it writes anything, and the lock on it.
+
+Rules (README, "Annotating folders"): no output may be an input (a PATH given, or a file the walk
+would pick up) or another output; an existing output is replaced only with ``--overwrite``
+(results and errors also continue with ``--resume``; a report or summary that m3trt wrote is
+rewritten by ``--resume``); an output that is not a regular file is always refused. Two runs on
+one output at once would duplicate or corrupt rows, so a run holds an exclusive lock beside the
+results file (``.NAME.lock``, via the ``filelock`` library) for its whole length; a second run
+says who holds it and exits 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from m3trt.errors import InputError
+
+REPORT_MARKER = b'<meta name="generator" content="m3trt'
+
+
+def lock_path(output: Path) -> Path:
+    """``out/results.jsonl`` -> ``out/.results.jsonl.lock`` (hidden; it stays after the run)."""
+    return output.with_name(f".{output.name}.lock")
+
+
+def _key(path: Path) -> str:
+    """One spelling per file: symlinks in the folders resolved, the name itself kept."""
+    return os.path.join(os.path.realpath(path.parent), path.name)
+
+
+def _is_ours(path: Path, kind: str) -> bool:
+    """A report or summary this tool wrote (so ``--resume`` may rewrite it)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return False
+    if kind == "report":
+        return REPORT_MARKER in head
+    try:
+        data = json.loads(head)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and {"bundle", "annotated", "errors_file"} <= data.keys()
+
+
+def check_outputs(
+    outputs: dict[str, Path | None],
+    roots: Iterable[Path],
+    extensions: frozenset[str],
+    *,
+    overwrite: bool,
+    resume: bool,
+) -> None:
+    """Refuse, with one line, an output that collides with an input, another output, a
+    non-regular file, or an existing file without leave to replace it. ``outputs`` maps a
+    name ("results", "errors", "report", "summary") to its path."""
+    seen: dict[str, str] = {}
+    root_files = {_key(r): str(r) for r in roots if not r.is_dir()}
+    root_dirs = [os.path.realpath(r) for r in roots if r.is_dir()]
+    for what, path in outputs.items():
+        if path is None:
+            continue
+        key = _key(path)
+        if key in seen:
+            raise InputError(f"{path}: the {what} file would be the {seen[key]} file too")
+        seen[key] = what
+        if key in root_files:
+            raise InputError(f"{path}: the {what} file would replace an input ({root_files[key]})")
+        if os.path.splitext(path.name)[1].lower() in extensions and any(
+            key.startswith(d.rstrip(os.sep) + os.sep) for d in root_dirs
+        ):
+            raise InputError(
+                f"{path}: the {what} file is inside an input folder and has an image "
+                "extension, so it would be read as an input; write it elsewhere"
+            )
+        if not (path.exists() or path.is_symlink()):
+            continue
+        if not path.is_file():
+            raise InputError(f"{path}: the {what} file exists and is not a regular file")
+        if what in ("results", "errors") and not (resume or overwrite):
+            raise InputError(
+                f"{path} exists: continue it with --resume, replace it with --overwrite, "
+                "or choose another -o"
+            )
+        if what in ("report", "summary") and not overwrite:
+            if resume and _is_ours(path, what):
+                continue
+            raise InputError(
+                f"{path} exists: replace it with --overwrite or choose another --{what}"
+                + ("" if what == "report" else "-json")
+            )
+
+
+def _holder_text(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            holder = json.loads(f.read(4096) or b"null")
+        return f"pid {holder['pid']} on {holder['host']}, since {holder['since']}"
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
+        return "another process"
+
+
+@contextmanager
+def output_lock(output: Path) -> Iterator[Path]:
+    """Hold the exclusive lock on ``output`` or raise InputError naming its holder."""
+    from filelock import FileLock, Timeout
+
+    path = lock_path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise InputError(
+            f"{output}: another m3trt run is writing it ({_holder_text(path)}); wait for it "
+            f"to end, or choose another -o (lock: {path})"
+        ) from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot lock the output ({exc.strerror or exc})") from None
+    try:
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        try:
+            with open(path, "r+b") as f:  # the locked file itself: no truncating open elsewhere
+                f.write(json.dumps(holder).encode())
+                f.truncate()
+        except OSError:
+            pass  # the lock holds without the note; only the message is less precise
+        yield path
+    finally:
+        lock.release()

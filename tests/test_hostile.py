@@ -1,0 +1,411 @@
+"""Hostile folders and outputs (issue 10): nothing lost, nothing hung, nothing overwritten.
+
+Each case checks: every good image annotated exactly once, every bad one in the errors file with
+one reason, the documented exit code, and (for anything that could hang) a time limit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from m3trt.cli import main
+from m3trt.data.images import DecodeBudget, load_image
+from m3trt.runtime.outputs import lock_path
+from m3trt.runtime.results import errors_path, join_list, read_results, split_list
+
+LATIN1 = b"caf\xe9.jpg"  # not UTF-8: what an old Latin-1 disk holds
+
+
+def infer(*args):
+    result = CliRunner().invoke(main, ["infer", *map(str, args), "--quiet"])
+    return result.exit_code, result.output
+
+
+def infer_subprocess(*args, timeout=90):
+    """A real process, so that a hang is a failed test, not a hung suite."""
+    args = [a if isinstance(a, str | bytes | os.PathLike) else str(a) for a in args]
+    cmd = [sys.executable, "-m", "m3trt.cli", "-q", "infer", *map(os.fsdecode, args)]
+    return subprocess.run(cmd, capture_output=True, timeout=timeout, text=True)
+
+
+def good_images(folder: Path) -> list[str]:
+    return sorted(
+        os.path.join(root, f)
+        for root, _dirs, files in os.walk(folder)
+        for f in files
+        if f.endswith((".jpg", ".png")) and not f.startswith(("bad", "bomb"))
+    )
+
+
+@pytest.fixture
+def photos(tmp_path, test_images) -> Path:
+    folder = tmp_path / "photos"
+    shutil.copytree(test_images, folder)
+    return folder
+
+
+def exactly_once(rows: list[dict], errors: list[dict], good: list[str], bad: list[str]) -> None:
+    assert sorted(r["path"] for r in rows) == sorted(good)
+    assert sorted(e["path"] for e in errors) == sorted(bad)
+    assert all(isinstance(e["error"], str) and e["error"] for e in errors)
+
+
+# --- 1. names that are not UTF-8 -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_non_utf8_names_round_trip_and_resume(tmp_path, int8_bundle, photos, fmt):
+    src = good_images(photos)[0]
+    good_name = os.path.join(os.fsencode(photos), LATIN1)
+    shutil.copyfile(src, good_name)
+    bad_name = os.path.join(os.fsencode(photos), b"bad-\xff\xfe.jpg")
+    Path(os.fsdecode(bad_name)).write_bytes(b"not an image")
+    newline_name = photos / "two\nlines\rand|bar.jpg"
+    shutil.copyfile(src, newline_name)
+    out = tmp_path / f"r.{fmt}"
+    code, output = infer(int8_bundle, photos, "-o", out, "--batch-size", "4")
+    assert code == 0, output
+    out.read_text(encoding="utf-8")  # the files are valid UTF-8 whatever the names
+    errors_path(out).read_text(encoding="utf-8")
+    good = good_images(photos)
+    assert os.fsdecode(good_name) in good and str(newline_name) in good
+    rows, errors = read_results(out), read_results(errors_path(out))
+    exactly_once(rows, errors, good, [os.fsdecode(bad_name)])
+    latin = next(r for r in rows if r["path"] == os.fsdecode(good_name))
+    assert Path(latin["path"]).exists()
+    before = out.read_bytes()
+    code, output = infer(int8_bundle, photos, "-o", out, "--resume")
+    assert code == 0, output
+    assert out.read_bytes() == before  # everything was done: nothing added, nothing lost
+
+
+def test_jsonl_path_field_is_readable_text_with_exact_bytes_beside_it(
+    tmp_path, int8_bundle, photos
+):
+    shutil.copyfile(good_images(photos)[0], os.path.join(os.fsencode(photos), LATIN1))
+    out = tmp_path / "r.jsonl"
+    assert infer(int8_bundle, photos, "-o", out)[0] == 0
+    raw = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    (row,) = [r for r in raw if "path_bytes" in r]
+    assert row["path"].endswith("caf\ufffd.jpg")
+    import base64
+
+    assert base64.b64decode(row["path_bytes"]).endswith(LATIN1)
+
+
+def test_csv_lists_escape_the_separator():
+    labels = ["a|b", "back\\slash", "", "plain", "|"]
+    assert split_list(join_list(labels)) == labels
+    assert split_list("") == []
+
+
+# --- 2. tag sources that would hang or exhaust memory --------------------------------------------
+
+
+def test_fifo_and_dev_zero_tag_sidecars_fail_one_image_each(tmp_path, int8_bundle, photos):
+    good = good_images(photos)
+    os.mkfifo(good[0] + ".tags")
+    os.symlink("/dev/zero", good[1] + ".tags")
+    Path(good[2] + ".tags").write_bytes(b"\xff\xfe\x00binary")
+    out = tmp_path / "r.jsonl"
+    started = time.monotonic()
+    proc = infer_subprocess(int8_bundle, photos, "-o", out, "--tags", "sidecar", "--workers", 2)
+    assert time.monotonic() - started < 90
+    assert proc.returncode == 0, proc.stderr
+    errors = read_results(errors_path(out))
+    exactly_once(read_results(out), errors, good[3:], good[:3])
+    reasons = {e["path"]: e["error"] for e in errors}
+    assert "FIFO" in reasons[good[0]] and "character device" in reasons[good[1]]
+    assert "not UTF-8" in reasons[good[2]]
+
+
+# --- 3. --resume validates before it changes anything --------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["results", "errors"])
+def test_resume_never_cuts_a_file_that_is_not_ours(tmp_path, int8_bundle, photos, which):
+    out = tmp_path / "notes.jsonl"
+    target = out if which == "results" else errors_path(out)
+    target.write_bytes(b"my only line, no newline")
+    code, output = infer(int8_bundle, photos, "-o", out, "--resume")
+    assert code == 2 and "not a line m3trt wrote" in output and str(target) in output
+    assert target.read_bytes() == b"my only line, no newline"
+
+
+def test_resume_refuses_a_foreign_csv_untouched(tmp_path, int8_bundle, photos):
+    out = tmp_path / "sheet.csv"
+    out.write_bytes(b"name,price\napple,3\npear,")
+    code, output = infer(int8_bundle, photos, "-o", out, "--resume")
+    assert code == 2 and "header" in output
+    assert out.read_bytes() == b"name,price\napple,3\npear,"
+
+
+# --- 4. outputs never replace inputs or each other -----------------------------------------------
+
+
+def test_report_and_summary_need_overwrite_and_never_hit_inputs(tmp_path, int8_bundle, photos):
+    out = tmp_path / "r.jsonl"
+    mine = tmp_path / "mine.html"
+    mine.write_text("my page")
+    code, output = infer(int8_bundle, photos, "-o", out, "--report", mine)
+    assert code == 2 and "--overwrite" in output and mine.read_text() == "my page"
+    summary = tmp_path / "s.json"
+    summary.write_text("{}")
+    code, output = infer(int8_bundle, photos, "-o", out, "--summary-json", summary)
+    assert code == 2 and summary.read_text() == "{}"
+    photo = good_images(photos)[0]
+    before = Path(photo).read_bytes()
+    for option in ("--report", "--summary-json", "-o"):
+        code, output = infer(int8_bundle, photos, "-o", out, option, photo, "--overwrite")
+        assert code == 2, output
+        assert Path(photo).read_bytes() == before
+    code, output = infer(int8_bundle, photos, "-o", out, "--report", out, "--overwrite")
+    assert code == 2 and "would be the results file too" in output
+    assert not out.exists()
+    # What m3trt wrote itself, --resume rewrites (the natural "same command plus --resume").
+    report = tmp_path / "report.html"
+    assert infer(int8_bundle, photos, "-o", out, "--report", report)[0] == 0
+    code, output = infer(int8_bundle, photos, "-o", out, "--report", report, "--resume")
+    assert code == 0, output
+
+
+# --- 5. two runs on one output -------------------------------------------------------------------
+
+
+def test_second_run_on_a_locked_output_says_who_and_exits_2(tmp_path, int8_bundle, photos):
+    out = tmp_path / "r.jsonl"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from pathlib import Path\n"
+            "from m3trt.runtime.outputs import output_lock\n"
+            "with output_lock(Path(sys.argv[1])):\n"
+            "    print('held', flush=True)\n"
+            "    time.sleep(60)\n",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for extra in ([], ["--resume"], ["--overwrite"]):
+            code, output = infer(int8_bundle, photos, "-o", out, *extra)
+            assert code == 2, output
+            assert f"pid {holder.pid}" in output and "another m3trt run" in output
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert infer(int8_bundle, photos, "-o", out)[0] == 0  # a dead holder's lock is free
+    assert lock_path(out).exists()
+
+
+def test_concurrent_resume_runs_never_duplicate_rows(tmp_path, int8_bundle, photos):
+    out = tmp_path / "r.jsonl"
+    cmd = [sys.executable, "-m", "m3trt.cli", "-q", "infer", str(int8_bundle), str(photos)]
+    cmd += ["-o", str(out), "--resume", "--batch-size", "1", "--workers", "1"]
+    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    codes = [p.wait(timeout=120) for p in procs]
+    assert sorted(codes) in ([0, 0], [0, 2]), [p.stderr.read() for p in procs]
+    for p in procs:
+        p.stderr.close()
+    rows = read_results(out)
+    assert sorted(r["path"] for r in rows) == good_images(photos)  # each exactly once
+
+
+# --- 6. sidecars: never over an output, failures are per image -----------------------------------
+
+
+def test_sidecar_colliding_with_the_results_is_that_images_error(tmp_path, int8_bundle, photos):
+    good = good_images(photos)
+    victim = Path(good[0])
+    out = victim.with_suffix(".txt")  # photos/x.txt: the --write-txt sidecar of photos/x.jpg
+    code, output = infer(int8_bundle, photos, "-o", out, "--write-txt", "--overwrite")
+    assert code == 0, output
+    rows, errors = read_results(out), read_results(errors_path(out))
+    exactly_once(rows, errors, good[1:], [str(victim)])
+    assert "would replace an output" in errors[0]["error"]
+
+
+def test_unwritable_sidecar_fails_that_image_only(tmp_path, int8_bundle, photos):
+    good = good_images(photos)
+    Path(good[0]).with_suffix(".txt").mkdir()  # a folder in the way
+    out = tmp_path / "r.jsonl"
+    code, output = infer(int8_bundle, photos, "-o", out, "--write-txt")
+    assert code == 0 and "1 existing sidecars kept" in output  # not replaced: not ours
+    code, output = infer(int8_bundle, photos, "-o", out, "--write-txt", "--overwrite")
+    assert code == 0, output  # the folder cannot be replaced: that image fails, the run goes on
+    exactly_once(read_results(out), read_results(errors_path(out)), good[1:], good[:1])
+    assert "cannot write sidecar" in read_results(errors_path(out))[0]["error"]
+
+
+# --- 7. memory: decodes share a budget -----------------------------------------------------------
+
+
+def png_bomb(path: Path, width: int, height: int) -> Path:
+    """A real, decodable RGB PNG of width x height that compresses to almost nothing."""
+    row = b"\x00" + b"\x00" * (3 * width)
+    compressor = zlib.compressobj(9)
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def test_decode_budget_runs_large_images_one_at_a_time(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    bombs = [png_bomb(tmp_path / f"bomb{i}.png", 1500, 1500) for i in range(4)]
+    budget = DecodeBudget(8 << 20)  # each bomb needs ~22 MB: over the budget, so alone
+    active, most = [0], [0]
+    real_hold = budget.hold
+
+    def counting_hold(cost):
+        class Hold:
+            def __enter__(self):
+                self.inner = real_hold(cost)
+                self.inner.__enter__()
+                active[0] += 1
+                most[0] = max(most[0], active[0])
+
+            def __exit__(self, *exc):
+                active[0] -= 1
+                return self.inner.__exit__(*exc)
+
+        return Hold()
+
+    budget.hold = counting_hold
+    with ThreadPoolExecutor(4) as pool:
+        arrays = list(pool.map(lambda p: load_image(p, 32, budget=budget), bombs))
+    assert all(a.shape == (32, 32, 3) for a in arrays)
+    assert most[0] == 1 and budget.in_use == 0
+
+
+def test_bombs_in_a_folder_are_decoded_or_refused_not_fatal(tmp_path, int8_bundle, photos):
+    png_bomb(photos / "bomb-ok.png", 2000, 2000)
+    png_bomb(photos / "bomb-big.png", 4000, 4000)
+    out = tmp_path / "r.jsonl"
+    code, output = infer(
+        int8_bundle, photos, "-o", out, "--decode-memory", 64, "--max-pixels", 5_000_000
+    )
+    assert code == 0, output
+    errors = read_results(errors_path(out))
+    assert [Path(e["path"]).name for e in errors] == ["bomb-big.png"]
+    assert "too large" in errors[0]["error"]
+    assert str(photos / "bomb-ok.png") in {r["path"] for r in read_results(out)}
+
+
+def test_max_pixels_above_pillows_own_limit_is_one_usage_line(tmp_path, int8_bundle, photos):
+    """Pillow refuses over 2 x MAX_IMAGE_PIXELS by itself: say so up front, in m3trt's terms."""
+    out = tmp_path / "r.jsonl"
+    code, output = infer(int8_bundle, photos, "-o", out, "--max-pixels", 10**12)
+    assert code == 2 and "--max-pixels" in output and "MAX_IMAGE_PIXELS" not in output
+    assert not out.exists()
+
+
+# --- 9. small things a hostile user finds --------------------------------------------------------
+
+
+def test_nothing_annotated_leaves_no_empty_results_file(tmp_path, int8_bundle):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "x.jpg").write_bytes(b"")
+    out = tmp_path / "r.csv"
+    code, output = infer(int8_bundle, folder, "-o", out)
+    assert code == 1 and "no image could be annotated" in output
+    assert not out.exists() and len(read_results(errors_path(out))) == 1
+
+
+def test_quiet_after_the_subcommand(tmp_path, int8_bundle, photos):
+    out = tmp_path / "r.jsonl"
+    result = CliRunner().invoke(
+        main, ["infer", str(int8_bundle), str(photos), "-o", str(out), "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(read_results(out)) == len(good_images(photos))
+
+
+def test_bench_refuses_an_endless_duration(int8_bundle):
+    result = CliRunner().invoke(main, ["bench", str(int8_bundle), "--duration", "inf"])
+    assert result.exit_code == 2 and "--duration" in result.output
+
+
+def test_data_synth_refuses_a_folder_that_is_not_empty(tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(main, ["data", "synth", str(tmp_path), "--n", "10"])
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_manifest_and_labels_with_a_bom(tmp_path):
+    from m3trt.data.manifest import read_manifest
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    line = json.dumps({"image": "a.png", "labels": ["dog"]})
+    (tmp_path / "manifest.jsonl").write_bytes(b"\xef\xbb\xbf" + line.encode() + b"\n")
+    (tmp_path / "labels.txt").write_bytes(b"\xef\xbb\xbfdog\ncat\n")
+    manifest = read_manifest(tmp_path / "manifest.jsonl")
+    assert manifest.label_names == ["dog", "cat"] and len(manifest.records) == 1
+
+
+def test_done_paths_cuts_only_a_torn_line_of_ours(tmp_path):
+    from m3trt.runtime.results import ResultWriter, done_paths
+
+    out = tmp_path / "r.jsonl"
+    with ResultWriter(out, "jsonl", resume=False, overwrite=False) as writer:
+        for name in ("a.jpg", "caf\udce9.jpg"):
+            writer.write({"path": name, "labels": ["x"], "scores": [0.5], "k": 1, "quantity": 1.0})
+        writer.error("bad\udcff.jpg", "not an image")
+    whole = out.read_bytes()
+    out.write_bytes(whole + b'{"path": "c.j')  # a kill in the middle of a write
+    assert done_paths(out, "jsonl") == {"a.jpg", "caf\udce9.jpg", "bad\udcff.jpg"}
+    assert out.read_bytes() == whole
+    out.write_bytes(whole + b"hello")  # not the start of one of our lines
+    from m3trt.errors import InputError
+
+    with pytest.raises(InputError, match=r"r\.jsonl:3: not a line m3trt wrote"):
+        done_paths(out, "jsonl")
+    assert out.read_bytes() == whole + b"hello"
+
+
+def test_a_full_disk_names_the_file(tmp_path, monkeypatch):
+    import errno
+
+    from m3trt.errors import OutputFailure
+    from m3trt.runtime import results
+
+    writer = results.ResultWriter(tmp_path / "r.jsonl", "jsonl", resume=False, overwrite=False)
+    writer.write({"path": "a.jpg", "labels": [], "scores": [], "k": 1, "quantity": 1.0})
+
+    def full(_fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(results.os, "fsync", full)
+    with pytest.raises(OutputFailure, match=r"r\.jsonl: cannot write \(no space left"):
+        writer.flush()
+    monkeypatch.undo()
+    writer.close()
