@@ -379,3 +379,28 @@ def test_sigterm_under_load_loses_no_accepted_request(int8_bundle, images):
     assert set(answers) == {200}
     assert len(served) == len(answers)  # each request the server took was answered
     assert refused, "the clients kept being served after SIGTERM"
+
+
+def test_serve_never_imports_torch(int8_bundle):
+    script = f"""
+import sys, threading, time, json, urllib.request
+import m3trt.cli, m3trt.serve.protocol, m3trt.serve.triton_repo
+from m3trt.serve.app import bind, create_app, uvicorn_server
+from m3trt.serve.limits import Limits
+from m3trt.serve.server import ServeOptions, load_models, parse_model_specs
+limits = Limits()
+models = load_models(parse_model_specs([{str(int8_bundle)!r}]), ServeOptions(threads=1))
+server = uvicorn_server(create_app(models, limits), limits)
+sock = bind("127.0.0.1", 0)
+thread = threading.Thread(target=server.run, kwargs={{"sockets": [sock]}}, daemon=True)
+thread.start()
+while not server.started:
+    time.sleep(0.01)
+url = "http://127.0.0.1:%d/v2/models/tiny/config" % sock.getsockname()[1]
+assert json.loads(urllib.request.urlopen(url).read())["name"] == "tiny"
+server.should_exit = True
+thread.join(10)
+bad = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
+assert not bad, bad
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
