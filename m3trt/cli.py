@@ -822,6 +822,7 @@ def bench_cmd(ctx: click.Context, bundle: Path, **kw: Any) -> None:
 @click.option(
     "--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
 )
+@click.option("--engine", **_ENGINE_OPTION)
 @click.option("--threads", type=int, help="Engine threads (default: all cores).")
 @click.option("--no-access-log", is_flag=True, help="No log line per request.")
 def serve_cmd(bundles: tuple[str, ...], **kw: Any) -> None:
@@ -846,6 +847,7 @@ def serve_cmd(bundles: tuple[str, ...], **kw: Any) -> None:
         max_batch=kw["max_batch_size"],
         max_delay_ms=kw["max_queue_delay_ms"],
         device=kw["device"],
+        engine=kw["engine"],
         threads=kw["threads"],
         limits=limits,
     )

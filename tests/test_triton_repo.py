@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from m3trt.cli import main
-from m3trt.runtime.bundle import load_bundle, sha256_file, write_bundle
+from m3trt.runtime.bundle import load_bundle, sha256_file
+from m3trt.runtime.bundle_writer import write_bundle
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 text_format = pytest.importorskip("google.protobuf.text_format")
@@ -62,7 +63,10 @@ def test_cpu_bundle_repository(tmp_path, int8_bundle):
         (t.ModelInstanceGroup.KIND_CPU, 1)
     ]
     check_signature(config, bundle.model)
-    assert sha256_file(folder / "1" / "model.onnx") == bundle.artifacts["engine"].sha256
+    # The portable Q/DQ graph: the engine artifact is ONNX Runtime's offline-optimized graph,
+    # tied to the ONNX Runtime release that wrote it.
+    assert bundle.artifacts["engine"].format == "onnx-ort-cpu"
+    assert sha256_file(folder / "1" / "model.onnx") == bundle.artifacts["graph"].sha256
     lines = (folder / "labels.txt").read_text().splitlines()
     assert lines == bundle.model.label_names
     # An existing entry is kept unless --overwrite; options reach the config.

@@ -76,8 +76,10 @@ class ServedModel:
         self.batcher.start()
 
     async def close(self) -> None:
+        """Drain the queue, then free the engine."""
         if self.batcher is not None:
             await self.batcher.close()
+        self.annotator.close()
 
     def _run(self, feeds: dict[str, np.ndarray]) -> Outputs:
         return self.annotator.run(feeds[IMAGE], feeds.get(TAGS))

@@ -24,6 +24,7 @@ class ServeOptions:
     max_batch: int = 16
     max_delay_ms: float = 2.0
     device: str = "cpu"
+    engine: str = "auto"
     threads: int | None = None
     limits: Limits = field(default_factory=Limits)
 
@@ -70,7 +71,15 @@ def load_models(specs: Sequence[tuple[str, Path]], options: ServeOptions, metric
     on_batch = metrics.observe_batch if metrics is not None else None
     models = []
     for name, path in specs:
-        annotator = Annotator.load(path, device=options.device, threads=options.threads)
+        annotator = Annotator.load(
+            path, device=options.device, engine=options.engine, threads=options.threads
+        )
+        low, high = annotator.engine.batch_range
+        if not low <= options.max_batch <= high:
+            raise InputError(
+                f"{path}: --max-batch-size {options.max_batch} is outside the batches its "
+                f"{annotator.engine.kind} engine accepts ({low}..{high})"
+            )
         models.append(
             ServedModel(
                 name,

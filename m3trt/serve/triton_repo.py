@@ -13,7 +13,6 @@ published. The entry is assembled in a hidden sibling folder and renamed into pl
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -22,12 +21,22 @@ from typing import Any
 
 import numpy as np
 
+from m3trt.atomic import fsync_dir, temp_sibling
+from m3trt.constants import MAX_BATCH
 from m3trt.errors import InputError
-from m3trt.runtime.bundle import ENGINE, REFERENCE, Bundle, load_bundle
+from m3trt.runtime.bundle import (
+    ENGINE,
+    GRAPH,
+    ONNX,
+    REFERENCE,
+    TENSORRT_PLAN,
+    Bundle,
+    load_bundle,
+)
 
 ONNX_PLATFORM = "onnxruntime_onnx"
 PLAN_PLATFORM = "tensorrt_plan"
-DEFAULT_CPU_MAX_BATCH = 64
+DEFAULT_ONNX_MAX_BATCH = MAX_BATCH
 LABELS_FILE = "labels.txt"
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _TYPES = {
@@ -115,7 +124,7 @@ def served_config(model: Any) -> dict[str, Any]:
         model.max_batch,
         *tensors,
         max_queue_delay_us=delay,
-        instance_kind="KIND_CPU" if "device cpu" in model.annotator.description else "KIND_GPU",
+        instance_kind="KIND_GPU" if model.annotator.engine.device == "cuda" else "KIND_CPU",
         instances=1,
         labels_output=None,
     )
@@ -240,13 +249,18 @@ def _instance_kind(bundle: Bundle, kind: str) -> str:
 
 
 def _artifact(bundle: Bundle, kind: str) -> tuple[str, str, str]:
+    """The plan of a TensorRT bundle; otherwise a portable ONNX graph. A CPU bundle's engine
+    artifact is ONNX Runtime's offline-optimized graph, tied to the ONNX Runtime release that
+    wrote it, so Triton gets the portable graph of the same precision (``graph``) instead."""
     if bundle.target == "tensorrt":
         art = bundle.artifacts.get(ENGINE)
-        if art is None or art.format != "tensorrt-plan":
+        if art is None or art.format != TENSORRT_PLAN:
             raise InputError(f"{bundle.path}: this TensorRT bundle has no plan; rebuild it")
         return ENGINE, PLAN_PLATFORM, "model.plan"
-    role = ENGINE if ENGINE in bundle.artifacts else REFERENCE
-    if kind == "KIND_GPU" and bundle.precision == "int8":
+    portable = [r for r in (ENGINE, GRAPH) if r in bundle.artifacts]
+    portable = [r for r in portable if bundle.artifacts[r].format == ONNX]
+    role = portable[0] if portable else REFERENCE
+    if kind == "KIND_GPU" and bundle.target == "cpu" and bundle.precision == "int8":
         role = REFERENCE  # CPU Q/DQ (uint8 activations) is a CPU format; GPUs run the FP32 graph
     return role, ONNX_PLATFORM, "model.onnx"
 
@@ -255,7 +269,7 @@ def _max_batch(bundle: Bundle, wanted: int | None) -> int:
     if wanted is not None and wanted < 1:
         raise InputError(f"--max-batch-size must be at least 1, not {wanted}")
     if bundle.target != "tensorrt":
-        return wanted or DEFAULT_CPU_MAX_BATCH
+        return wanted or DEFAULT_ONNX_MAX_BATCH
     profiles = (bundle.provenance.get("tensorrt_plan") or {}).get("profiles") or []
     try:
         plan_max = max(int(p["max"]) for p in profiles)
@@ -274,7 +288,7 @@ def _signature(bundle: Bundle, role: str) -> tuple[list[Tensor], list[Tensor]]:
     has the I/O of the ONNX graph it was built from (``graph``)."""
     import onnx
 
-    source = "graph" if bundle.artifacts[role].format == "tensorrt-plan" else role
+    source = GRAPH if bundle.artifacts[role].format == TENSORRT_PLAN else role
     if source not in bundle.artifacts:
         source = REFERENCE
     path = bundle.artifact_path(source)
@@ -316,8 +330,7 @@ def _publish(
     if folder.exists() and not overwrite:
         raise InputError(f"{folder} exists; pass --overwrite to replace it")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = temp_sibling(folder)
     try:
         (staging / "1").mkdir(parents=True)
         shutil.copyfile(bundle.artifact_path(role), staging / "1" / filename)
@@ -327,9 +340,10 @@ def _publish(
         (staging / "config.pbtxt").write_text(text, encoding="utf-8")
         old = None
         if folder.exists():
-            old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
+            old = temp_sibling(folder, "old")
             folder.rename(old)
         staging.rename(folder)
+        fsync_dir(folder.parent)
         if old is not None:
             shutil.rmtree(old)
     finally:
