@@ -97,6 +97,8 @@ def tensorrt_bundle(tmp_path, int8_bundle):
     source = load_bundle(int8_bundle)
     plan = tmp_path / "engine.plan"
     plan.write_bytes(b"not a real plan: export-triton only copies it")
+    graph = tmp_path / "model.fp16.onnx"  # the graph a plan is built from has the same I/O
+    shutil.copyfile(source.artifact_path("reference"), graph)
     profiles = [{"min": 1, "opt": 1, "max": 1}, {"min": 2, "opt": 8, "max": 8},
                 {"min": 9, "opt": 32, "max": 32}]  # fmt: skip
     return write_bundle(
@@ -106,7 +108,7 @@ def tensorrt_bundle(tmp_path, int8_bundle):
         precision="fp16",
         files={
             "reference": (source.artifact_path("reference"), "onnx", "fp32"),
-            "graph": (source.artifact_path("reference"), "onnx", "fp16"),
+            "graph": (graph, "onnx", "fp16"),
             "engine": (plan, "tensorrt-plan", "fp16"),
         },
         provenance={"tensorrt_plan": {"profiles": profiles}},
