@@ -404,3 +404,21 @@ bad = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
 assert not bad, bad
 """
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
+
+def test_serve_usage_errors_are_one_line(int8_bundle, tmp_path):
+    from click.testing import CliRunner
+
+    from m3trt.cli import main
+
+    cases = [
+        ([f"a={int8_bundle}", f"a={int8_bundle}"], "two models named 'a'"),
+        ([str(tmp_path / "missing.m3")], "missing.m3"),
+        ([str(int8_bundle), "--max-batch-size", "0"], "--max-batch-size must be"),
+        ([str(int8_bundle), "--max-queue", "4", "--max-batch-size", "8"], "--max-queue must be"),
+        ([str(int8_bundle), "--timeout", "0"], "timeout must be positive"),
+    ]
+    for args, reason in cases:
+        result = CliRunner().invoke(main, ["serve", *args])
+        assert result.exit_code == 2, result.output
+        assert reason in result.output and len(result.output.strip().splitlines()) == 1
