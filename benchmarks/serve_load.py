@@ -57,7 +57,9 @@ def main() -> None:
     serve_args = ["--max-batch-size", str(args.max_batch_size)]
     serve_args += ["--max-queue-delay-ms", str(args.max_queue_delay_ms)]
     levels_out = []
-    with server(args.bundle, serve_args) as (url, _proc):
+    main_server = server(args.bundle, serve_args)
+    with main_server as (url, _proc):
+        engine = [x.strip() for x in main_server.log if x.startswith("model ")]
         for c in levels:
             result = load(url, bundle.name, image, c, args.duration, args.warmup)
             print(f"concurrency {c}: {result}", flush=True)
@@ -92,6 +94,7 @@ def main() -> None:
             "precision": bundle.precision,
         },
         "server": {
+            "engine": engine,
             "max_batch_size": args.max_batch_size,
             "max_queue_delay_ms": args.max_queue_delay_ms,
         },
@@ -259,7 +262,7 @@ def queue_overload(bundle: Path, model: str, image: np.ndarray) -> dict[str, Any
         inputs = [httpclient.InferInput("image", list(image.shape), "UINT8")]
         inputs[0].set_data_from_numpy(image, binary_data=True)
         codes: dict[str, int] = {}
-        rss_before = rss_mib(proc.pid)
+        rss = [rss_mib(proc.pid)]
 
         def one() -> None:
             try:
@@ -271,9 +274,10 @@ def queue_overload(bundle: Path, model: str, image: np.ndarray) -> dict[str, Any
 
         for _ in range(4):
             gevent.joinall([gevent.spawn(one) for _ in range(256)], timeout=60)
+            rss.append(rss_mib(proc.pid))
         client.close()
         return {"requests": 4 * 256, "status_counts": codes, "max_queue_images": 16,
-                "rss_mib_before": rss_before, "rss_mib_after": rss_mib(proc.pid)}  # fmt: skip
+                "rss_mib_before_and_after_each_burst": rss}  # fmt: skip
 
 
 def sigterm_under_load(bundle: Path, model: str, image: np.ndarray) -> dict[str, Any]:
@@ -332,8 +336,8 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         f"Bundle: {b['path']} ({b['backbone']}, {b['image_size']} px, {b['target']} "
         f"{b['precision']}). Server: max batch {r['server']['max_batch_size']}, max queue delay "
-        f"{r['server']['max_queue_delay_ms']} ms. Requests: {r['request']}; {r['duration_s']:g} s "
-        "per level after a warm-up.",
+        f"{r['server']['max_queue_delay_ms']} ms; {'; '.join(r['server']['engine'])}. Requests: "
+        f"{r['request']}; {r['duration_s']:g} s per level after a warm-up.",
         "",
         f"Machine: {r['machine']['cpu']}, "
         f"{os.cpu_count()} cores; {r['shared_machine']}. {r['note']}",
@@ -361,7 +365,9 @@ def markdown(r: dict[str, Any]) -> str:
     lines.append(
         f"- Overload ({ov['requests']} requests in bursts of 256, queue of "
         f"{ov['max_queue_images']} images): status counts {ov['status_counts']}; server RSS "
-        f"{ov['rss_mib_before']:.0f} -> {ov['rss_mib_after']:.0f} MiB."
+        "before and after each burst "
+        + " -> ".join(f"{x:.0f}" for x in ov["rss_mib_before_and_after_each_burst"])
+        + " MiB."
     )
     lines.append(
         f"- SIGTERM under load (16 clients): exit code {st['exit_code']}, {st['answered_200']} "

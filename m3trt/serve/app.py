@@ -103,6 +103,7 @@ def create_app(models: Sequence[ServedModel], limits: Limits, metrics: Metrics |
 
     async def infer(request: Request) -> Response:
         model = _model(state, request)
+        _room(state, model)
         body = await _body(request, state.limits)
         header_length = _header_length(request)
         parsed = parse_infer_request(body, header_length)
@@ -125,6 +126,7 @@ def create_app(models: Sequence[ServedModel], limits: Limits, metrics: Metrics |
 
     async def annotate(request: Request) -> Response:
         model = _model(state, request)
+        _room(state, model)
         body = await _body(request, state.limits)
         if not body:
             raise HTTPError(400, "the body is empty: POST the image file's bytes")
@@ -178,6 +180,16 @@ def _model(state: ServerState, request: Request) -> ServedModel:
     if version is not None and version != VERSION:
         raise HTTPError(404, f"model {name!r} has no version {version!r} (versions: {VERSION})")
     return model
+
+
+def _room(state: ServerState, model: ServedModel) -> None:
+    """Refuse at once, before reading the body, when the model's queue is already full."""
+    try:
+        if model.batcher is not None:
+            model.batcher.check_room()
+    except QueueFull as exc:
+        state.metrics.rejected.labels(model.name).inc()
+        raise HTTPError(503, str(exc), {"Retry-After": str(RETRY_AFTER_S)}) from None
 
 
 async def _body(request: Request, limits: Limits) -> bytes:

@@ -67,17 +67,22 @@ class Batcher:
     def queued_rows(self) -> int:
         return self._queued_rows
 
+    def check_room(self, rows: int = 1) -> None:
+        """Raise QueueFull now if ``rows`` more would not fit, so the server can refuse a
+        request before it reads the body (under overload, bodies are where memory goes)."""
+        if self._closing:
+            raise QueueFull("the server is shutting down")
+        if self._queued_rows + rows > self.max_queue:
+            raise QueueFull(f"the queue is full ({self._queued_rows} images waiting)")
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._serve(), name="m3trt-batcher")
 
     async def submit(self, feeds: Mapping[str, np.ndarray], rows: int) -> Outputs:
         """Queue one request and wait for its rows of every output."""
-        if self._closing:
-            raise QueueFull("the server is shutting down")
         if not 1 <= rows <= self.max_batch:
             raise ValueError(f"a request may hold 1 to {self.max_batch} images, not {rows}")
-        if self._queued_rows + rows > self.max_queue:
-            raise QueueFull(f"the queue is full ({self._queued_rows} images waiting)")
+        self.check_room(rows)
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         self._queue.append(_Item(feeds, rows, future, time.perf_counter()))
         self._queued_rows += rows
