@@ -422,3 +422,29 @@ def test_serve_usage_errors_are_one_line(int8_bundle, tmp_path):
         result = CliRunner().invoke(main, ["serve", *args])
         assert result.exit_code == 2, result.output
         assert reason in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_request_timeout_answers_504_and_the_server_goes_on(int8_bundle, images):
+    limits = Limits(max_body_bytes=1 << 20, max_pixels=1_000_000, timeout_s=10, max_queue=8)
+    options = ServeOptions(max_batch=1, max_delay_ms=0, device="cpu", threads=1, limits=limits)
+    (model,) = load_models(parse_model_specs([f"slow={int8_bundle}"]), options)
+    gate = threading.Event()
+    run = model.annotator.run
+
+    def blocked(images, tags=None):
+        gate.wait(10)
+        return run(images, tags)
+
+    model.annotator.run = blocked
+    _, batch = images
+    tensor = {"name": "image", "shape": [1, *batch.shape[1:]], "datatype": "UINT8"}
+    tensor["data"] = batch[:1].reshape(-1).tolist()
+    body = {"inputs": [tensor], "parameters": {"timeout": 200_000}}  # v2: microseconds
+    with running([model], limits) as url:
+        start = time.monotonic()
+        status, _, answer = post(url, "/v2/models/slow/infer", json.dumps(body).encode())
+        assert status == 504 and "0.2 s" in json.loads(answer)["error"]
+        assert time.monotonic() - start < 5
+        gate.set()
+        del body["parameters"]
+        assert post(url, "/v2/models/slow/infer", json.dumps(body).encode())[0] == 200
