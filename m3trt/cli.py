@@ -913,5 +913,102 @@ def bench_cmd(ctx: click.Context, bundle: Path, **kw: Any) -> None:
         click.echo(f"no regression against {kw['baseline']}", err=True)
 
 
+# ---------------------------------------------------------------------------------------- serve
+@main.command("serve")
+@click.argument("bundles", nargs=-1, required=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--max-batch-size", default=16, show_default=True, help="Images per engine call.")
+@click.option(
+    "--max-queue-delay-ms",
+    default=2.0,
+    show_default=True,
+    help="Longest a request is held for a batch to fill (only while under load).",
+)
+@click.option("--max-queue", default=256, show_default=True, help="Queued images before 503.")
+@click.option("--timeout", default=30.0, show_default=True, help="Per-request timeout, seconds.")
+@click.option("--max-body-mb", default=64.0, show_default=True, help="Request body limit, MiB.")
+@click.option(
+    "--max-pixels", default=40_000_000, show_default=True, help="Largest image to decode."
+)
+@click.option(
+    "--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
+)
+@click.option("--engine", **_ENGINE_OPTION)
+@click.option("--threads", type=int, help="Engine threads (default: all cores).")
+@click.option("--no-access-log", is_flag=True, help="No log line per request.")
+def serve_cmd(bundles: tuple[str, ...], **kw: Any) -> None:
+    """Serve BUNDLE... (or NAME=BUNDLE) over HTTP with the KServe v2 / Open Inference Protocol.
+
+    Triton's and KServe's clients work unchanged (JSON and binary tensors); POST image bytes to
+    /v2/models/NAME/annotate for labels. Stops gracefully on SIGTERM or Ctrl-C.
+    """
+    from m3trt.serve.limits import Limits
+    from m3trt.serve.server import ServeOptions, parse_model_specs, serve
+
+    try:
+        limits = Limits(
+            max_body_bytes=int(kw["max_body_mb"] * (1 << 20)),
+            max_pixels=kw["max_pixels"],
+            timeout_s=kw["timeout"],
+            max_queue=kw["max_queue"],
+        )
+    except ValueError as exc:
+        raise M3Error(str(exc)) from None
+    options = ServeOptions(
+        max_batch=kw["max_batch_size"],
+        max_delay_ms=kw["max_queue_delay_ms"],
+        device=kw["device"],
+        engine=kw["engine"],
+        threads=kw["threads"],
+        limits=limits,
+    )
+    specs = parse_model_specs(bundles)
+    serve(
+        specs,
+        kw["host"],
+        kw["port"],
+        options,
+        say=lambda line: click.echo(line, err=True),
+        access_log=not kw["no_access_log"],
+    )
+
+
+@main.command("export-triton")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("repo_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", help="Model name in the repository (default: the bundle's name).")
+@click.option("--max-batch-size", type=int, help="Default: the plan's max, or 64 for ONNX.")
+@click.option("--max-queue-delay-us", default=2000, show_default=True, help="Dynamic batching.")
+@click.option(
+    "--instance-kind", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "gpu"])
+)
+@click.option("--instances", default=1, show_default=True, help="Model instances.")
+@click.option("--overwrite", is_flag=True, help="Replace REPO_DIR/NAME if it exists.")
+def export_triton_cmd(bundle: Path, repo_dir: Path, **kw: Any) -> None:
+    """Write a Triton Inference Server model repository entry for BUNDLE under REPO_DIR."""
+    from m3trt.serve.triton_repo import export_triton
+
+    result = export_triton(
+        bundle,
+        repo_dir,
+        name=kw["name"],
+        max_batch=kw["max_batch_size"],
+        max_queue_delay_us=kw["max_queue_delay_us"],
+        instance_kind=kw["instance_kind"],
+        instances=kw["instances"],
+        overwrite=kw["overwrite"],
+    )
+    checked = (
+        "checked against Triton's ModelConfig"
+        if result.checked
+        else "not checked (install tritonclient[grpc] to parse it into Triton's ModelConfig)"
+    )
+    click.echo(
+        f"wrote {result.folder} ({result.platform}, max batch {result.max_batch}, "
+        f"{result.artifact} artifact); config.pbtxt {checked}"
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

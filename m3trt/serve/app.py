@@ -1,0 +1,348 @@
+"""The HTTP app (Starlette on uvicorn): KServe v2 / Open Inference Protocol routes, ``annotate``,
+``/metrics``, and the per-request log line.
+
+Every error is a JSON ``{"error": "one line"}`` with a 4xx for the client's mistakes, 503 with
+``Retry-After`` when the queue is full or the server is stopping, 504 when a request waited past
+its timeout. SIGTERM (handled by uvicorn) stops accepting connections, lets in-flight requests
+finish, then the lifespan shutdown drains each batcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from m3trt import __version__
+from m3trt.errors import ImageDecodeError
+from m3trt.serve.batcher import QueueFull
+from m3trt.serve.limits import LimitError, Limits, check_content_length, read_body
+from m3trt.serve.metrics import Metrics
+from m3trt.serve.model import VERSION, ServedModel
+from m3trt.serve.protocol import (
+    HEADER_LENGTH,
+    ProtocolError,
+    encode_infer_response,
+    parse_infer_request,
+)
+
+log = logging.getLogger("m3trt.serve")
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "m3trt_annotate"]
+RETRY_AFTER_S = 1
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+@dataclass
+class ServerState:
+    models: dict[str, ServedModel]
+    limits: Limits
+    metrics: Metrics
+    decoder: ThreadPoolExecutor
+    ready: bool = False
+
+
+def create_app(models: Sequence[ServedModel], limits: Limits, metrics: Metrics | None = None):
+    """The ASGI app serving ``models``; batchers start and drain with the app's lifespan."""
+    state = ServerState(
+        {m.name: m for m in models},
+        limits,
+        metrics or Metrics(),
+        ThreadPoolExecutor(2, thread_name_prefix="m3trt-decode"),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        for model in state.models.values():
+            model.start()
+        state.ready = True
+        try:
+            yield
+        finally:
+            state.ready = False
+            await asyncio.gather(*(m.close() for m in state.models.values()))
+            state.decoder.shutdown(wait=True)
+
+    async def server_metadata(_request: Request) -> Response:
+        return JSONResponse({"name": "m3trt", "version": __version__, "extensions": EXTENSIONS})
+
+    async def live(_request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def ready(_request: Request) -> Response:
+        return Response(status_code=200 if state.ready else 503)
+
+    async def model_ready(request: Request) -> Response:
+        _model(state, request)
+        return Response(status_code=200 if state.ready else 503)
+
+    async def model_metadata(request: Request) -> Response:
+        return JSONResponse(_model(state, request).metadata())
+
+    async def model_config(request: Request) -> Response:
+        from m3trt.serve.triton_repo import served_config
+
+        return JSONResponse(served_config(_model(state, request)))
+
+    async def infer(request: Request) -> Response:
+        model = _model(state, request)
+        _room(state, model)
+        body = await _body(request, state.limits)
+        header_length = _header_length(request)
+        parsed = parse_infer_request(body, header_length)
+        del body
+        feeds, rows = model.check_inputs(parsed.inputs)
+        known = {s.name for s in model.outputs}
+        for item in parsed.outputs or []:
+            if item.name not in known:
+                raise ProtocolError(f"model {model.name!r} has no output {item.name!r}")
+        timeout = _timeout(parsed.parameters, state.limits)
+        outputs = await _queued(state, model, model.infer(feeds, rows), timeout)
+        content, headers = encode_infer_response(
+            model.name,
+            outputs,
+            parsed.outputs,
+            binary_default=parsed.binary_output,
+            request_id=parsed.id,
+        )
+        return Response(content, headers=headers)
+
+    async def annotate(request: Request) -> Response:
+        model = _model(state, request)
+        _room(state, model)
+        body = await _body(request, state.limits)
+        if not body:
+            raise HTTPError(400, "the body is empty: POST the image file's bytes")
+        tags = [t for v in request.query_params.getlist("tags") for t in v.split(",") if t.strip()]
+        work = model.annotate(body, tags, state.decoder)
+        annotation = await _queued(state, model, work, state.limits.timeout_s)
+        return JSONResponse({"model_name": model.name, **annotation.to_json()})
+
+    async def metrics(_request: Request) -> Response:
+        for model in state.models.values():
+            if model.batcher is not None:
+                state.metrics.queue.labels(model.name).set(model.batcher.queued_rows)
+        return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+    model_routes = [
+        ("", model_metadata, ["GET"]),
+        ("/ready", model_ready, ["GET"]),
+        ("/config", model_config, ["GET"]),
+        ("/infer", infer, ["POST"]),
+    ]
+    routes = [
+        Route("/v2", server_metadata, methods=["GET"]),
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+        Route("/v2/models/{name}/annotate", annotate, methods=["POST"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    for suffix, handler, methods in model_routes:
+        routes.append(Route("/v2/models/{name}" + suffix, handler, methods=methods))
+        routes.append(
+            Route("/v2/models/{name}/versions/{version}" + suffix, handler, methods=methods)
+        )
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            cls: _error_response
+            for cls in (HTTPError, LimitError, ProtocolError, ImageDecodeError, ValueError)
+        },
+    )
+    app.state.m3trt = state
+    return RequestLog(app, state)
+
+
+def _model(state: ServerState, request: Request) -> ServedModel:
+    name = request.path_params["name"]
+    model = state.models.get(name)
+    if model is None:
+        raise HTTPError(404, f"no model named {name!r} (serving: {', '.join(state.models)})")
+    version = request.path_params.get("version")
+    if version is not None and version != VERSION:
+        raise HTTPError(404, f"model {name!r} has no version {version!r} (versions: {VERSION})")
+    return model
+
+
+def _room(state: ServerState, model: ServedModel) -> None:
+    """Refuse at once, before reading the body, when the model's queue is already full."""
+    try:
+        if model.batcher is not None:
+            model.batcher.check_room()
+    except QueueFull as exc:
+        state.metrics.rejected.labels(model.name).inc()
+        raise HTTPError(503, str(exc), {"Retry-After": str(RETRY_AFTER_S)}) from None
+
+
+async def _body(request: Request, limits: Limits) -> bytes:
+    check_content_length(request.headers.get("content-length"), limits.max_body_bytes)
+    return await read_body(
+        request.stream(), limits.max_body_bytes, request.headers.get("content-encoding")
+    )
+
+
+def _header_length(request: Request) -> int | None:
+    value = request.headers.get(HEADER_LENGTH)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ProtocolError(f"{HEADER_LENGTH} {value!r} is not a number") from None
+
+
+def _timeout(parameters: dict[str, Any], limits: Limits) -> float:
+    """The server's timeout, shortened by the request's own ``timeout`` (microseconds)."""
+    value = parameters.get("timeout")
+    if value is None:
+        return limits.timeout_s
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ProtocolError("parameter 'timeout' must be a positive number of microseconds")
+    return min(limits.timeout_s, value / 1e6)
+
+
+async def _queued(state: ServerState, model: ServedModel, work: Any, timeout: float) -> Any:
+    try:
+        return await asyncio.wait_for(work, timeout)
+    except QueueFull as exc:
+        state.metrics.rejected.labels(model.name).inc()
+        raise HTTPError(503, str(exc), {"Retry-After": str(RETRY_AFTER_S)}) from None
+    except TimeoutError:
+        raise HTTPError(504, f"no answer within the timeout of {timeout:g} s") from None
+
+
+async def _error_response(_request: Request, exc: Exception) -> Response:
+    return _as_response(exc)
+
+
+def _as_response(exc: BaseException) -> Response:
+    if isinstance(exc, HTTPError):
+        status, message, headers = exc.status, str(exc), exc.headers
+    elif isinstance(exc, LimitError):
+        status, message, headers = exc.status, str(exc), {}
+    elif isinstance(exc, ProtocolError | ImageDecodeError | ValueError):
+        status, message, headers = 400, str(exc), {}
+    else:
+        log.exception("internal error")
+        status, message, headers = 500, f"internal error: {type(exc).__name__}: {exc}", {}
+    return JSONResponse({"error": " ".join(message.split())}, status_code=status, headers=headers)
+
+
+def _endpoint(path: str) -> tuple[str, str]:
+    """A bounded (endpoint, model) label pair for a request path."""
+    parts = path.strip("/").split("/")
+    if parts[:2] == ["v2", "models"] and len(parts) >= 3:
+        tail = parts[5:] if len(parts) > 4 and parts[3] == "versions" else parts[3:]
+        return (tail[0] if tail else "metadata"), parts[2]
+    if parts[:2] == ["v2", "health"]:
+        return "health", "-"
+    if parts == ["metrics"]:
+        return "metrics", "-"
+    return ("server" if parts == ["v2"] else "other"), "-"
+
+
+class RequestLog:
+    """One log line and one metrics observation per request, with its latency."""
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            seconds = time.perf_counter() - start
+            endpoint, model = _endpoint(scope["path"])
+            if model not in self.state.models:
+                model = "-"
+            known = {"infer", "annotate", "ready", "config", "metadata"}
+            if endpoint not in known | {"health", "metrics", "server"}:
+                endpoint = "other"
+            self.state.metrics.observe_request(endpoint, model, status, seconds)
+            client = scope.get("client") or ("-", 0)
+            log.info(
+                "%s %s %s %d %.1f ms",
+                client[0],
+                scope["method"],
+                scope["path"],
+                status,
+                seconds * 1e3,
+            )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket (``port`` 0: any free port; read it back with ``getsockname``)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def uvicorn_server(app: Any, limits: Limits):
+    """A uvicorn server for ``app``: no access log of its own (ours has the latency), graceful
+    shutdown long enough for a queued request to finish."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=int(limits.timeout_s) + 5,
+        server_header=False,
+    )
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGTERM after its graceful shutdown, so the process would die by
+        the signal; here a finished graceful stop exits normally and says which signal ended it."""
+
+        stopped_by: list[int] = []  # noqa: RUF012 (one server per process)
+
+        @contextlib.contextmanager
+        def capture_signals(self):  # type: ignore[override]
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    self.stopped_by = list(self._captured_signals)
+                    self._captured_signals.clear()
+
+    return Server(config)

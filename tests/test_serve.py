@@ -1,0 +1,450 @@
+"""`m3trt serve`: Triton's own HTTP client against the server, malformed requests, the bounded
+queue, metrics, and SIGTERM under load."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+httpclient = pytest.importorskip("tritonclient.http")
+
+from m3trt.runtime.annotator import Annotator  # noqa: E402
+from m3trt.serve.app import bind, create_app, uvicorn_server  # noqa: E402
+from m3trt.serve.limits import Limits  # noqa: E402
+from m3trt.serve.metrics import Metrics  # noqa: E402
+from m3trt.serve.server import ServeOptions, load_models, parse_model_specs  # noqa: E402
+
+
+@contextmanager
+def running(models, limits: Limits, metrics: Metrics | None = None):
+    """The app on a free loopback port, in a thread; yields "127.0.0.1:PORT"."""
+    app = create_app(models, limits, metrics)
+    server = uvicorn_server(app, limits)
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+LIMITS = Limits(max_body_bytes=1 << 20, max_pixels=1_000_000, timeout_s=10, max_queue=64)
+
+
+@pytest.fixture(scope="module")
+def served(int8_bundle):
+    metrics = Metrics()
+    models = load_models(
+        parse_model_specs([f"tiny={int8_bundle}"]),
+        ServeOptions(max_batch=8, max_delay_ms=2, device="cpu", threads=1, limits=LIMITS),
+        metrics,
+    )
+    with running(models, LIMITS, metrics) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def annotator(int8_bundle):
+    return Annotator.load(int8_bundle, device="cpu", threads=1)
+
+
+@pytest.fixture(scope="module")
+def images(test_images, annotator):
+    paths = sorted(p for p in Path(test_images).rglob("*") if p.suffix in (".jpg", ".png"))[:4]
+    batch = np.stack([annotator.prepare(p) for p in paths])
+    return paths, batch
+
+
+def post(url: str, path: str, body: bytes, headers: dict[str, str] | None = None):
+    request = urllib.request.Request(f"http://{url}{path}", data=body, method="POST")
+    for key, value in (headers or {}).items():
+        request.add_header(key, value)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def get(url: str, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://{url}{path}", timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def triton_infer(client, batch, tags=None, *, binary: bool):
+    inputs = [httpclient.InferInput("image", list(batch.shape), "UINT8")]
+    inputs[0].set_data_from_numpy(batch, binary_data=binary)
+    if tags is not None:
+        inputs.append(httpclient.InferInput("tags", list(tags.shape), "FP32"))
+        inputs[1].set_data_from_numpy(tags, binary_data=binary)
+    outputs = [
+        httpclient.InferRequestedOutput(name, binary_data=binary)
+        for name in ("scores", "quantity", "k", "topk")
+    ]
+    return client.infer("tiny", inputs, outputs=outputs)
+
+
+# ------------------------------------------------------------------------ Triton's client works
+def test_triton_client_health_and_metadata(served, annotator):
+    url = served
+    client = httpclient.InferenceServerClient(url)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("tiny")
+    assert not client.is_model_ready("nope")
+    meta = client.get_model_metadata("tiny")
+    info = annotator.info
+    assert meta["name"] == "tiny" and meta["versions"] == ["1"]
+    inputs = {t["name"]: t for t in meta["inputs"]}
+    assert inputs["image"] == {
+        "name": "image",
+        "datatype": "UINT8",
+        "shape": [-1, info.image_size, info.image_size, 3],
+    }
+    assert inputs["tags"]["datatype"] == "FP32" and inputs["tags"]["shape"] == [-1, info.num_tags]
+    outputs = {t["name"]: (t["datatype"], t["shape"]) for t in meta["outputs"]}
+    assert outputs == {
+        "scores": ("FP32", [-1, info.num_labels]),
+        "quantity": ("FP32", [-1]),
+        "k": ("INT32", [-1]),
+        "topk": ("INT32", [-1, info.k_max]),
+    }
+    assert meta["parameters"]["label_names"] == info.label_names
+    config = client.get_model_config("tiny")
+    assert config["max_batch_size"] == 8
+    server = client.get_server_metadata()
+    assert "binary_tensor_data" in server["extensions"]
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_triton_client_infer_equals_python_api(served, annotator, images, binary):
+    url = served
+    _, batch = images
+    tags = np.zeros((len(batch), annotator.info.num_tags), np.float32)
+    tags[0, :3] = 1
+    tags[2, -1] = 1
+    expected = annotator.run(batch, tags)
+    result = triton_infer(httpclient.InferenceServerClient(url), batch, tags, binary=binary)
+    for name, want in expected.items():
+        got = result.as_numpy(name)
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def test_triton_client_default_request_without_tags(served, annotator, images):
+    url = served
+    _, batch = images
+    inputs = [httpclient.InferInput("image", list(batch[:1].shape), "UINT8")]
+    inputs[0].set_data_from_numpy(batch[:1])
+    result = httpclient.InferenceServerClient(url).infer("tiny", inputs)  # all outputs, binary
+    expected = annotator.run(batch[:1])
+    for name, want in expected.items():
+        np.testing.assert_array_equal(result.as_numpy(name), want, err_msg=name)
+
+
+def test_annotate_endpoint_equals_python_api(served, annotator, images):
+    url = served
+    paths, _ = images
+    tags = annotator.info.tag_vocab[:2]
+    status, _, body = post(
+        url, "/v2/models/tiny/annotate?tags=" + ",".join(tags), paths[0].read_bytes()
+    )
+    assert status == 200, body
+    want = annotator.annotate([paths[0].read_bytes()], [tags])[0].to_json()
+    assert json.loads(body) == {"model_name": "tiny", **want}
+
+
+def test_concurrent_requests_are_batched(served, annotator, images):
+    url = served
+    _, batch = images
+    expected = annotator.decode(annotator.run(batch))
+    client = httpclient.InferenceServerClient(url, concurrency=16)
+    pending = []
+    for i in range(32):
+        inputs = [httpclient.InferInput("image", [1, *batch.shape[1:]], "UINT8")]
+        inputs[0].set_data_from_numpy(batch[i % 4 : i % 4 + 1])
+        pending.append(client.async_infer("tiny", inputs))
+    for i, request in enumerate(pending):
+        result = request.get_result()
+        got = annotator.decode({n: result.as_numpy(n) for n in ("scores", "quantity", "k", "topk")})
+        assert got[0].labels == expected[i % 4].labels
+        assert abs(got[0].quantity - expected[i % 4].quantity) < 1e-4
+    status, text = get(url, "/metrics")
+    assert status == 200
+    text = text.decode()
+    count = float(re.search(r'm3trt_batch_size_count\{model="tiny"\} (\S+)', text).group(1))
+    total = float(re.search(r'm3trt_batch_size_sum\{model="tiny"\} (\S+)', text).group(1))
+    assert total > count  # at least one engine call held more than one request
+    assert 'm3trt_requests_total{code="200",endpoint="infer",model="tiny"}' in text
+    assert "m3trt_request_latency_seconds_bucket" in text
+
+
+# ------------------------------------------------------------------------- malformed requests
+def _png(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("L", (width, height)).save(out, "PNG")
+    return out.getvalue()
+
+
+def _infer_body(shape, datatype="UINT8", data=None) -> bytes:
+    count = int(np.prod(shape))
+    tensor = {"name": "image", "shape": shape, "datatype": datatype, "data": data or [0] * count}
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
+MALFORMED = {
+    "bad json": ("infer", b'{"inputs": [', {}, 400, "not valid JSON"),
+    "wrong shape": ("infer", _infer_body([1, 8, 8, 3]), {}, 400, "expected [-1, 64, 64, 3]"),
+    "wrong dtype": ("infer", _infer_body([1, 64, 64, 3], "FP32"), {}, 400, "must be UINT8"),
+    "data count": ("infer", _infer_body([2, 64, 64, 3], data=[1, 2]), {}, 400, "holds 24576"),
+    "out of range": ("infer", _infer_body([1, 1], data=[300]), {}, 400, "range 0..255"),
+    "binary size lie": (
+        "infer",
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "image",
+                        "shape": [1000, 64, 64, 3],
+                        "datatype": "UINT8",
+                        "parameters": {"binary_data_size": 12288000},
+                    }
+                ]
+            }
+        ).encode()
+        + b"\0" * 10,
+        {"Inference-Header-Content-Length": None},
+        400,
+        "binary data ends after 10",
+    ),
+    "unknown input": (
+        "infer",
+        json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}),
+        {},
+        400,
+        "has no input 'x'",
+    ),
+    "too big a batch": ("infer", _infer_body([9, 64, 64, 3]), {}, 400, "1 to 8 per request"),
+    "not an image": ("annotate", b"this is not an image at all", {}, 400, "body:"),
+    "empty body": ("annotate", b"", {}, 400, "empty"),
+    "oversized body": ("annotate", b"\0" * (2 << 20), {}, 413, "over the limit"),
+    "pixel bomb": ("annotate", _png(2000, 2000), {}, 400, "decompression bombs"),
+    "gzip bomb": (
+        "infer",
+        gzip.compress(b" " * (8 << 20)),
+        {"Content-Encoding": "gzip"},
+        413,
+        "after decompression",
+    ),
+    "unknown encoding": ("infer", b"{}", {"Content-Encoding": "br"}, 415, "not supported"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED), ids=list(MALFORMED))
+def test_malformed_requests_get_a_4xx_and_the_server_keeps_serving(served, images, case):
+    url = served
+    endpoint, body, headers, status, reason = MALFORMED[case]
+    body = body if isinstance(body, bytes) else body.encode()
+    if "Inference-Header-Content-Length" in headers:
+        headers = {"Inference-Header-Content-Length": str(body.index(b"\0"))}
+    got, _, answer = post(url, f"/v2/models/tiny/{endpoint}", body, headers)
+    assert got == status, answer
+    error = json.loads(answer)["error"]
+    assert reason in error and "\n" not in error, error
+    _, batch = images
+    result = triton_infer(httpclient.InferenceServerClient(url), batch[:1], binary=True)
+    assert result.as_numpy("k").shape == (1,)
+
+
+def test_unknown_model_and_version_are_404(served):
+    url = served
+    assert get(url, "/v2/models/nope")[0] == 404
+    assert get(url, "/v2/models/tiny/versions/2")[0] == 404
+    assert get(url, "/v2/models/tiny/versions/1")[0] == 200
+
+
+# ---------------------------------------------------------------------------- bounded queue
+def test_full_queue_answers_503_with_retry_after(int8_bundle, images):
+    limits = Limits(max_body_bytes=1 << 20, max_pixels=1_000_000, timeout_s=10, max_queue=1)
+    options = ServeOptions(max_batch=1, max_delay_ms=0, device="cpu", threads=1, limits=limits)
+    (model,) = load_models(parse_model_specs([f"slow={int8_bundle}"]), options)
+    gate = threading.Event()
+    run = model.annotator.run
+
+    def blocked(images, tags=None):
+        gate.wait(10)
+        return run(images, tags)
+
+    model.annotator.run = blocked  # the engine is busy until the gate opens
+    _, batch = images
+    body = _infer_body([1, *batch.shape[1:]], data=batch[:1].reshape(-1).tolist())
+    with running([model], limits) as url:
+        results: dict[int, int] = {}
+
+        def send(i: int) -> None:
+            results[i] = post(url, "/v2/models/slow/infer", body)[0]
+
+        first = threading.Thread(target=send, args=(0,))
+        first.start()
+        _wait_for(lambda: model.batcher.queued_rows == 0 and gate is not None, 0.2)
+        second = threading.Thread(target=send, args=(1,))
+        second.start()
+        _wait_for(lambda: model.batcher.queued_rows == 1)
+        status, headers, answer = post(url, "/v2/models/slow/infer", body)
+        assert status == 503 and headers.get("retry-after") == "1", answer
+        assert "queue is full" in json.loads(answer)["error"]
+        gate.set()
+        first.join(10)
+        second.join(10)
+        assert results == {0: 200, 1: 200}
+
+
+def _wait_for(condition, settle: float = 0.0) -> None:
+    deadline = time.monotonic() + 10
+    time.sleep(settle)
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+# ------------------------------------------------------------------------ SIGTERM under load
+def test_sigterm_under_load_loses_no_accepted_request(int8_bundle, images):
+    _, batch = images
+    body = _infer_body([1, *batch.shape[1:]], data=batch[:1].reshape(-1).tolist())
+    command = [sys.executable, "-m", "m3trt.cli", "serve", str(int8_bundle), "--port", "0"]
+    command += ["--threads", "1", "--max-batch-size", "4"]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        url = None
+        log: list[str] = []
+        while url is None:
+            line = proc.stderr.readline()
+            assert line, "server exited: " + "".join(log)
+            log.append(line)
+            found = re.search(r"on http://(\S+) ", line)
+            url = found.group(1) if found else None
+        reader = threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True)
+        reader.start()
+        answers: list[int] = []
+        refused: list[str] = []
+        stop = time.monotonic() + 8
+
+        def client() -> None:
+            while time.monotonic() < stop:
+                try:
+                    answers.append(post(url, "/v2/models/tiny/infer", body)[0])
+                except (urllib.error.URLError, ConnectionError) as exc:
+                    refused.append(type(exc).__name__)  # not accepted: the listener is closed
+                    return
+
+        threads = [threading.Thread(target=client) for _ in range(8)]
+        for t in threads:
+            t.start()
+        _wait_for(lambda: len(answers) >= 20)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        for t in threads:
+            t.join(10)
+        reader.join(5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    served = [line for line in log if " POST /v2/models/tiny/infer " in line]
+    assert set(answers) == {200}
+    assert len(served) == len(answers)  # each request the server took was answered
+    assert refused, "the clients kept being served after SIGTERM"
+
+
+def test_serve_never_imports_torch(int8_bundle):
+    script = f"""
+import sys, threading, time, json, urllib.request
+import m3trt.cli, m3trt.serve.protocol, m3trt.serve.triton_repo
+from m3trt.serve.app import bind, create_app, uvicorn_server
+from m3trt.serve.limits import Limits
+from m3trt.serve.server import ServeOptions, load_models, parse_model_specs
+limits = Limits()
+models = load_models(parse_model_specs([{str(int8_bundle)!r}]), ServeOptions(threads=1))
+server = uvicorn_server(create_app(models, limits), limits)
+sock = bind("127.0.0.1", 0)
+thread = threading.Thread(target=server.run, kwargs={{"sockets": [sock]}}, daemon=True)
+thread.start()
+while not server.started:
+    time.sleep(0.01)
+url = "http://127.0.0.1:%d/v2/models/tiny/config" % sock.getsockname()[1]
+assert json.loads(urllib.request.urlopen(url).read())["name"] == "tiny"
+server.should_exit = True
+thread.join(10)
+bad = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
+assert not bad, bad
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
+
+def test_serve_usage_errors_are_one_line(int8_bundle, tmp_path):
+    from click.testing import CliRunner
+
+    from m3trt.cli import main
+
+    cases = [
+        ([f"a={int8_bundle}", f"a={int8_bundle}"], "two models named 'a'"),
+        ([str(tmp_path / "missing.m3")], "missing.m3"),
+        ([str(int8_bundle), "--max-batch-size", "0"], "--max-batch-size must be"),
+        ([str(int8_bundle), "--max-queue", "4", "--max-batch-size", "8"], "--max-queue must be"),
+        ([str(int8_bundle), "--timeout", "0"], "timeout must be positive"),
+    ]
+    for args, reason in cases:
+        result = CliRunner().invoke(main, ["serve", *args])
+        assert result.exit_code == 2, result.output
+        assert reason in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_request_timeout_answers_504_and_the_server_goes_on(int8_bundle, images):
+    limits = Limits(max_body_bytes=1 << 20, max_pixels=1_000_000, timeout_s=10, max_queue=8)
+    options = ServeOptions(max_batch=1, max_delay_ms=0, device="cpu", threads=1, limits=limits)
+    (model,) = load_models(parse_model_specs([f"slow={int8_bundle}"]), options)
+    gate = threading.Event()
+    run = model.annotator.run
+
+    def blocked(images, tags=None):
+        gate.wait(10)
+        return run(images, tags)
+
+    model.annotator.run = blocked
+    _, batch = images
+    tensor = {"name": "image", "shape": [1, *batch.shape[1:]], "datatype": "UINT8"}
+    tensor["data"] = batch[:1].reshape(-1).tolist()
+    body = {"inputs": [tensor], "parameters": {"timeout": 200_000}}  # v2: microseconds
+    with running([model], limits) as url:
+        start = time.monotonic()
+        status, _, answer = post(url, "/v2/models/slow/infer", json.dumps(body).encode())
+        assert status == 504 and "0.2 s" in json.loads(answer)["error"]
+        assert time.monotonic() - start < 5
+        gate.set()
+        del body["parameters"]
+        assert post(url, "/v2/models/slow/infer", json.dumps(body).encode())[0] == 200
