@@ -84,7 +84,13 @@ def test_cli_ray_run_gives_the_local_rows_in_walk_order(tmp_path, int8_bundle, f
 @pytest.fixture(scope="module")
 def ray_session():
     """One Ray instance for the API tests (starting one costs seconds): m3trt uses it as is."""
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=OBJECT_STORE)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=OBJECT_STORE,
+        _node_ip_address="127.0.0.1",
+    )
     yield ray
     ray.shutdown()
 

@@ -105,8 +105,13 @@ class BatchAnnotator:
         max_pixels: int,
         batch_size: int,
         decode_threads: int,
+        cwd: str | None = None,
     ) -> None:
         self._tmp: str | None = None
+        # Paths are spelled as the walk found them, relative to the driver's working folder; on a
+        # node whose working folder differs, decode them from the driver's (shared storage).
+        here = os.path.realpath(os.getcwd())
+        self.cwd = cwd if cwd is not None and here != os.path.realpath(cwd) else None
         if isinstance(bundle, list):  # [ObjectRef] of the bundle's files (kept un-resolved)
             bundle = self._unpack(bundle[0])
         self.annotator = Annotator.load(bundle, verify=True, **load_kwargs)
@@ -134,7 +139,8 @@ class BatchAnnotator:
             Found(str(p), str(e) or None)
             for p, e in zip(batch["path"], batch["error"], strict=True)
         ]
-        decoded = list(self.pool.map(self.decode, found))
+        local = found if self.cwd is None else [self._here(f) for f in found]
+        decoded = list(self.pool.map(self.decode, local))
         rows = [""] * len(decoded)
         good = [i for i, d in enumerate(decoded) if d.error is None]
         for start in range(0, len(good), self.batch_size):
@@ -150,6 +156,9 @@ class BatchAnnotator:
             "error": np.asarray([d.error or "" for d in decoded], dtype=object),
             "pid": np.full(len(found), self.pid, dtype=np.int64),
         }
+
+    def _here(self, found: Found) -> Found:
+        return Found(os.path.join(self.cwd or "", found.path), found.error)
 
     def _annotate(self, items: list[Decoded]) -> list[Annotation]:
         annotator = self.annotator
@@ -221,6 +230,9 @@ class _Cluster:
         }
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         if self.local:
+            # A local instance talks to itself on loopback, and sends no usage statistics.
+            kwargs["_node_ip_address"] = "127.0.0.1"
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             cores = os.cpu_count() or 1
             wanted = (options.num_workers or 0) * options.cpus_per_worker
             kwargs["num_cpus"] = max(cores, math.ceil(wanted))
@@ -284,7 +296,7 @@ def run_folder_ray(
                     f"note: this model was trained without tags; --tags {options.tags} ignored"
                 )
             report = _open_report(options, _ReportInfo(bundle))
-            source: str | list[Any] = str(bundle.path)
+            source: str | list[Any] = str(bundle.path.resolve())
             if ray_options.bundle_via == "object-store" or (
                 ray_options.bundle_via == "auto" and not cluster.local
             ):
@@ -307,6 +319,7 @@ def run_folder_ray(
                 "max_pixels": options.max_pixels,
                 "batch_size": options.batch_size,
                 "decode_threads": max(1, math.ceil(ray_options.cpus_per_worker)),
+                "cwd": os.getcwd(),
             }
             with reporter.task("annotate", walk.todo) as bar:
                 if blocks:
