@@ -26,9 +26,10 @@ import numpy as np
 import torch
 
 from m3trt import metrics
+from m3trt.build.bundle import build_bundle
+from m3trt.build.options import BuildOptions
 from m3trt.calibration.data import load_image_set
-from m3trt.export.build import BuildOptions, build_bundle
-from m3trt.runtime.sessions import cpu_session
+from m3trt.runtime.engines.ort_engine import cpu_session
 from m3trt.train.checkpoint import load_checkpoint
 from m3trt.train.predict import torch_runner
 

@@ -16,11 +16,12 @@ import tempfile
 from pathlib import Path
 
 from m3trt.calibration.data import load_image_set
-from m3trt.calibration.guard import compare_outputs, run_outputs
 from m3trt.calibration.qdq import QUANTIZED_OPS, write_qdq
 from m3trt.calibration.ranges import METHODS, CalibrationSettings, calibrate
-from m3trt.runtime.bundle import ModelInfo, sha256_file
-from m3trt.runtime.sessions import cpu_session
+from m3trt.evaluation import compare_outputs, run_outputs
+from m3trt.runtime.bundle import sha256_file
+from m3trt.runtime.engines import open_path
+from m3trt.runtime.model_io import ModelInfo
 
 SCOPES = {"trunk": QUANTIZED_OPS, "trunk+gemm": (*QUANTIZED_OPS, "Gemm", "MatMul")}
 
@@ -35,7 +36,7 @@ def main() -> None:
     kw = dict(image_size=info.image_size, label_names=info.label_names, tag_vocab=info.tag_vocab)
     calib = load_image_set(args.data, count=256, splits=["train"], **kw)
     val = load_image_set(args.data, splits=["val"], **kw)
-    reference = run_outputs(cpu_session(args.model), val)
+    reference = run_outputs(open_path(args.model), val.batches(16))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in METHODS:
@@ -47,7 +48,9 @@ def main() -> None:
             )
             for scope, ops in SCOPES.items():
                 path = write_qdq(args.model, Path(tmp) / "q.onnx", ranges, "cpu", op_types=ops)
-                report = compare_outputs(reference, run_outputs(cpu_session(path), val), val.labels)
+                report = compare_outputs(
+                    reference, run_outputs(open_path(path), val.batches(16)), val.labels
+                )
                 rows.append({"method": method, "scope": scope, **report})
     lines = [
         "| method | scope | label-set agreement | k agreement | O-F1 drop (points) |",

@@ -51,10 +51,17 @@ def _reporter(ctx: click.Context) -> Reporter:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    from m3trt.atomic import write_json
+
+    write_json(path, data)
+
+
+_ENGINE_OPTION = dict(
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "onnxruntime", "openvino"]),
+    help="Engine kind: auto uses the one the build measured fastest that is installed here.",
+)
 
 
 @click.group(cls=M3Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -254,6 +261,7 @@ def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
     type=click.Choice(["auto", "cpu", "cuda"]),
     help="Bundles only: where the engine runs.",
 )
+@click.option("--engine", **_ENGINE_OPTION)
 @click.option(
     "--atol",
     default=1e-2,
@@ -290,6 +298,7 @@ def eval_cmd(
     threshold: float,
     json_path: Path | None,
     device: str,
+    engine: str,
     atol: float,
     rtol: float,
     baseline: Path | None,
@@ -311,6 +320,7 @@ def eval_cmd(
             batch_size=batch_size,
             threshold=threshold,
             device=device,
+            engine=engine,
             atol=atol,
             rtol=rtol,
             reporter=_reporter(ctx),
@@ -426,7 +436,8 @@ def calibrate_cmd(
         require_images,
     )
     from m3trt.calibration.ranges import CalibrationSettings, calibrate
-    from m3trt.runtime.bundle import ModelInfo, sha256_file
+    from m3trt.runtime.bundle import sha256_file
+    from m3trt.runtime.model_io import ModelInfo
 
     reporter = _reporter(ctx)
     info = ModelInfo.from_onnx_file(model)
@@ -470,6 +481,13 @@ def calibrate_cmd(
     "--target", type=click.Choice(["auto", "cpu", "tensorrt"]), default="auto", show_default=True
 )
 @click.option(
+    "--engine",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "onnxruntime", "openvino"]),
+    help="CPU target: time only this engine kind (auto: every installed one, keep the fastest).",
+)
+@click.option(
     "--calib",
     type=click.Path(exists=True, path_type=Path),
     help="Calibration images: a manifest or a folder (needed for INT8).",
@@ -507,13 +525,15 @@ def calibrate_cmd(
 @click.pass_context
 def build_cmd(ctx: click.Context, source: Path, out: Path, **kw: Any) -> None:
     """Build an engine bundle from SOURCE (a checkpoint folder or an exported .onnx)."""
+    from m3trt.build.bundle import build_bundle
+    from m3trt.build.options import BuildOptions
     from m3trt.calibration.guard import AccuracyBudget
-    from m3trt.export.build import BuildOptions, build_bundle
 
     disagreement = kw["max_disagreement"]
     options = BuildOptions(
         precision=kw["precision"],
         target=kw["target"],
+        engine=kw["engine"],
         calib=kw["calib"],
         val=kw["val"],
         calib_count=kw["calib_count"],
@@ -572,6 +592,7 @@ def inspect_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
 @click.option(
     "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
 )
+@click.option("--engine", **_ENGINE_OPTION)
 @click.option("--workers", type=click.IntRange(1, 64), help="Decoding threads [default: cores].")
 @click.option("--threads", type=click.IntRange(1, 256), help="Engine threads [default: cores].")
 @click.option("--ext", help="Extensions to look for in folders, e.g. jpg,png [default: all].")
@@ -671,6 +692,7 @@ def infer_cmd(ctx: click.Context, bundle: Path, paths: tuple[Path, ...], **kw: A
     )
     load_kwargs = {
         "device": kw["device"],
+        "engine": kw["engine"],
         "threads": kw["threads"],
         "threshold": kw["threshold"],
         "top_k": kw["top_k"],
@@ -780,6 +802,7 @@ def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tu
 @click.option(
     "--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
 )
+@click.option("--engine", **_ENGINE_OPTION)
 @click.option("--threads", type=click.IntRange(1, 256), help="Engine threads [default: cores].")
 @click.option(
     "--transfers/--no-transfers",
@@ -813,6 +836,7 @@ def bench_cmd(ctx: click.Context, bundle: Path, **kw: Any) -> None:
         against=kw["against"],
         checkpoint=kw["checkpoint"],
         device=kw["device"],
+        engine=kw["engine"],
         threads=kw["threads"],
         transfers=kw["transfers"],
     )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from m3trt.atomic import write_json
 from m3trt.errors import InputError
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -110,9 +111,7 @@ class CheckpointConfig:
         return config
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: Path) -> CheckpointConfig:

@@ -55,7 +55,7 @@ def tiny_onnx(tmp_path_factory, tiny_checkpoint):
 def tiny_sets(tiny_onnx, tiny_data):
     """Calibration (train split) and validation (val split) images for the tiny model."""
     from m3trt.calibration.data import load_image_set
-    from m3trt.runtime.bundle import ModelInfo
+    from m3trt.runtime.model_io import ModelInfo
 
     info = ModelInfo.from_onnx_file(tiny_onnx)
     kw = dict(image_size=info.image_size, label_names=info.label_names, tag_vocab=info.tag_vocab)

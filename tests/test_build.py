@@ -5,8 +5,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from m3trt.build.options import Candidate, choose
 from m3trt.cli import main
-from m3trt.export.build import Candidate, choose
 from m3trt.runtime.bundle import load_bundle
 
 
@@ -18,8 +18,12 @@ def run(*args):
 def test_int8_cpu_bundle(int8_bundle):
     bundle = load_bundle(int8_bundle)
     assert (bundle.target, bundle.precision) == ("cpu", "int8")
-    assert set(bundle.artifacts) == {"reference", "engine", "calibration"}
+    assert set(bundle.artifacts) == {"reference", "engine", "graph", "calibration"}
     assert bundle.engine_artifact.file == "model.int8.onnx"
+    # ONNX Runtime's offline CPU graph, and the portable Q/DQ graph other engines read
+    assert bundle.artifacts["engine"].format == "onnx-ort-cpu"
+    assert bundle.artifacts["graph"].format == "onnx"
+    assert bundle.runtime["cpu"]["engine"] in ("onnxruntime", "openvino")
     assert bundle.accuracy["of1_drop"] <= 0.01
     assert bundle.provenance["calibration"]["method"] == "percentile"
     assert bundle.provenance["calibration"]["cache_hit"] is False
@@ -89,7 +93,7 @@ def test_choose_uses_measurements_and_the_budget(tmp_path):
     ("args", "message"),
     [
         (["--precision", "int8", "--target", "cpu"], "INT8 needs calibration images"),
-        (["--precision", "fp16", "--target", "cpu"], "fp16 is a TensorRT precision"),
+        (["--precision", "fp16", "--target", "cpu"], "fp16 is a GPU precision"),
         (["--target", "tensorrt"], "tensorrt"),
         (["-o2"], ""),
     ],

@@ -12,18 +12,17 @@ import pytest
 from onnx import TensorProto, helper
 
 from m3trt.errors import InputError
-from m3trt.runtime import bundle as bundle_mod
+from m3trt.runtime import bundle_writer as bundle_mod
 from m3trt.runtime.bundle import (
     BUNDLE_FILE,
     SCHEMA_VERSION,
     Bundle,
-    BundleError,
-    ModelInfo,
     load_bundle,
     sha256_file,
-    write_bundle,
 )
+from m3trt.runtime.bundle_writer import write_bundle
 from m3trt.runtime.inspect_bundle import describe_bundle, inspect_json
+from m3trt.runtime.model_io import BundleError, ModelInfo
 
 LABELS = ["airport", "animal", "beach", "bear", "birds", "boats", "book"]
 
@@ -167,7 +166,11 @@ def test_missing_artifact(built):
 @pytest.mark.parametrize(
     ("version", "expected"),
     [
-        (SCHEMA_VERSION + 1, "made by a newer m3trt (schema 2, this m3trt reads up to 1)"),
+        (
+            SCHEMA_VERSION + 1,
+            f"made by a newer m3trt (schema {SCHEMA_VERSION + 1}, "
+            f"this m3trt reads up to {SCHEMA_VERSION})",
+        ),
         (0, "unknown bundle schema 0"),
         ("1", "is not an integer"),
         (None, "no schema_version"),

@@ -8,17 +8,13 @@ import pytest
 from onnxruntime.quantization.calibrate import TensorData
 
 from m3trt.calibration.data import load_image_set, require_images
-from m3trt.calibration.guard import (
-    AccuracyBudget,
-    compare_outputs,
-    quantize_with_guard,
-    run_outputs,
-)
+from m3trt.calibration.guard import AccuracyBudget, quantize_with_guard
 from m3trt.calibration.qdq import write_qdq, zero_points
 from m3trt.calibration.ranges import CalibrationSettings, calibrate
 from m3trt.errors import InputError, M3Error
+from m3trt.evaluation import compare_outputs, run_outputs
 from m3trt.runtime.bundle import sha256_file
-from m3trt.runtime.sessions import cpu_session
+from m3trt.runtime.engines import open_path
 
 
 @pytest.fixture(scope="module")
@@ -112,15 +108,15 @@ def test_guard_gives_up_with_a_clear_error(tmp_path, tiny_onnx, tiny_sets, range
 
 def test_compare_outputs_counts_agreement(tiny_onnx, tiny_sets):
     _, val = tiny_sets
-    session = cpu_session(tiny_onnx)
-    ref = run_outputs(session, val)
+    with open_path(tiny_onnx) as engine:
+        ref = run_outputs(engine, val.batches(16))
     same = compare_outputs(ref, ref, val.labels)
     assert same["label_set_agreement"] == 1.0 and same["of1_drop"] == 0.0
     assert same["max_abs_score_delta"] == 0.0
 
 
 def test_folder_source_and_too_few_images(tmp_path, tiny_data, tiny_onnx):
-    from m3trt.runtime.bundle import ModelInfo
+    from m3trt.runtime.model_io import ModelInfo
 
     info = ModelInfo.from_onnx_file(tiny_onnx)
     kw = dict(image_size=info.image_size, label_names=info.label_names, tag_vocab=info.tag_vocab)

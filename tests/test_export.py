@@ -10,7 +10,7 @@ from m3trt.errors import InputError
 from m3trt.export.onnx_export import export_checkpoint
 from m3trt.export.parity import compare
 from m3trt.model import M3Net
-from m3trt.runtime.bundle import ModelInfo
+from m3trt.runtime.model_io import ModelInfo
 from m3trt.train.checkpoint import save_checkpoint
 from tests.test_fusion import randomise_batchnorm
 

@@ -17,7 +17,7 @@ from PIL import Image
 from m3trt.cli import main
 from m3trt.runtime.annotator import Annotator
 from m3trt.runtime.bundle import load_bundle
-from m3trt.runtime.engines import OnnxRuntimeEngine
+from m3trt.runtime.engines.ort_engine import OnnxRuntimeEngine
 from m3trt.runtime.results import errors_path, read_results
 
 
@@ -92,7 +92,7 @@ def test_infer_agrees_with_the_fp32_reference(tmp_path, int8_bundle, test_images
     bundle = load_bundle(int8_bundle)
     reference = Annotator(
         bundle,
-        OnnxRuntimeEngine(bundle.artifact_path("reference"), ["CPUExecutionProvider"]),
+        OnnxRuntimeEngine(bundle.artifact_path("reference"), "cpu"),
         Annotator.load(bundle, device="cpu").choice,
         Annotator.load(bundle, device="cpu").decoding,
     )
@@ -360,21 +360,19 @@ def test_runtime_and_infer_never_import_torch(tmp_path, int8_bundle, test_images
 
 def test_device_choice(int8_bundle):
     from m3trt.errors import M3Error
-    from m3trt.runtime.engines import choose_device
+    from m3trt.runtime.engines import open_engine
+    from m3trt.runtime.engines.registry import artifact_roles
 
     bundle = load_bundle(int8_bundle, verify=False)
-    cpu_only = ["CPUExecutionProvider"]
-    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    auto = choose_device(bundle, "auto", cpu_only)
-    assert (auto.device, auto.artifact) == ("cpu", "engine") and "no CUDA" in auto.reason
-    assert choose_device(bundle, "cpu", gpu).device == "cpu"
-    on_gpu = choose_device(bundle, "auto", gpu)
-    # The CPU INT8 graph's uint8 Q/DQ kernels are a CPU format: a GPU runs the FP32 reference,
-    # and TensorRT's provider is only used for TensorRT bundles.
-    assert on_gpu.device == "cuda" and on_gpu.artifact == "reference"
-    assert on_gpu.providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    engine, auto = open_engine(bundle, "auto", engine="onnxruntime")
+    assert (auto.device, auto.artifact) == ("cpu", "engine")
+    assert any("no CUDA provider" in why for why in auto.skipped)
+    engine.close()
+    # The CPU INT8 graph's uint8 Q/DQ kernels are a CPU format: a GPU runs the FP32 reference.
+    assert [role for role, _ in artifact_roles(bundle, "cuda")] == ["reference"]
+    assert [role for role, _ in artifact_roles(bundle, "cpu")] == ["engine", "graph", "reference"]
     with pytest.raises(M3Error, match="no CUDA provider.*onnxruntime-gpu"):
-        choose_device(bundle, "cuda", cpu_only)
+        open_engine(bundle, "cuda")
 
 
 def test_device_cuda_without_a_gpu_is_a_clear_error(tmp_path, int8_bundle, test_images):

@@ -9,7 +9,7 @@ from m3trt.calibration import uint8_stem
 from m3trt.calibration.qdq import write_qdq
 from m3trt.calibration.ranges import CalibrationSettings, calibrate
 from m3trt.runtime.bundle import sha256_file
-from m3trt.runtime.sessions import cpu_session
+from m3trt.runtime.engines.ort_engine import cpu_session
 
 SHIFT = np.array([123.675, 116.28, 103.53], np.float32)
 

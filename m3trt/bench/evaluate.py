@@ -1,7 +1,8 @@
 """``m3trt eval BUNDLE MANIFEST``: the metric table of a bundle, and its agreement with the FP32
 reference it was built from, with Polygraphy-style element-wise tolerances per output.
 
-Images are decoded by the runtime's own code, exactly as ``m3trt infer`` decodes them.
+Images are decoded by the runtime's own code, exactly as ``m3trt infer`` decodes them, and stream
+through the shared evaluator (``m3trt.evaluation``) that checkpoint evaluation uses too.
 """
 
 from __future__ import annotations
@@ -11,14 +12,17 @@ from typing import Any
 
 import numpy as np
 
-from m3trt import metrics
-from m3trt.calibration.data import load_image_set
-from m3trt.calibration.guard import compare_outputs, run_outputs
-from m3trt.errors import InputError
+from m3trt.evaluation import (
+    compare_outputs,
+    engine_predictor,
+    labelled_split,
+    score,
+    stream_predictions,
+)
 from m3trt.progress import SILENT, Reporter
 from m3trt.runtime.annotator import Annotator
 from m3trt.runtime.bundle import REFERENCE
-from m3trt.runtime.engines import CPU, OnnxRuntimeEngine
+from m3trt.runtime.engines import open_path
 
 DEFAULT_ATOL = 1e-2
 DEFAULT_RTOL = 1e-2
@@ -51,58 +55,57 @@ def evaluate_bundle(
     batch_size: int = 32,
     threshold: float = 0.5,
     device: str = "cpu",
+    engine: str = "auto",
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
     reporter: Reporter = SILENT,
 ) -> dict[str, Any]:
-    """Metrics of the bundle's engine on one split plus ``agreement`` with its FP32 reference."""
-    annotator = Annotator.load(bundle_path, device=device)
+    """Metrics of the bundle's engine on one split plus ``agreement`` with its FP32 reference.
+
+    Images stream through both engines batch by batch (each decoded once): memory stays flat
+    whatever the split's size."""
+    annotator = Annotator.load(bundle_path, device=device, engine=engine)
     info = annotator.info
-    data = load_image_set(
-        manifest,
-        image_size=info.image_size,
-        label_names=info.label_names,
-        tag_vocab=info.tag_vocab,
-        splits=None if split is None else [split],
-    )
-    if data.labels is None or not len(data):
-        where = f"split {split!r}" if split else "the manifest"
-        raise InputError(f"{manifest}: no labelled images to evaluate in {where}")
-    labelled = np.flatnonzero(data.labels.any(axis=1))
-    skipped = len(data) - len(labelled)
-    data = data.subset(labelled)
-    engine_path = annotator.bundle.artifact_path(annotator.choice.artifact)
-    ref_path = annotator.bundle.artifact_path(REFERENCE)
-    with reporter.task("evaluate", 2 * len(data) if engine_path != ref_path else len(data)) as bar:
-        out = run_outputs(annotator.engine.session, data, batch_size, bar.advance)
-        if engine_path != ref_path:
-            reference = OnnxRuntimeEngine(ref_path, [CPU]).session
-            ref = run_outputs(reference, data, batch_size, bar.advance)
-        else:
-            ref = out
-    k = out.k if info.quantity_head else None
-    result = metrics.evaluate(
-        data.labels,
-        out.scores,
-        k=k,
-        q=out.quantity if k is not None else None,
-        threshold=threshold,
-    )
+    split_data = labelled_split(manifest, split, info.label_names, info.tag_vocab, info.image_size)
+    data = split_data.data
+    predictors = {"engine": engine_predictor(annotator.engine)}
+    same = annotator.choice.artifact == REFERENCE and annotator.choice.device == "cpu"
+    reference = None
+    if not same:
+        reference = open_path(annotator.bundle.artifact_path(REFERENCE), engine="onnxruntime")
+        predictors["reference"] = engine_predictor(reference)
+    try:
+        with reporter.task("evaluate", len(data)) as bar:
+            outputs, labels = stream_predictions(
+                data,
+                predictors,
+                batch_size=batch_size,
+                num_labels=info.num_labels,
+                k_max=info.k_max,
+                on_batch=bar.advance,
+            )
+    finally:
+        if reference is not None:
+            reference.close()
+        annotator.close()
+    out = outputs["engine"]
+    ref = outputs.get("reference", out)
+    result = score(labels, out, quantity_head=info.quantity_head, threshold=threshold)
     agreement = compare_outputs(ref, out, None)
     agreement["tolerances"] = {"atol": atol, "rtol": rtol} | {
         name: tolerance_check(getattr(ref, name), getattr(out, name), atol, rtol)
         for name in COMPARED
     }
-    agreement["reference"] = ref_path.name
-    agreement["engine"] = engine_path.name
+    agreement["reference"] = annotator.bundle.artifacts[REFERENCE].file
+    agreement["engine"] = annotator.bundle.artifacts[annotator.choice.artifact].file
     result |= {
         "split": split,
         "bundle": annotator.bundle.name,
         "precision": annotator.bundle.precision,
         "engine": annotator.description,
-        "n_unlabelled_skipped": skipped,
+        "n_unlabelled_skipped": split_data.n_unlabelled,
         "n_failed_images": len(data.failed),
-        "failed_images": data.failed[:20],
+        "failed_images": [msg for _, msg in data.failed[:20]],
         "agreement": agreement,
     }
     return result

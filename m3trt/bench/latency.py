@@ -22,7 +22,8 @@ from m3trt.errors import InputError, M3Error
 from m3trt.progress import SILENT, Reporter
 from m3trt.runtime.annotator import Annotator
 from m3trt.runtime.bundle import REFERENCE, load_bundle
-from m3trt.runtime.engines import CPU, OnnxRuntimeEngine
+from m3trt.runtime.engines import open_path
+from m3trt.runtime.model_io import make_feeds
 
 BLOCK_S = 0.25
 Runner = Callable[[np.ndarray, np.ndarray], Any]
@@ -38,6 +39,7 @@ class BenchOptions:
     against: str | None = None  # "torch" | "onnx-fp32" | a bundle path
     checkpoint: Path | None = None  # for --against torch
     device: str = "cpu"
+    engine: str = "auto"
     threads: int | None = None
     seed: int = 0
     transfers: bool | None = None  # time H2D / compute / D2H apart; None: on for GPU engines
@@ -53,7 +55,9 @@ def reference_runner(
     """The in-process reference: the bundle's own FP32 graph, another bundle, or PyTorch eager."""
     bundle = annotator.bundle
     if against == "onnx-fp32":
-        engine = OnnxRuntimeEngine(bundle.artifact_path(REFERENCE), [CPU], options.threads)
+        engine = open_path(
+            bundle.artifact_path(REFERENCE), engine="onnxruntime", threads=options.threads
+        )
         ref = Annotator(bundle, engine, annotator.choice, annotator.decoding)
         return "onnx-fp32", _annotator_runner(ref)
     if against == "torch":
@@ -67,7 +71,9 @@ def reference_runner(
     other_bundle = load_bundle(other)
     if other_bundle.model.image_size != bundle.model.image_size:
         raise InputError(f"{other}: image size differs from {bundle.path}; cannot run both")
-    ref = Annotator.load(other_bundle, device=options.device, threads=options.threads)
+    ref = Annotator.load(
+        other_bundle, device=options.device, engine=options.engine, threads=options.threads
+    )
     return other_bundle.name, _annotator_runner(ref)
 
 
@@ -166,11 +172,14 @@ def time_transfers(
     annotator: Annotator, images: np.ndarray, tags: np.ndarray, duration_s: float, minimum: int
 ) -> dict[str, dict[str, float]]:
     """Host-to-device, compute and device-to-host ms of the bundle's engine, apart (I/O binding)."""
-    feeds = {"image": images, "tags": tags}
+    engine = annotator.engine
+    if not engine.supports_split_timing:
+        raise M3Error(f"--transfers: the {engine.kind} engine cannot time its steps apart")
+    feeds = make_feeds(images, tags, engine.input_names)
     parts: tuple[list[float], list[float], list[float]] = ([], [], [])
     start = time.perf_counter()
     while time.perf_counter() - start < duration_s or len(parts[0]) < minimum:
-        _, times = annotator.engine.run_timed(feeds)
+        _, times = engine.run_timed(feeds)
         for part, value in zip(parts, times, strict=True):
             part.append(value)
     return {
@@ -207,7 +216,9 @@ def run_bench(
     """Everything ``m3trt bench --json`` writes (DESIGN §5)."""
     if not options.batch_sizes or min(options.batch_sizes) < 1:
         raise InputError("--batch-sizes must be positive integers, e.g. 1,8,32")
-    annotator = Annotator.load(bundle, device=options.device, threads=options.threads)
+    annotator = Annotator.load(
+        bundle, device=options.device, engine=options.engine, threads=options.threads
+    )
     reporter.log(annotator.description)
     ref_name, ref_run = (None, None)
     if options.against:

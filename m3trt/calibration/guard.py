@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from m3trt import metrics
 from m3trt.calibration.data import ImageSet
 from m3trt.calibration.qdq import QUANTIZED_OPS, TARGETS, write_qdq
 from m3trt.calibration.ranges import ImageSetReader, model_inputs
 from m3trt.errors import M3Error
-from m3trt.runtime.sessions import cpu_session
+from m3trt.evaluation import Outputs, compare_outputs, run_outputs
+from m3trt.runtime.engines import Engine, open_path
 
 SENSITIVITY_IMAGES = 16
 
@@ -30,56 +30,6 @@ SENSITIVITY_IMAGES = 16
 class AccuracyBudget:
     max_of1_drop: float = 0.01  # O-F1 as a fraction: 0.01 is one point
     max_disagreement: float | None = None  # share of images whose label set may change
-
-
-@dataclass
-class Outputs:
-    scores: np.ndarray
-    quantity: np.ndarray
-    k: np.ndarray
-    topk: np.ndarray
-
-    def label_sets(self) -> np.ndarray:
-        """Boolean [N, C] annotation: topk[:k] per image."""
-        mask = np.zeros_like(self.scores, dtype=bool)
-        for b, (k, top) in enumerate(zip(self.k, self.topk, strict=True)):
-            mask[b, top[: int(k)]] = True
-        return mask
-
-
-def run_outputs(
-    session,
-    data: ImageSet,
-    batch_size: int = 16,
-    on_batch: Callable[[int], None] = lambda _n: None,
-) -> Outputs:
-    names = [i.name for i in session.get_inputs()]
-    parts = []
-    for images, tags in data.batches(batch_size):
-        feeds = {"image": images, "tags": tags.astype(np.float32)}
-        parts.append(session.run(["scores", "quantity", "k", "topk"], {n: feeds[n] for n in names}))
-        on_batch(len(images))
-    return Outputs(*(np.concatenate(p) for p in zip(*parts, strict=True)))
-
-
-def compare_outputs(
-    reference: Outputs, candidate: Outputs, labels: np.ndarray | None
-) -> dict[str, Any]:
-    """Agreement of a candidate with the FP32 reference, and O-F1 against labels if given."""
-    ref_sets, new_sets = reference.label_sets(), candidate.label_sets()
-    delta = np.abs(reference.scores - candidate.scores)
-    report: dict[str, Any] = {
-        "n_images": len(ref_sets),
-        "label_set_agreement": float(np.mean(np.all(ref_sets == new_sets, axis=1))),
-        "k_agreement": float(np.mean(reference.k == candidate.k)),
-        "max_abs_score_delta": float(delta.max()) if delta.size else 0.0,
-        "mean_abs_score_delta": float(delta.mean()) if delta.size else 0.0,
-    }
-    if labels is not None and len(labels):
-        of1_ref = metrics.label_metrics(labels, ref_sets)["OF1"]
-        of1_new = metrics.label_metrics(labels, new_sets)["OF1"]
-        report |= {"of1_reference": of1_ref, "of1": of1_new, "of1_drop": of1_ref - of1_new}
-    return report
 
 
 def over_budget(report: dict[str, Any], budget: AccuracyBudget) -> list[str]:
@@ -187,14 +137,14 @@ def quantize_with_guard(
     budget: AccuracyBudget = AccuracyBudget(),
     steps: Sequence[int] = (1, 2, 4, 8, 16, 32),
     log: Callable[[str], None] = lambda _m: None,
-    session_factory: Callable[[Path], Any] | None = None,
+    engine_factory: Callable[[Path], Engine] | None = None,
 ) -> GuardResult:
     """Quantize, measure against FP32, and keep the most sensitive nodes in float until the
     result fits the budget. Raises M3Error when even the last step does not fit."""
     if target not in TARGETS:
         raise M3Error(f"unknown quantization target {target!r}")
-    make_session = session_factory or cpu_session
-    reference = run_outputs(make_session(fp32_path), val)
+    open_graph = engine_factory or open_path
+    reference = _outputs(open_graph(fp32_path), val)
     excluded: list[tuple[str, float]] = []
     ranking: list[tuple[str, float]] | None = None
     attempts: list[dict[str, Any]] = []
@@ -219,7 +169,7 @@ def quantize_with_guard(
             nodes_to_exclude=[n for n, _ in excluded],
             uint8_input=uint8_input,
         )
-        report = compare_outputs(reference, run_outputs(make_session(out_path), val), val.labels)
+        report = compare_outputs(reference, _outputs(open_graph(out_path), val), val.labels)
         reasons = over_budget(report, budget)
         attempts.append(
             {
@@ -241,6 +191,11 @@ def quantize_with_guard(
         f"float ({'; '.join(attempts[-1]['over'])}); use --precision fp32 or more calibration "
         "images"
     )
+
+
+def _outputs(engine: Engine, val: ImageSet) -> Outputs:
+    with engine:
+        return run_outputs(engine, val.batches(16))
 
 
 def _names(kept: list[dict[str, Any]]) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from m3trt.atomic import write_json
 from m3trt.calibration.data import ImageSet
 from m3trt.errors import InputError
 
@@ -168,10 +168,7 @@ def save_cache(path: Path, key: dict[str, Any], ranges, data: ImageSet) -> None:
         "images": {"source": data.source, "count": len(data), "failed": len(data.failed)},
         "ranges": _ranges_to_json(ranges),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(path, document, indent=1, sort_keys=True)
 
 
 def load_cache(path: Path, key: dict[str, Any]):

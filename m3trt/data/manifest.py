@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from m3trt.atomic import write_text
 from m3trt.errors import ManifestError
 
 SPLITS = ("train", "val", "test")
@@ -232,6 +233,4 @@ def write_manifest(
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, text)

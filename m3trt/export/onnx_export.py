@@ -19,12 +19,13 @@ import onnx
 import torch
 
 from m3trt import __version__
+from m3trt.atomic import atomic_path
 from m3trt.config import CheckpointConfig
 from m3trt.errors import InputError
 from m3trt.export.graph import INPUT_NAMES, OUTPUT_NAMES, build_graph, example_inputs
 from m3trt.export.parity import ParityReport, check_parity
 from m3trt.progress import SILENT, Reporter
-from m3trt.runtime.bundle import ModelInfo
+from m3trt.runtime.model_io import ModelInfo
 from m3trt.train.checkpoint import load_checkpoint
 
 DEFAULT_OPSET = 18
@@ -139,10 +140,8 @@ def check_model(model: onnx.ModelProto) -> None:
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:
     """One self-contained file, written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    onnx.save_model(model, tmp, save_as_external_data=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        onnx.save_model(model, tmp, save_as_external_data=False)
 
 
 def export_checkpoint(

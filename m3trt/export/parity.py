@@ -16,7 +16,7 @@ import torch
 from m3trt.config import CheckpointConfig
 from m3trt.data.images import load_image
 from m3trt.data.vocab import Vocab
-from m3trt.runtime.sessions import cpu_session
+from m3trt.runtime.engines.ort_engine import cpu_session
 
 SCORE_ATOL = 1e-4
 

@@ -20,6 +20,7 @@ from m3trt.data.vocab import Vocab
 from m3trt.errors import M3Error
 from m3trt.runtime.bundle import Bundle, load_bundle
 from m3trt.runtime.engines import DeviceChoice, Engine, describe, open_engine
+from m3trt.runtime.model_io import TAGS, make_feeds
 
 DEFAULT_BATCH = 16
 
@@ -87,7 +88,7 @@ class Annotator:
         self.info = bundle.model
         self.labels = np.array(self.info.label_names, dtype=object)
         self.tag_vocab = Vocab(self.info.tag_vocab)
-        self.uses_tags = any(spec.name == "tags" for spec in engine.inputs)
+        self.uses_tags = TAGS in engine.input_names
 
     @classmethod
     def load(
@@ -95,17 +96,19 @@ class Annotator:
         bundle: str | Path | Bundle,
         *,
         device: str = "auto",
+        engine: str = "auto",
         threads: int | None = None,
         threshold: float | None = None,
         top_k: int | None = None,
         verify: bool = True,
     ) -> Annotator:
-        """Load and verify a ``NAME.m3`` bundle and open its engine on ``device``."""
+        """Load and verify a ``NAME.m3`` bundle and open its engine on ``device`` (``engine``:
+        ``auto`` or a registry name such as ``onnxruntime``/``openvino``)."""
         decoding = Decoding(threshold, top_k)
         if not isinstance(bundle, Bundle):
             bundle = load_bundle(bundle, verify=verify)
-        engine, choice = open_engine(bundle, device, threads=threads)
-        return cls(bundle, engine, choice, decoding)
+        opened, choice = open_engine(bundle, device, engine=engine, threads=threads)
+        return cls(bundle, opened, choice, decoding)
 
     @property
     def image_size(self) -> int:
@@ -125,12 +128,19 @@ class Annotator:
 
     def run(self, images: np.ndarray, tags: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """One batch through the engine: uint8 [B, S, S, 3] (+ multi-hot [B, T])."""
-        feeds = {"image": np.ascontiguousarray(images, dtype=np.uint8)}
-        if self.uses_tags:
-            if tags is None:
-                tags = np.zeros((len(images), self.info.num_tags), np.float32)
-            feeds["tags"] = np.ascontiguousarray(tags, dtype=np.float32)
-        return self.engine.run(feeds)
+        if self.uses_tags and tags is None:
+            tags = np.zeros((len(images), self.info.num_tags), np.float32)
+        return self.engine.run(make_feeds(images, tags, self.engine.input_names))
+
+    def close(self) -> None:
+        """Free the engine (device and pinned memory on GPUs)."""
+        self.engine.close()
+
+    def __enter__(self) -> Annotator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def decode(self, outputs: dict[str, np.ndarray]) -> list[Annotation]:
         scores, topk = outputs["scores"], outputs["topk"]

@@ -18,7 +18,6 @@ import html
 import io
 import math
 import os
-import secrets
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -27,6 +26,8 @@ from typing import IO, Any
 
 import numpy as np
 from PIL import Image
+
+from m3trt.atomic import publish, temp_sibling
 
 CHUNK = 1 << 20  # copy the streamed body in 1 MiB chunks
 JPEG_QUALITY = 80
@@ -121,8 +122,8 @@ class ReportWriter:
         self.failure_count = 0
         self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._cards_path = _sibling(self.path, "part")
-        self._fails_path = _sibling(self.path, "fail")
+        self._cards_path = temp_sibling(self.path, "part")
+        self._fails_path = temp_sibling(self.path, "fail")
         self._cards = _open_temp(self._cards_path)
         try:
             self._fails = _open_temp(self._fails_path)
@@ -161,13 +162,13 @@ class ReportWriter:
         """Write header + streamed body + footer to a temp file and swap it onto ``path``."""
         self._check_open()
         self._closed = True
-        final = _sibling(self.path, "tmp")
+        final = temp_sibling(self.path, "tmp")
         try:
             with open(final, "w", encoding="utf-8", newline="\n") as out:
                 self._assemble(out, summary)
                 out.flush()
                 os.fsync(out.fileno())
-            os.replace(final, self.path)
+            publish(final, self.path)
         finally:
             final.unlink(missing_ok=True)
             self._discard_temps()
@@ -420,11 +421,6 @@ def _number(value: Any, digits: int, grouped: bool = False) -> str:
 
 def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
-
-
-def _sibling(path: Path, kind: str) -> Path:
-    """A hidden, unique temp name beside ``path``: same file system, so ``os.replace`` is atomic."""
-    return path.with_name(f".{path.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
 
 
 def _open_temp(path: Path) -> IO[str]:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+from m3trt.atomic import write_text
 from m3trt.errors import InputError
 
 M3TRT_NS = "https://m3trt.dev/ns/1.0/"
@@ -126,54 +126,12 @@ def render_txt(labels: Sequence[str]) -> str:
 # --- writing -------------------------------------------------------------------------------------
 
 
-def _write_temp(path: Path, data: bytes) -> Path:
-    """A fully written, fsynced temp file beside ``path`` (same filesystem, so rename is atomic).
-
-    O_EXCL|O_NOFOLLOW never opens an existing file or link; mode 0o666 lets the umask decide.
-    """
-    temp = path.with_name(f".{path.name[:100]}.{secrets.token_hex(6)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    flags |= getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(temp, flags, 0o666)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write sidecar ({exc.strerror or exc})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as exc:
-        temp.unlink(missing_ok=True)
-        raise InputError(f"{path}: cannot write sidecar ({exc.strerror or exc})") from None
-    return temp
-
-
-def _publish(temp: Path, path: Path, overwrite: bool) -> bool:
-    """Move the temp file into place; without ``overwrite`` a hard link refuses to clobber."""
-    if overwrite:
-        os.replace(temp, path)  # renames over a symlink itself, never through it
-        return True
-    try:
-        os.link(temp, path)  # atomic "create if absent", even against a racing writer
-    except FileExistsError:
-        return False
-    except OSError:  # a filesystem without hard links: check, then rename
-        if os.path.lexists(path):
-            return False
-        os.replace(temp, path)
-    return True
-
-
 def write_sidecar(path: Path, text: str, *, overwrite: bool) -> bool:
     """Write ``text`` atomically; False (file untouched) if something exists and not overwrite."""
     path = Path(path)
     if not overwrite and os.path.lexists(path):
         return False
-    temp = _write_temp(path, text.encode("utf-8"))
     try:
-        return _publish(temp, path, overwrite)
+        return write_text(path, text, overwrite=overwrite)
     except OSError as exc:
         raise InputError(f"{path}: cannot write sidecar ({exc.strerror or exc})") from None
-    finally:
-        temp.unlink(missing_ok=True)

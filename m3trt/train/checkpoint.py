@@ -4,7 +4,6 @@ loading a checkpoint cannot execute code. The resumable training state lives in 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from m3trt.atomic import atomic_path, write_json
 from m3trt.config import CheckpointConfig
 from m3trt.errors import InputError
 from m3trt.model import M3Net
@@ -22,9 +22,10 @@ LAST_DIR = "last"
 
 
 def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, meta: dict | None = None):
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=meta
+        )
 
 
 def save_checkpoint(folder: str | Path, model: M3Net, config: CheckpointConfig) -> Path:
@@ -101,9 +102,7 @@ def save_training_state(
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
     opt_tensors["__rng__"] = torch.get_rng_state()
     _atomic_save_tensors(opt_tensors, last / "optimizer.safetensors")
-    tmp = last / ".trainer.json.tmp"
-    tmp.write_text(json.dumps({**trainer, "optimizer": opt_meta}, indent=1), encoding="utf-8")
-    os.replace(tmp, last / "trainer.json")
+    write_json(last / "trainer.json", {**trainer, "optimizer": opt_meta}, indent=1)
 
 
 def read_training_state(folder: str | Path) -> dict[str, Any]:

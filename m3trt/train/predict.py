@@ -76,3 +76,25 @@ def torch_runner(checkpoint, threads: int | None = None) -> Callable:
         return {"scores": scores.numpy(), "quantity": quantity, "k": k, "topk": topk}
 
     return run
+
+
+def torch_predictor(model: M3Net, config: CheckpointConfig):
+    """The checkpoint as a predictor for ``m3trt.evaluation``: the graph's four outputs computed
+    in PyTorch, so checkpoints and bundles are scored by the same code."""
+    from m3trt import metrics
+    from m3trt.evaluation import Outputs
+
+    model.eval()
+    pre = preprocess_for(config)
+    k_max = config.model.k_max
+
+    @torch.inference_mode()
+    def predict_batch(images: np.ndarray, tags: np.ndarray) -> Outputs:
+        logits, q = model(pre(torch.from_numpy(images)), torch.from_numpy(tags))
+        scores = torch.sigmoid(logits)
+        topk = torch.topk(scores, k_max, dim=1).indices.to(torch.int32).numpy()
+        quantity = q.numpy() if q is not None else np.full(len(images), min(3, k_max), np.float32)
+        k = metrics.decode_quantity(quantity, k_max).astype(np.int32)
+        return Outputs(scores.numpy(), quantity, k, topk)
+
+    return predict_batch

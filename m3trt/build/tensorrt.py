@@ -1,4 +1,4 @@
-"""The TensorRT side of ``m3trt build``: precision carried by the ONNX graph (FP16 conversion or
+"""The TensorRT target of ``m3trt build``: precision carried by the ONNX graph (FP16 conversion or
 symmetric Q/DQ), one strongly typed plan per candidate, timed on the GPU, the fastest kept within
 the accuracy budget. Not yet verified on a GPU with TensorRT (none was available to us)."""
 
@@ -13,7 +13,7 @@ import numpy as np
 from m3trt.calibration.guard import compare_outputs, over_budget, quantize_with_guard, run_outputs
 from m3trt.errors import InputError
 from m3trt.progress import Reporter
-from m3trt.runtime.bundle import ModelInfo
+from m3trt.runtime.model_io import ModelInfo
 
 BATCH_BUCKETS = (1, 8, 32)
 MAX_BATCH = 64
@@ -70,14 +70,16 @@ def time_plan(plan: Path, batch: int, image_size: int, num_tags: int, iterations
         cudart.cudaStreamDestroy(stream)
 
 
-def build_tensorrt(reference: Path, info: ModelInfo, options, work: Path, reporter: Reporter):
-    """Build the TensorRT candidates; returns (chosen, provenance, files) like the CPU build."""
+def build_tensorrt(
+    reference: Path, info: ModelInfo, options: BuildOptions, work: Path, reporter: Reporter
+) -> TargetBuild:
+    """Build the TensorRT candidates, time them, keep the fastest within the accuracy budget."""
     import onnx
 
-    from m3trt.export.build import Candidate, _calibration, choose, load_build_data
     from m3trt.export.fp16 import convert_to_fp16
-    from m3trt.export.tensorrt import batch_profiles, build_plan, require_tensorrt
-    from m3trt.runtime.sessions import cpu_session
+    from m3trt.tensorrt.builder import build_plan
+    from m3trt.tensorrt.environment import require_tensorrt
+    from m3trt.tensorrt.profiles import batch_profiles
 
     require_tensorrt()
     precisions = candidate_precisions(options.precision, options.calib is not None)
@@ -88,7 +90,7 @@ def build_tensorrt(reference: Path, info: ModelInfo, options, work: Path, report
     guards: dict[str, Any] = {}
     if "int8" in precisions:
         calib, val = load_build_data(options, info, reporter)
-        ranges, provenance["calibration"], cache = _calibration(
+        ranges, provenance["calibration"], cache = calibration_ranges(
             reference, calib, options, work, reporter
         )
         files["calibration"] = (cache, "json", None)
@@ -122,27 +124,27 @@ def build_tensorrt(reference: Path, info: ModelInfo, options, work: Path, report
         )
         accuracy: dict[str, Any] = {}
         if val is not None:
-            ref_out = run_outputs(cpu_session(reference), val)
-            accuracy = compare_outputs(ref_out, run_outputs(cpu_session(graph), val), val.labels)
-        candidate = Candidate(precision, plan, accuracy, guards.get(precision))
+            with open_path(reference) as ref_engine, open_path(graph) as engine:
+                ref_out = run_outputs(ref_engine, val.batches(16))
+                out = run_outputs(engine, val.batches(16))
+            accuracy = compare_outputs(ref_out, out, val.labels)
+        candidate = Candidate(precision, plan, accuracy, guards.get(precision), engine="tensorrt")
         candidate.reasons = over_budget(accuracy, options.budget) if accuracy else []
         candidate.latency_ms = time_plan(
             plan, options.bench_batch, info.image_size, info.num_tags, options.bench_iterations
         )
         candidates.append(candidate)
     chosen = choose(candidates)
-    files["engine"] = (chosen.path, "tensorrt-plan", chosen.precision)
-    files["graph"] = (graphs[chosen.precision], "onnx", chosen.precision)
+    files[ENGINE] = (chosen.path, TENSORRT_PLAN, chosen.precision)
+    if chosen.precision != "fp32":
+        files[GRAPH] = (graphs[chosen.precision], ONNX, chosen.precision)
     files["timing_cache"] = (timing_cache, "binary", None)
     if chosen.precision != "int8":
         files.pop("calibration", None)
         provenance.pop("calibration", None)
     provenance["tensorrt_plan"] = plan_provenance[chosen.precision]
-    provenance["candidates"] = [
-        {"precision": c.precision, "latency_ms": c.latency_ms, "over_budget": c.reasons}
-        for c in candidates
-    ]
-    provenance["latency"] = {
+    provenance["candidates"] = candidates_table(candidates)
+    latency = {
         "batch_size": options.bench_batch,
         "candidates_ms": {c.precision: c.latency_ms for c in candidates},
         "engine_ms": chosen.latency_ms,
@@ -150,4 +152,5 @@ def build_tensorrt(reference: Path, info: ModelInfo, options, work: Path, report
         "note": "GPU compute only (execute_async_v3), inputs resident on the device",
     }
     chosen.accuracy = chosen.accuracy or {"note": "no validation images given"}
-    return chosen, provenance, files
+    runtime = {"cuda": {"engine": "tensorrt", "artifact": ENGINE, "ms": chosen.latency_ms}}
+    return TargetBuild(chosen, files, provenance, latency, runtime)

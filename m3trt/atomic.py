@@ -1,0 +1,106 @@
+"""Crash-safe file writes: one helper for every file m3trt writes whole (JSON, ONNX, plans).
+
+A write goes to a hidden temp file beside the target (same file system, so the rename is atomic),
+opened with O_EXCL|O_NOFOLLOW under a unique random name (two concurrent writers never share a
+temp file, and a planted link is never followed), is fsynced, then renamed into place; the folder
+is fsynced too, so the rename survives a power cut. Readers see the old file or the new one, never
+half of one. ``overwrite=False`` publishes with a hard link, an atomic "create if absent" that
+loses no race against another writer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+_FLAGS |= getattr(os, "O_BINARY", 0)
+
+
+def temp_sibling(path: str | Path, kind: str = "tmp") -> Path:
+    """A hidden, unique name beside ``path``; long names are cut so the result stays legal."""
+    path = Path(path)
+    return path.with_name(f".{path.name[:100]}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def publish(temp: Path, path: Path, *, overwrite: bool = True) -> bool:
+    """Move a finished temp file onto ``path``; False (temp left for the caller) if ``path``
+    exists and ``overwrite`` is off. A rename replaces a link itself, never its target."""
+    if overwrite:
+        os.replace(temp, path)
+    else:
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links on this file system: check, then rename
+            if os.path.lexists(path):
+                return False
+            os.replace(temp, path)
+        else:
+            temp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return True
+
+
+def write_bytes(path: str | Path, data: bytes | memoryview, *, overwrite: bool = True) -> bool:
+    """Write ``data`` to ``path`` atomically; False (nothing changed) when ``path`` exists and
+    ``overwrite`` is off."""
+    path = Path(path)
+    temp = temp_sibling(path)
+    fd = os.open(temp, _FLAGS, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return publish(temp, path, overwrite=overwrite)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str, *, overwrite: bool = True) -> bool:
+    """UTF-8 text, ``\\n`` line ends, written atomically (see ``write_bytes``)."""
+    return write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def write_json(path: str | Path, data: Any, *, indent: int | None = 2, **dumps: Any) -> None:
+    """A JSON document, written atomically, parent folders made."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(data, indent=indent, **dumps) + "\n")
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """For writers that want a file name (onnx.save_model, safetensors): they write the yielded
+    temp path, which is fsynced and renamed onto ``path`` when the block ends without error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = temp_sibling(path)
+    try:
+        yield temp
+        with open(temp, "rb+") as f:
+            os.fsync(f.fileno())
+        publish(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)

@@ -1,0 +1,249 @@
+"""The COCO importer: an instances JSON (labels = categories present), optionally a captions JSON
+whose words become user tags."""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from m3trt.data.importers.common import (
+    ImportSummary,
+    Progress,
+    Tally,
+    check_image_dir,
+    image_prefix,
+    manifest_path,
+    manifest_row,
+)
+from m3trt.data.manifest import SPLITS, normalise_tag, write_manifest
+from m3trt.errors import InputError
+
+_STOPWORD_TEXT = """
+    a about above after again against all am an and any are as at be been before being below
+    between both but by can could did do does doing down during each few for from further had has
+    have having he her here hers herself him himself his how i if in into is it its itself just
+    me more most my myself no nor not of off on once only or other our ours ourselves out over own
+    same she should so some such than that the their theirs them themselves then there these they
+    this those through to too under until up very was we were what when where which while who whom
+    why will with would you your yours yourself yourselves also another around along across next
+    near behind onto dont doesnt isnt arent wasnt werent cant wont
+"""
+STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+"""English stopwords dropped from caption words (plus words shorter than 2 letters, numbers)."""
+
+_WORD = re.compile(r"[^\W_]+")
+
+
+def caption_tags(captions: Iterable[str]) -> list[str]:
+    """Caption words as tags: lowercased, punctuation stripped, stopwords and numbers dropped,
+    deduplicated in first-seen order. ``"A dog's ball."`` -> ``["dog", "ball"]``."""
+    seen: dict[str, None] = {}
+    for caption in captions:
+        text = re.sub(r"['’]s\b", "", caption.lower())
+        text = text.replace("'", "").replace("’", "")
+        for word in _WORD.findall(text):
+            if len(word) < 2 or word.isdigit() or word in STOPWORDS:
+                continue
+            tag = normalise_tag(word)
+            if tag:
+                seen.setdefault(tag, None)
+    return list(seen)
+
+
+def _load_json(path: Path, what: str) -> dict:
+    try:
+        with path.open("rb") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} not found") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+            f"give a COCO {what}"
+        ) from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a UTF-8 JSON file; give a COCO {what}") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: the top level must be a JSON object; give a COCO {what}")
+    return data
+
+
+def _list_of_objects(data: dict, key: str, path: Path, what: str) -> list[dict]:
+    if key not in data:
+        raise InputError(f'{path}: missing key "{key}"; this is not a COCO {what}')
+    items = data[key]
+    if not isinstance(items, list):
+        raise InputError(f'{path}: "{key}" must be a list; this is not a COCO {what}')
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise InputError(f"{path}: {key}[{i}] is not an object; the file is malformed")
+    return items
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _field(item: dict, key: str, kind: str, path: Path, where: str) -> object:
+    if key not in item:
+        raise InputError(f'{path}: {where} has no "{key}"; the file is malformed')
+    value = item[key]
+    ok = _is_id(value) if kind == "id" else isinstance(value, str) and bool(value.strip())
+    if not ok:
+        expected = "an integer id" if kind == "id" else "a non-empty string"
+        raise InputError(f'{path}: {where} "{key}" must be {expected}, not {value!r}')
+    return value
+
+
+def _unknown(path: Path, bad: list[tuple[int, object]], key: str, where: str) -> InputError:
+    i, value = bad[0]
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    return InputError(
+        f"{path}: annotations[{i}] refers to {key} {value!r}, which is not in {where}{more}; "
+        "the file is damaged or from another split"
+    )
+
+
+def _split_suffix(path: Path) -> str | None:
+    """``instances_val2017.json`` -> ``val2017``."""
+    stem = path.stem
+    return stem.split("_", 1)[1] if "_" in stem else None
+
+
+_SPLIT_WORD = re.compile(r"(?:^|[^a-z]|mini)(train|val|test)")
+
+
+def infer_split(path: str | os.PathLike) -> str | None:
+    """The split named in a file name, else None: ``instances_train2017.json`` -> "train",
+    ``instances_val2017.json``/``instances_minival2014.json`` -> "val", ``image_info_test2017``
+    -> "test" (the first such word that does not start in the middle of another word)."""
+    found = _SPLIT_WORD.search(Path(path).name.lower())
+    return found.group(1) if found else None
+
+
+def _default_coco_images(instances: Path) -> Path:
+    suffix = _split_suffix(instances)
+    folder = instances.parent
+    if suffix:
+        for candidate in (folder.parent / suffix, folder / suffix):
+            if candidate.is_dir():
+                return candidate
+    return folder
+
+
+def import_coco(
+    instances_json: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    captions_json: str | os.PathLike | None = None,
+    image_dir: str | os.PathLike | None = None,
+    split: str | None = None,
+    progress: Progress | None = None,
+) -> ImportSummary:
+    """Write a manifest from a COCO instances JSON: labels = the categories present in each image
+    (ordered by category id; ``labels.txt`` = all categories by id), images without annotations
+    kept with no labels. Tags = caption words (:func:`caption_tags`) when ``captions_json`` is
+    given. ``image_dir`` defaults to the folder named after the file's split next to the
+    annotations folder (``annotations/instances_val2017.json`` -> ``val2017/``), else the JSON's
+    folder. ``split`` defaults to the one named in the file name, else none.
+    """
+    instances = Path(instances_json)
+    what = "instances JSON"
+    if split is not None and split not in SPLITS:
+        raise InputError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    explicit_images = check_image_dir(image_dir, "--images")
+    data = _load_json(instances, what)
+    images = _list_of_objects(data, "images", instances, what)
+    categories = _list_of_objects(data, "categories", instances, what)
+    annotations = _list_of_objects(data, "annotations", instances, what)
+
+    cat_name: dict[object, str] = {}
+    for i, cat in enumerate(categories):
+        cid = _field(cat, "id", "id", instances, f"categories[{i}]")
+        name = str(_field(cat, "name", "str", instances, f"categories[{i}]")).strip()
+        if cid in cat_name:
+            raise InputError(f"{instances}: category id {cid!r} is listed twice")
+        if name in cat_name.values():
+            raise InputError(f"{instances}: category name {name!r} is listed twice")
+        cat_name[cid] = name
+    if not cat_name:
+        raise InputError(f'{instances}: "categories" is empty; there is nothing to learn')
+    cat_order = sorted(cat_name, key=lambda c: (isinstance(c, str), c))
+    cat_rank = {c: r for r, c in enumerate(cat_order)}
+
+    file_of: dict[object, str] = {}
+    for i, img in enumerate(images):
+        iid = _field(img, "id", "id", instances, f"images[{i}]")
+        name = str(_field(img, "file_name", "str", instances, f"images[{i}]")).strip()
+        if iid in file_of:
+            raise InputError(f"{instances}: image id {iid!r} is listed twice")
+        file_of[iid] = name
+    if not file_of:
+        raise InputError(f'{instances}: "images" is empty; there is nothing to import')
+
+    present: dict[object, set[int]] = {}
+    bad_image: list[tuple[int, object]] = []
+    bad_cat: list[tuple[int, object]] = []
+    for i, ann in enumerate(annotations):
+        iid = _field(ann, "image_id", "id", instances, f"annotations[{i}]")
+        cid = _field(ann, "category_id", "id", instances, f"annotations[{i}]")
+        if iid not in file_of:
+            bad_image.append((i, iid))
+        elif cid not in cat_name:
+            bad_cat.append((i, cid))
+        else:
+            present.setdefault(iid, set()).add(cat_rank[cid])
+    if bad_image:
+        raise _unknown(instances, bad_image, "image_id", '"images"')
+    if bad_cat:
+        raise _unknown(instances, bad_cat, "category_id", '"categories"')
+
+    tags_of: dict[object, list[str]] = {}
+    if captions_json is not None:
+        cap_path = Path(captions_json)
+        cap_what = "captions JSON"
+        cap_data = _load_json(cap_path, cap_what)
+        texts: dict[object, list[str]] = {}
+        bad: list[tuple[int, object]] = []
+        for i, ann in enumerate(_list_of_objects(cap_data, "annotations", cap_path, cap_what)):
+            iid = _field(ann, "image_id", "id", cap_path, f"annotations[{i}]")
+            caption = ann.get("caption")
+            if not isinstance(caption, str):
+                raise InputError(
+                    f'{cap_path}: annotations[{i}] has no "caption" string; '
+                    "give a COCO captions JSON"
+                )
+            if iid not in file_of:
+                bad.append((i, iid))
+            else:
+                texts.setdefault(iid, []).append(caption)
+        if bad:
+            raise _unknown(cap_path, bad, "image_id", f"the images of {instances.name}")
+        tags_of = {iid: caption_tags(caps) for iid, caps in texts.items()}
+
+    if split is None:
+        split = infer_split(instances)
+    images_root = explicit_images or _default_coco_images(instances)
+    manifest = manifest_path(out)
+    prefix = image_prefix(images_root, manifest.parent)
+    names = [cat_name[c] for c in cat_order]
+    tally = Tally(progress)
+
+    def rows() -> Iterator[dict]:
+        for iid, file_name in file_of.items():
+            row = manifest_row(
+                posixpath.join(prefix, file_name.replace("\\", "/")),
+                [names[r] for r in sorted(present.get(iid, ()))],
+                tags_of.get(iid, []),
+                split,
+            )
+            yield tally.add(row, (images_root / file_name).is_file())
+
+    write_manifest(manifest, rows(), names)
+    return tally.summary(manifest, len(names))

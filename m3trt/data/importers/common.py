@@ -1,0 +1,132 @@
+"""What the importers share: the summary they return, output paths, image folders, the tally of
+what was written, and line reading with one-line errors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from m3trt.data.manifest import SPLITS
+from m3trt.errors import InputError
+
+MANIFEST_NAME = "manifest.jsonl"
+
+Progress = Callable[[int], None]
+"""Called once per image written, with the number of images done so far."""
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    """What an importer wrote. ``splits`` counts images per split ("(none)" for no split)."""
+
+    manifest: Path
+    n_images: int
+    n_labels: int
+    n_tags: int
+    n_missing_images: int
+    n_unlabelled: int
+    splits: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        per_split = ", ".join(f"{k} {v}" for k, v in self.splits.items())
+        return (
+            f"{self.manifest}: {self.n_images} images ({per_split}), {self.n_labels} labels, "
+            f"{self.n_tags} tags, {self.n_missing_images} missing image files, "
+            f"{self.n_unlabelled} unlabelled"
+        )
+
+
+# ------------------------------------------------------------------------------------ shared
+def manifest_path(out: str | os.PathLike) -> Path:
+    """``out`` is the output folder (manifest.jsonl goes inside) or a ``.jsonl`` file path."""
+    out = Path(out)
+    if out.suffix.lower() == ".jsonl" and not out.is_dir():
+        return out
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: output exists and is not a folder; give a folder for -o")
+    return out / MANIFEST_NAME
+
+
+def image_prefix(image_dir: Path, manifest_dir: Path) -> str:
+    """The image folder as written in the manifest: relative to the manifest's folder."""
+    image_dir = Path(os.path.abspath(image_dir))
+    try:
+        rel = os.path.relpath(image_dir, os.path.abspath(manifest_dir))
+    except ValueError:  # another drive (Windows): keep it absolute
+        return image_dir.as_posix()
+    return rel.replace(os.sep, "/")
+
+
+def check_image_dir(image_dir: str | os.PathLike | None, what: str) -> Path | None:
+    if image_dir is None:
+        return None
+    path = Path(image_dir)
+    if not path.is_dir():
+        raise InputError(f"{path}: image folder not found; check the {what} path")
+    return path
+
+
+class Tally:
+    """Counts while rows stream into write_manifest."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.n_images = 0
+        self.n_missing = 0
+        self.n_unlabelled = 0
+        self.tags_seen: set[str] = set()
+        self.splits: dict[str, int] = {}
+
+    def add(self, row: dict, exists: bool) -> dict:
+        self.n_images += 1
+        if not exists:
+            self.n_missing += 1
+        if not row["labels"]:
+            self.n_unlabelled += 1
+        self.tags_seen.update(row.get("tags", ()))
+        key = row.get("split") or "(none)"
+        self.splits[key] = self.splits.get(key, 0) + 1
+        if self.progress is not None:
+            self.progress(self.n_images)
+        return row
+
+    def summary(self, manifest: Path, n_labels: int) -> ImportSummary:
+        order = {name: i for i, name in enumerate((*SPLITS, "(none)"))}
+        return ImportSummary(
+            manifest=manifest,
+            n_images=self.n_images,
+            n_labels=n_labels,
+            n_tags=len(self.tags_seen),
+            n_missing_images=self.n_missing,
+            n_unlabelled=self.n_unlabelled,
+            splits=dict(sorted(self.splits.items(), key=lambda kv: order.get(kv[0], 99))),
+        )
+
+
+def manifest_row(image: str, labels: list[str], tags: list[str], split: str | None) -> dict:
+    row: dict = {"image": image, "labels": labels}
+    if tags:
+        row["tags"] = tags
+    if split:
+        row["split"] = split
+    return row
+
+
+def read_lines(path: Path, what: str) -> list[str]:
+    """Text lines of a small list file, trailing blank lines dropped."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines

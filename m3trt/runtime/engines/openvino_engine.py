@@ -1,0 +1,96 @@
+"""OpenVINO behind the engine interface: the CPU engine x86 users reach for besides ONNX Runtime.
+
+It reads the bundle's portable ONNX graphs (the FP32 reference, the Q/DQ INT8 graph), never the
+graph ONNX Runtime optimized offline for itself. FP32 graphs run at FP32 (the inference-precision
+hint is pinned, so a CPU with bf16 units does not silently change the answers); OpenVINO's own
+low-precision pass turns Q/DQ pairs into INT8 kernels.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from m3trt.runtime.engines.base import Engine, EngineError, EngineUnavailable, TensorSpec
+
+INSTALL = "pip install 'm3trt[cpu]' (or pip install openvino)"
+_DEVICES = {"cpu": "CPU"}
+
+
+def import_openvino() -> Any:
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise EngineUnavailable(f"OpenVINO is not installed ({exc}): {INSTALL}") from None
+    return ov
+
+
+def availability(device: str) -> tuple[bool, str]:
+    if device not in _DEVICES:
+        return False, f"the OpenVINO engine runs on the CPU only, not {device}"
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return False, f"OpenVINO is not installed: {INSTALL}"
+    return True, "OpenVINO CPU plugin"
+
+
+def compile_config(threads: int | None) -> dict[str, str]:
+    """Latency mode (one stream: the batch is the parallelism), FP32 kept FP32, our threads."""
+    return {
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "f32",
+        "INFERENCE_NUM_THREADS": str(threads or os.cpu_count() or 1),
+    }
+
+
+class OpenVinoEngine(Engine):
+    kind = "openvino"
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
+        ok, why = availability(device)
+        if not ok:
+            raise EngineUnavailable(why)
+        ov = import_openvino()
+        self.path = Path(path)
+        self.device = device
+        try:
+            core = ov.Core()
+            model = core.read_model(str(self.path))
+            self.compiled = core.compile_model(model, _DEVICES[device], compile_config(threads))
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long texts
+            raise EngineError(f"{self.path}: OpenVINO cannot load it: {_first_line(exc)}") from exc
+        self.request = self.compiled.create_infer_request()
+        self.inputs = [_spec(port) for port in self.compiled.inputs]
+        self.outputs = [_spec(port) for port in self.compiled.outputs]
+        self._ports = [self.compiled.output(spec.name) for spec in self.outputs]
+        self.description = f"openvino {ov.get_version().split('-')[0]} CPU ({self.path.name})"
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self.request.infer({name: feeds[name] for name in self.input_names})
+        # The request's tensors are reused by the next call: hand out copies.
+        return {
+            spec.name: np.array(results[port], copy=True)
+            for spec, port in zip(self.outputs, self._ports, strict=True)
+        }
+
+    def close(self) -> None:
+        self.request = None
+        self.compiled = None
+
+
+def _spec(port: Any) -> TensorSpec:
+    dims: list[int | None] = []
+    for dim in port.get_partial_shape():
+        dims.append(dim.get_length() if dim.is_static else None)
+    dtype = np.dtype(port.get_element_type().to_dtype())
+    return TensorSpec(port.get_any_name(), dtype, tuple(dims))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
