@@ -155,6 +155,7 @@ class BatchAnnotator:
             "row": np.asarray(rows, dtype=object),
             "error": np.asarray([d.error or "" for d in decoded], dtype=object),
             "pid": np.full(len(found), self.pid, dtype=np.int64),
+            "engine": np.full(len(found), self.annotator.description, dtype=object),
         }
 
     def _here(self, found: Found) -> Found:
@@ -412,6 +413,8 @@ class _Job:
         expected = 0
         last = "the first file"
         for block in mapped.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+            if expected == 0 and len(block["engine"]):
+                self.summary.engine += f"; each actor: {block['engine'][0]}"
             done = 0
             for index, path, row, error in zip(
                 block["index"], block["path"], block["row"], block["error"], strict=True
