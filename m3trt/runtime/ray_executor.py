@@ -241,11 +241,19 @@ class _Cluster:
                 kwargs["object_store_memory"] = options.object_store_mb << 20
         else:
             kwargs["address"] = options.address
-        try:
-            ray.init(**kwargs)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
-            where = options.address or "a local instance"
-            raise M3Error(f"cannot start Ray on {where}: {' '.join(str(exc).split())}") from None
+        # Ray gives its raylet a fixed 30 s to register; on an overloaded machine a local
+        # instance can miss that once, so it gets a second try. A cluster address does not.
+        for attempt in range(1 if options.address else 2):
+            try:
+                ray.init(**kwargs)
+                return
+            except Exception as exc:  # Ray raises plain Exception for a start-up timeout
+                ray.shutdown()  # what the failed start left behind
+                reason = " ".join(str(exc).split())
+                if options.address:
+                    raise M3Error(f"cannot join Ray at {options.address}: {reason}") from None
+                if attempt == 1:
+                    raise RuntimeError(f"cannot start a local Ray instance: {reason}") from None
 
     def workers(self, options: RayOptions) -> int:
         if options.num_workers:
