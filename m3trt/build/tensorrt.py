@@ -10,13 +10,16 @@ from typing import Any
 
 import numpy as np
 
-from m3trt.calibration.guard import compare_outputs, over_budget, quantize_with_guard, run_outputs
+from m3trt.build.data import calibration_ranges, load_build_data
+from m3trt.build.options import BuildOptions, Candidate, TargetBuild, candidates_table, choose
+from m3trt.calibration.guard import over_budget, quantize_with_guard
+from m3trt.constants import BATCH_BUCKETS, MAX_BATCH
 from m3trt.errors import InputError
+from m3trt.evaluation import compare_outputs, run_outputs
 from m3trt.progress import Reporter
+from m3trt.runtime.bundle import ENGINE, GRAPH, ONNX, TENSORRT_PLAN
+from m3trt.runtime.engines import open_path
 from m3trt.runtime.model_io import ModelInfo
-
-BATCH_BUCKETS = (1, 8, 32)
-MAX_BATCH = 64
 
 
 def candidate_precisions(precision: str, has_calibration: bool) -> list[str]:
