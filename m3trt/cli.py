@@ -736,6 +736,31 @@ def inspect_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
     type=click.IntRange(64, 1 << 20),
     help="MiB of decoder memory all workers together may hold (large images wait their turn).",
 )
+@click.option(
+    "--executor",
+    default="local",
+    show_default=True,
+    type=click.Choice(["local", "ray"]),
+    help="Run here, or on Ray Data (a local instance, or --address): pip install 'm3trt[ray]'.",
+)
+@click.option(
+    "--address", help="Ray cluster to join (ray://HOST:10001, auto) [default: start one]."
+)
+@click.option(
+    "--num-workers", type=click.IntRange(1), help="Ray actors [default: CPUs / per worker]."
+)
+@click.option(
+    "--cpus-per-worker", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True)
+)
+@click.option("--gpus-per-worker", default=0.0, show_default=True, type=click.FloatRange(0))
+@click.option(
+    "--bundle-via",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "path", "object-store"]),
+    help="How Ray workers get the bundle: its path (shared storage) or Ray's object store "
+    "(auto: path on a local instance).",
+)
 @verify_key_option
 @quiet_option
 @click.pass_context
@@ -766,16 +791,25 @@ def infer_cmd(ctx: click.Context, bundle: Path, paths: tuple[Path, ...], **kw: A
         decode_memory=kw["decode_memory"] << 20,
     )
     _verify(bundle, kw["verify_key"])
-    annotator = Annotator.load(
-        bundle,
-        device=kw["device"],
-        engine=kw["engine"],
-        threads=kw["threads"],
-        threshold=kw["threshold"],
-        top_k=kw["top_k"],
-    )
-    reporter.log(annotator.description)
-    summary = run_folder(annotator, paths, options, reporter)
+    load_kwargs = {
+        "device": kw["device"],
+        "engine": kw["engine"],
+        "threads": kw["threads"],
+        "threshold": kw["threshold"],
+        "top_k": kw["top_k"],
+    }
+    if kw["executor"] != "ray":
+        given = [f"--{n.replace('_', '-')}" for n in RAY_ONLY if kw[n] != RAY_ONLY[n]]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} only apply with --executor ray")
+    if kw["executor"] == "ray":
+        summary = _infer_on_ray(bundle, paths, options, load_kwargs, kw, reporter)
+        if kw["summary_json"]:
+            _write_json(kw["summary_json"], summary.to_json())
+    else:
+        annotator = Annotator.load(bundle, **load_kwargs)
+        reporter.log(annotator.description)
+        summary = run_folder(annotator, paths, options, reporter)
     click.echo(_infer_line(summary), err=True)
     if summary.interrupted:
         click.echo("interrupted: continue with the same command plus --resume", err=True)
@@ -785,6 +819,35 @@ def infer_cmd(ctx: click.Context, bundle: Path, paths: tuple[Path, ...], **kw: A
         ctx.exit(EXIT_FAILURE)
     if kw["strict"] and summary.failed:
         ctx.exit(EXIT_FAILURE)
+
+
+RAY_ONLY = {
+    "address": None,
+    "num_workers": None,
+    "cpus_per_worker": 1.0,
+    "gpus_per_worker": 0.0,
+    "bundle_via": "auto",
+}
+
+
+def _infer_on_ray(
+    bundle: Path,
+    paths: tuple[Path, ...],
+    options: Any,
+    load_kwargs: dict[str, Any],
+    kw: dict[str, Any],
+    reporter: Any,
+) -> Any:
+    from m3trt.runtime.ray_executor import RayOptions, run_folder_ray
+
+    ray_options = RayOptions(
+        address=kw["address"],
+        num_workers=kw["num_workers"],
+        cpus_per_worker=kw["cpus_per_worker"],
+        gpus_per_worker=kw["gpus_per_worker"],
+        bundle_via=kw["bundle_via"],
+    )
+    return run_folder_ray(bundle, paths, options, ray_options, load_kwargs, reporter)
 
 
 def _infer_line(summary: Any) -> str:

@@ -1,0 +1,483 @@
+"""``m3trt infer --executor ray``: the same folder job on Ray Data, for folders beyond one machine.
+
+The driver walks the folders (the walk and ``--resume`` are the local pipeline's) and puts the
+file list into Ray's object store as small Arrow blocks (the driver keeps only their references,
+so its memory stays flat; Ray spills the store to disk when it fills). One Ray dataset reads them,
+and the driver writes every row itself, in walk order, through the local pipeline's
+``ResultWriter``, ``Sidecars`` and report: the output contract is the local one.
+Decoding and inference happen in a pool of Ray actors (``map_batches`` with a callable class),
+each of which loads and verifies the bundle once. Ray retries the block of an actor that dies
+(``max_restarts``/``max_task_retries`` default to unlimited for actor pools in Ray Data), and the
+driver checks the walk index of every row it receives, so each image is written exactly once:
+a duplicate is dropped, a gap is an error.
+
+Ray is imported only inside the functions here (``m3trt[ray]``); nothing else in m3trt needs it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from m3trt.data.images import load_image
+from m3trt.errors import InputError, M3Error
+from m3trt.progress import SILENT, Reporter
+from m3trt.runtime.annotator import Annotation, Annotator
+from m3trt.runtime.bundle import BUNDLE_FILE, Bundle, load_bundle
+from m3trt.runtime.pipeline import (
+    Decoded,
+    InferOptions,
+    Sidecars,
+    Summary,
+    _open_report,
+    _report_summary,
+    _tag_source,
+    decoder,
+)
+from m3trt.runtime.results import ResultWriter, done_paths, errors_path, format_for
+from m3trt.runtime.walk import Found, check_roots, iter_images
+
+INSTALL_HINT = "--executor ray needs Ray Data: pip install 'm3trt[ray]' (or 'ray[data]')"
+BUNDLE_VIA = ("auto", "path", "object-store")
+
+
+@dataclass
+class RayOptions:
+    """Where and how wide the job runs; see ``m3trt infer --help``."""
+
+    address: str | None = None  # None: start a local Ray instance for this job (and stop it)
+    num_workers: int | None = None  # actors; default: the cluster's CPUs / cpus_per_worker
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    # "path": workers open the bundle where the driver sees it (shared storage); "object-store":
+    # the driver puts its files in Ray's object store; "auto": path on a local instance.
+    bundle_via: str = "auto"
+    block_rows: int = 256  # rows per Ray block (one actor call); a multiple of the engine batch
+    object_store_mb: int | None = None  # a local instance's object store; default: Ray's
+    # Test and benchmark hook: called on the driver with the pids of the actors that produced
+    # each block of rows (e.g. to kill one mid-run).
+    on_block: Callable[[list[int]], None] | None = field(default=None, repr=False)
+
+    def check(self) -> None:
+        if self.num_workers is not None and self.num_workers < 1:
+            raise InputError(f"--num-workers must be at least 1, not {self.num_workers}")
+        if self.cpus_per_worker <= 0:
+            raise InputError(f"--cpus-per-worker must be positive, not {self.cpus_per_worker}")
+        if self.gpus_per_worker < 0:
+            raise InputError(f"--gpus-per-worker must be 0 or more, not {self.gpus_per_worker}")
+        if self.bundle_via not in BUNDLE_VIA:
+            raise InputError(f"--bundle-via {self.bundle_via!r}: use {', '.join(BUNDLE_VIA)}")
+        if self.block_rows < 1:
+            raise InputError(f"block_rows must be at least 1, not {self.block_rows}")
+
+
+def import_ray() -> Any:
+    """``ray`` with Ray Data, or one line saying how to install it."""
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise M3Error(INSTALL_HINT) from None
+    return ray
+
+
+class BatchAnnotator:
+    """The stateful callable of ``map_batches``: one per actor, so the bundle is loaded (and its
+    hashes verified) once per actor, not per batch. Decodes inside the actor."""
+
+    def __init__(
+        self,
+        bundle: str | list[Any],
+        load_kwargs: dict[str, Any],
+        tags_for: Callable[[Path], list[str]],
+        max_pixels: int,
+        batch_size: int,
+        decode_threads: int,
+        cwd: str | None = None,
+    ) -> None:
+        self._tmp: str | None = None
+        # Paths are spelled as the walk found them, relative to the driver's working folder; on a
+        # node whose working folder differs, decode them from the driver's (shared storage).
+        here = os.path.realpath(os.getcwd())
+        self.cwd = cwd if cwd is not None and here != os.path.realpath(cwd) else None
+        if isinstance(bundle, list):  # [ObjectRef] of the bundle's files (kept un-resolved)
+            bundle = self._unpack(bundle[0])
+        self.annotator = Annotator.load(bundle, verify=True, **load_kwargs)
+        if not self.annotator.uses_tags:
+            tags_for = _no_tags
+        self.decode = decoder(self.annotator.image_size, max_pixels, tags_for)
+        self.batch_size = batch_size
+        self.pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="m3trt-decode")
+        self.pid = os.getpid()
+
+    def _unpack(self, ref: Any) -> str:
+        import ray
+
+        name, files = ray.get(ref)
+        self._tmp = tempfile.mkdtemp(prefix="m3trt-ray-")
+        folder = Path(self._tmp) / name
+        for rel, data in files.items():
+            target = folder / rel  # names checked by load_bundle on the driver already
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        return str(folder)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        found = [
+            Found(str(p), str(e) or None)
+            for p, e in zip(batch["path"], batch["error"], strict=True)
+        ]
+        local = found if self.cwd is None else [self._here(f) for f in found]
+        decoded = list(self.pool.map(self.decode, local))
+        rows = [""] * len(decoded)
+        good = [i for i, d in enumerate(decoded) if d.error is None]
+        for start in range(0, len(good), self.batch_size):
+            chunk = good[start : start + self.batch_size]
+            for i, annotation in zip(
+                chunk, self._annotate([decoded[i] for i in chunk]), strict=True
+            ):
+                rows[i] = json.dumps(annotation.to_json(), ensure_ascii=False)
+        return {
+            "index": np.asarray(batch["index"], dtype=np.int64),
+            "path": np.asarray([f.path for f in found], dtype=object),
+            "row": np.asarray(rows, dtype=object),
+            "error": np.asarray([d.error or "" for d in decoded], dtype=object),
+            "pid": np.full(len(found), self.pid, dtype=np.int64),
+            "engine": np.full(len(found), self.annotator.description, dtype=object),
+        }
+
+    def _here(self, found: Found) -> Found:
+        return Found(os.path.join(self.cwd or "", found.path), found.error)
+
+    def _annotate(self, items: list[Decoded]) -> list[Annotation]:
+        annotator = self.annotator
+        images = np.stack([item.image for item in items])
+        tags = annotator.encode_tags([item.tags for item in items]) if annotator.uses_tags else None
+        return annotator.decode(annotator.run(images, tags))
+
+    def __del__(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def _no_tags(_path: Path) -> list[str]:
+    return []
+
+
+def _bundle_files(bundle: Bundle) -> tuple[str, dict[str, bytes]]:
+    """The folder name and files (``bundle.json`` + every artifact) for the object store."""
+    files = {BUNDLE_FILE: bundle.manifest_path.read_bytes()}
+    for artifact in bundle.artifacts.values():
+        files[artifact.file] = (bundle.path / artifact.file).read_bytes()
+    return bundle.path.name, files
+
+
+def _put_blocks(ray: Any, items: Iterable[Found], rows: int) -> list[Any]:
+    """The file list as Arrow tables of ``rows`` paths in the object store, in walk order."""
+    import pyarrow as pa
+
+    refs = []
+    block: list[Found] = []
+    index = 0
+
+    def put() -> None:
+        nonlocal index
+        table = pa.table(
+            {
+                "index": pa.array(range(index, index + len(block)), pa.int64()),
+                "path": pa.array([f.path for f in block], pa.string()),
+                "error": pa.array([f.error or "" for f in block], pa.string()),
+            }
+        )
+        refs.append(ray.put(table))
+        index += len(block)
+        block.clear()
+
+    for item in items:
+        block.append(item)
+        if len(block) >= rows:
+            put()
+    if block:
+        put()
+    return refs
+
+
+class _Cluster:
+    """A Ray connection: a local instance of our own (stopped at the end) or ``--address``."""
+
+    def __init__(self, ray: Any, options: RayOptions) -> None:
+        self.ray = ray
+        self.local = options.address is None
+        if ray.is_initialized():  # a caller's own session (tests, notebooks): use it as it is
+            self.owned = False
+            return
+        self.owned = True
+        kwargs: dict[str, Any] = {
+            "include_dashboard": False,
+            "logging_level": logging.ERROR,  # m3trt reports what matters in its own lines
+            "log_to_driver": False,
+        }
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        if self.local:
+            # A local instance talks to itself on loopback, and sends no usage statistics.
+            kwargs["_node_ip_address"] = "127.0.0.1"
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            cores = os.cpu_count() or 1
+            wanted = (options.num_workers or 0) * options.cpus_per_worker
+            kwargs["num_cpus"] = max(cores, math.ceil(wanted))
+            if options.object_store_mb:
+                kwargs["object_store_memory"] = options.object_store_mb << 20
+        else:
+            kwargs["address"] = options.address
+        # Ray gives its raylet a fixed 30 s to register; on an overloaded machine a local
+        # instance can miss that once, so it gets a second try. A cluster address does not.
+        for attempt in range(1 if options.address else 2):
+            try:
+                ray.init(**kwargs)
+                return
+            except Exception as exc:  # Ray raises plain Exception for a start-up timeout
+                ray.shutdown()  # what the failed start left behind
+                reason = " ".join(str(exc).split())
+                if options.address:
+                    raise M3Error(f"cannot join Ray at {options.address}: {reason}") from None
+                if attempt == 1:
+                    raise RuntimeError(f"cannot start a local Ray instance: {reason}") from None
+
+    def workers(self, options: RayOptions) -> int:
+        if options.num_workers:
+            return options.num_workers
+        cpus = self.ray.cluster_resources().get("CPU", 1.0)
+        return max(1, int(cpus // options.cpus_per_worker))
+
+    def close(self) -> None:
+        if self.owned:
+            self.ray.shutdown()
+
+
+def run_folder_ray(
+    bundle_path: str | Path,
+    paths: Iterable[str | Path],
+    options: InferOptions,
+    ray_options: RayOptions,
+    load_kwargs: dict[str, Any] | None = None,
+    reporter: Reporter = SILENT,
+) -> Summary:
+    """``run_folder``'s job on Ray Data: same rows, errors file, summary, resume and sidecars.
+
+    ``load_kwargs`` go to ``Annotator.load`` in every actor (device, threads, threshold, top_k).
+    Every input is checked on the driver before Ray starts, so a bad one fails fast.
+    """
+    ray_options.check()
+    if options.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, not {options.batch_size}")
+    load_kwargs = dict(load_kwargs or {})
+    if load_kwargs.get("threads") is None:  # one engine per actor: as many threads as its CPUs
+        load_kwargs["threads"] = max(1, int(ray_options.cpus_per_worker))
+    bundle = load_bundle(bundle_path, verify=True)
+    roots = check_roots(paths)
+    fmt = format_for(options.output, options.fmt)
+    tags_for = _tag_source(options)  # a tag manifest is read and checked here, once
+    done = done_paths(options.output, fmt) if options.resume else set()
+    ray = import_ray()
+    summary = Summary(bundle.name, "", str(options.output), str(errors_path(options.output)))
+    start = time.perf_counter()
+    cluster = _Cluster(ray, ray_options)  # Ray's start-up counts in the job's time
+    report = None
+    try:
+        writer = ResultWriter(
+            options.output, fmt, resume=options.resume, overwrite=options.overwrite
+        )
+        with writer:
+            if options.tags != "none" and not bundle.model.use_tags:
+                reporter.log(
+                    f"note: this model was trained without tags; --tags {options.tags} ignored"
+                )
+            report = _open_report(options, _ReportInfo(bundle))
+            source: str | list[Any] = str(bundle.path.resolve())
+            if ray_options.bundle_via == "object-store" or (
+                ray_options.bundle_via == "auto" and not cluster.local
+            ):
+                source = [ray.put(_bundle_files(bundle))]
+            rows = _block_rows(options.batch_size, ray_options.block_rows)
+            walk = _Todo(iter_images(roots, options.extensions), done)
+            blocks = _put_blocks(ray, walk, rows)  # one pass: also the count for the bar
+            summary.skipped = walk.skipped
+            n_workers = min(cluster.workers(ray_options), max(1, len(blocks)))  # idle otherwise
+            summary.engine = _describe(cluster, n_workers, ray_options)
+            reporter.log(summary.engine)
+            job = _Job(
+                ray, writer, Sidecars(options.write_xmp, options.write_txt, options.overwrite)
+            )
+            job.summary, job.report, job.image_size = summary, report, bundle.model.image_size
+            actor_args = {
+                "bundle": source,
+                "load_kwargs": load_kwargs,
+                "tags_for": tags_for,
+                "max_pixels": options.max_pixels,
+                "batch_size": options.batch_size,
+                "decode_threads": max(1, math.ceil(ray_options.cpus_per_worker)),
+                "cwd": os.getcwd(),
+            }
+            with reporter.task("annotate", walk.todo) as bar:
+                if blocks:
+                    job.run(blocks, walk.todo, rows, actor_args, n_workers, ray_options, bar)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        summary.elapsed_s = time.perf_counter() - start
+        summary.images_per_s = summary.annotated / summary.elapsed_s if summary.elapsed_s else 0.0
+        if report is not None:
+            report.close(_report_summary(summary, _ReportInfo(bundle)))
+        cluster.close()
+    return summary
+
+
+def _block_rows(batch_size: int, wanted: int) -> int:
+    """Rows per Ray block: a whole number of engine batches, about ``wanted``."""
+    return max(batch_size, wanted // batch_size * batch_size)
+
+
+def _describe(cluster: _Cluster, n_workers: int, ray_options: RayOptions) -> str:
+    where = "a local Ray instance" if cluster.local else f"Ray at {ray_options.address}"
+    per = f"{ray_options.cpus_per_worker:g} CPU"
+    if ray_options.gpus_per_worker:
+        per += f" + {ray_options.gpus_per_worker:g} GPU"
+    actors = "1 actor" if n_workers == 1 else f"{n_workers} actors"
+    return f"ray: {actors} ({per} each) on {where}"
+
+
+@dataclass
+class _ReportInfo:
+    """What the report needs from an annotator, without opening an engine on the driver."""
+
+    bundle: Bundle
+
+
+class _Todo:
+    """The walk less what ``--resume`` found done, counting both as it goes."""
+
+    def __init__(self, found: Iterable[Found], done: set[str]) -> None:
+        self.found, self.done = found, done
+        self.todo = self.skipped = 0
+
+    def __iter__(self) -> Iterator[Found]:
+        for item in self.found:
+            if item.path in self.done:
+                self.skipped += 1
+            else:
+                self.todo += 1
+                yield item
+
+
+class _Job:
+    """The driver's side: runs the dataset and writes what comes back, in walk order."""
+
+    def __init__(self, ray: Any, writer: ResultWriter, sidecars: Sidecars) -> None:
+        self.ray = ray
+        self.writer = writer
+        self.sidecars = sidecars
+        self.summary: Summary
+        self.report: Any = None
+        self.image_size = 0
+        self.duplicates = 0
+
+    def run(
+        self,
+        blocks: list[Any],
+        n_rows: int,
+        rows: int,
+        actor_args: dict[str, Any],
+        n_workers: int,
+        ray_options: RayOptions,
+        bar: Any,
+    ) -> None:
+        ray = self.ray
+        ctx = ray.data.DataContext.get_current()
+        ctx.execution_options.preserve_order = True  # rows come back in walk order
+        ctx.enable_progress_bars = False  # m3trt draws its own
+        ctx.print_on_execution_start = False
+        mapped = ray.data.from_arrow_refs(blocks).map_batches(
+            BatchAnnotator,
+            fn_constructor_kwargs=actor_args,
+            batch_size=rows,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=n_workers),
+            num_cpus=ray_options.cpus_per_worker,
+            num_gpus=ray_options.gpus_per_worker or None,
+        )
+        del blocks[:]  # the dataset holds the references now
+        expected = 0
+        last = "the first file"
+        for block in mapped.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+            if expected == 0 and len(block["engine"]):
+                self.summary.engine += f"; each actor: {block['engine'][0]}"
+            done = 0
+            for index, path, row, error in zip(
+                block["index"], block["path"], block["row"], block["error"], strict=True
+            ):
+                if index < expected:  # a retried block whose first run also got through
+                    self.duplicates += 1
+                    continue
+                if index > expected:
+                    raise M3Error(
+                        f"Ray returned {path} (file {index}) right after {last} (file "
+                        f"{expected - 1}): rows were lost; rerun with --resume"
+                    )
+                expected += 1
+                done += 1
+                last = str(path)
+                self._write(last, str(row), str(error))
+            self.writer.flush()
+            bar.advance(done, failed=self.summary.failed)
+            if ray_options.on_block is not None:
+                ray_options.on_block(sorted({int(p) for p in block["pid"]}))
+        if expected != n_rows:
+            raise M3Error(
+                f"Ray returned {expected} of {n_rows} rows (the last: {last}); rerun with --resume"
+            )
+
+    def _write(self, path: str, row: str, error: str) -> None:
+        summary = self.summary
+        if not row:
+            self.writer.error(path, error or "unknown error")
+            summary.failed += 1
+            if self.report is not None:
+                self.report.add_failure(path, error)
+            return
+        data = json.loads(row)
+        self.writer.write({"path": path, **data})
+        summary.annotated += 1
+        annotation = Annotation(data["labels"], data["scores"], data["k"], data["quantity"])
+        written, kept = self.sidecars.write(path, annotation)
+        summary.sidecars_written += written
+        summary.sidecars_kept += kept
+        if self.report is not None:
+            self.report.add(
+                path,
+                annotation.labels,
+                annotation.scores,
+                annotation.k,
+                annotation.quantity,
+                self._thumbnail(path),
+            )
+
+    def _thumbnail(self, path: str) -> np.ndarray | None:
+        """The report shows its first ``limit`` images: decode those again on the driver."""
+        if self.report.count >= self.report.limit:
+            return None
+        try:
+            return load_image(path, self.image_size)
+        except (M3Error, OSError, ValueError):
+            return None

@@ -1,0 +1,154 @@
+"""`m3trt infer --executor ray`: the local engine's rows from a Ray Data job, exactly once, even
+when an actor is killed mid-run; resume, errors and sidecars as in the local pipeline."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from m3trt.cli import main
+from m3trt.runtime.pipeline import InferOptions
+from m3trt.runtime.results import errors_path
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'm3trt[ray]')")
+from m3trt.runtime.ray_executor import RayOptions, run_folder_ray  # noqa: E402
+
+OBJECT_STORE = 96 << 20  # small: CI machines and /dev/shm are shared
+
+
+def infer(*args):
+    result = CliRunner().invoke(main, ["--quiet", "infer", *map(str, args)])
+    return result.exit_code, result.output
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, test_images):
+    """The test photos three times over (72 images in three subfolders), plus two bad files."""
+    root = tmp_path_factory.mktemp("ray-photos")
+    for copy in ("a", "b", "c"):
+        shutil.copytree(test_images, root / copy)
+    (root / "b" / "empty.jpg").write_bytes(b"")
+    (root / "c" / "not-an-image.png").write_text("hello")
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_rows(tmp_path_factory, int8_bundle, folder):
+    out = tmp_path_factory.mktemp("local") / "local.jsonl"
+    code, output = infer(int8_bundle, folder, "-o", out, "--batch-size", "8", "--threads", "1")
+    assert code == 0, output
+    return out
+
+
+def test_cli_ray_run_gives_the_local_rows_in_walk_order(tmp_path, int8_bundle, folder, local_rows):
+    """In a fresh interpreter, which also shows that the Ray path never imports torch."""
+    out = tmp_path / "ray.jsonl"
+    summary = tmp_path / "summary.json"
+    args = [int8_bundle, folder, "-o", out, "--batch-size", "8", "--executor", "ray"]
+    args += ["--num-workers", "2", "--summary-json", summary, "--write-txt"]
+    script = (
+        "import sys\n"
+        "from m3trt.cli import main\n"
+        "try:\n"
+        f"    main(['-q', 'infer', *{list(map(str, args))!r}])\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code in (0, None), exit.code\n"
+        "import ray\n"
+        "assert not ray.is_initialized()\n"  # the job's own local instance is shut down
+        "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=600)  # a hang guard
+    assert jsonl(out) == jsonl(local_rows)  # same rows, same (walk) order
+    assert jsonl(errors_path(out)) == jsonl(errors_path(local_rows))
+    counts = json.loads(summary.read_text())
+    assert (counts["annotated"], counts["failed"], counts["skipped"]) == (72, 2, 0)
+    assert counts["sidecars_written"] == 72 and "ray: 1 actor" in counts["engine"]  # one block
+    first = jsonl(out)[0]
+    txt = Path(first["path"]).with_suffix(".txt")
+    assert txt.read_text().strip() == ", ".join(first["labels"])
+    for sidecar in folder.rglob("*.txt"):
+        sidecar.unlink()
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One Ray instance for the API tests (starting one costs seconds): m3trt uses it as is."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=OBJECT_STORE,
+        _node_ip_address="127.0.0.1",
+    )
+    yield ray
+    ray.shutdown()
+
+
+def test_killed_actor_loses_and_duplicates_nothing(
+    tmp_path, int8_bundle, folder, local_rows, ray_session
+):
+    killed: list[int] = []
+    seen: set[int] = set()
+
+    def kill_one(pids: list[int]) -> None:
+        seen.update(pids)
+        if not killed:
+            killed.append(pids[0])
+            os.kill(pids[0], signal.SIGKILL)
+
+    out = tmp_path / "killed.jsonl"
+    options = InferOptions(output=out, batch_size=4)
+    ray_options = RayOptions(
+        num_workers=2, block_rows=4, bundle_via="object-store", on_block=kill_one
+    )
+    summary = run_folder_ray(int8_bundle, [folder], options, ray_options, {"threads": 1})
+    assert killed, "no block came back"
+    assert seen - set(killed), "no actor finished the job"
+    assert (summary.annotated, summary.failed) == (72, 2)
+    assert jsonl(out) == jsonl(local_rows)
+    assert jsonl(errors_path(out)) == jsonl(errors_path(local_rows))
+
+
+def test_resume_writes_only_what_is_missing(tmp_path, int8_bundle, folder, local_rows, ray_session):
+    out = tmp_path / "resumed.jsonl"
+    lines = local_rows.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:30]) + lines[30][:17])  # a torn last line, as after a kill
+    options = InferOptions(output=out, batch_size=8, resume=True)
+    summary = run_folder_ray(int8_bundle, [folder], options, RayOptions(num_workers=1))
+    assert (summary.skipped, summary.annotated, summary.failed) == (30, 42, 2)
+    assert jsonl(out) == jsonl(local_rows)
+
+
+def test_tampered_bundle_fails_before_ray_starts(tmp_path, int8_bundle, folder):
+    bad = tmp_path / "bad.m3"
+    shutil.copytree(int8_bundle, bad)
+    model = next(p for p in bad.iterdir() if p.name.endswith("int8.onnx"))
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 1
+    model.write_bytes(bytes(data))
+    code, output = infer(bad, folder, "-o", tmp_path / "x.csv", "--executor", "ray")
+    assert code == 2 and "sha256" in output and not (tmp_path / "x.csv").exists()
+
+
+def test_without_ray_the_option_says_how_to_install(tmp_path, int8_bundle, folder, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    code, output = infer(int8_bundle, folder, "-o", tmp_path / "o.jsonl", "--executor", "ray")
+    assert code == 2 and "pip install 'm3trt[ray]'" in output
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_ray_options_need_the_ray_executor(tmp_path, int8_bundle, folder):
+    code, output = infer(int8_bundle, folder, "-o", tmp_path / "o.jsonl", "--num-workers", "2")
+    assert code == 2 and "--num-workers only apply with --executor ray" in output
