@@ -234,6 +234,47 @@ def _print_import(summary: Any) -> None:
     type=click.Path(path_type=Path),
     help="torchvision-format ResNet state_dict (.pth) to start from.",
 )
+@click.option(
+    "--tag-drop-all",
+    default=0.3,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="P(all tags of a training sample are zeroed).",
+)
+@click.option(
+    "--tag-drop-each",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1, max_open=True),
+    help="P(each tag of a training sample is removed): simulates incomplete tags.",
+)
+@click.option(
+    "--aux-visual-weight",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Weight of a training-only image-only classification loss (not exported).",
+)
+@click.option(
+    "--aux-tags-weight",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Weight of a training-only tags-only classification loss (not exported).",
+)
+@click.option(
+    "--visual-first-epochs",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Train with tags zeroed for the first N epochs, then jointly.",
+)
+@click.option(
+    "--calibrate-quantity/--no-calibrate-quantity",
+    default=False,
+    show_default=True,
+    help="Fit the quantity head's scale and shift for exact counts on the val split.",
+)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in the same -o folder.")
 @click.option(
     "--threads",
@@ -263,6 +304,12 @@ def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
         visual_dim=kw["visual_dim"],
         backbone_weights=str(kw["backbone_weights"]) if kw["backbone_weights"] else None,
         threads=kw["threads"],
+        tag_drop_all=kw["tag_drop_all"],
+        tag_drop_each=kw["tag_drop_each"],
+        aux_visual_weight=kw["aux_visual_weight"],
+        aux_tags_weight=kw["aux_tags_weight"],
+        visual_first_epochs=kw["visual_first_epochs"],
+        calibrate_quantity=kw["calibrate_quantity"],
     )
     result = train(manifest, out, options, resume=kw["resume"], reporter=_reporter(ctx))
     skipped = result.counts.get("unlabelled_skipped", 0)
