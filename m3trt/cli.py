@@ -250,7 +250,7 @@ def _print_import(summary: Any) -> None:
 )
 @click.option(
     "--aux-visual-weight",
-    default=0.0,
+    default=1.0,
     show_default=True,
     type=click.FloatRange(0),
     help="Weight of a training-only image-only classification loss (not exported).",

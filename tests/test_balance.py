@@ -108,3 +108,21 @@ def test_training_only_parts_stay_out_of_the_checkpoint(tmp_path, tiny_data, tin
         "tags.bias",
     }
     assert config.training["quantity_calibration"]["n_val"] > 0
+
+
+def test_default_recipe_keeps_its_auxiliary_head_out_of_checkpoint_and_export(
+    tiny_checkpoint, tiny_onnx
+):
+    """The default recipe trains an image-only head (issue 15); only ``last/`` keeps it."""
+    import onnx
+
+    folder, result = tiny_checkpoint
+    assert "aux_visual" in result.history[0]
+    config = load_config(folder)
+    assert set(load_file(folder / WEIGHTS_FILE)) == set(M3Net(config.model).state_dict())
+    assert set(load_file(folder / LAST_DIR / AUX_FILE)) == {"visual.weight", "visual.bias"}
+    graph = onnx.load(tiny_onnx)
+    assert [o.name for o in graph.graph.output] == ["scores", "quantity", "k", "topk"]
+    # an exported image-only head would be a [C, D_v] weight: there is none
+    aux_shape = sorted((config.model.num_labels, config.model.visual_width))
+    assert all(sorted(init.dims) != aux_shape for init in graph.graph.initializer)
