@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The ablation of the README, per data regime, measured with m3trt's own commands: for each
-# regime of `m3trt data synth --regime` (REGIMES: name:image-size:images) and each training seed, full
-# M3 (the default recipe), full
-# M3 with the previous recipe (whole-sample tag drop-out only), image only (--no-tags), single
-# scale, and the tags-only baselines (benchmarks/ablation_tags_only.py: M3's tag MLP trained on
-# tags alone, and the rule "labels = the labels the tags name"); all on the test split.
+# regime of `m3trt data synth --regime` (REGIMES: name:image-size:images) and each training seed,
+# full M3 with the recommended recipe (RECIPE: the auxiliary image-only loss), full M3 with the
+# previous recipe (today's default: no auxiliary loss),
+# image only (--no-tags), single scale, and the tags-only baselines
+# (benchmarks/ablation_tags_only.py: M3's tag MLP trained on tags alone, and the rule "labels =
+# the labels the tags name"); all on the test split.
 #   bash benchmarks/ablation.sh [RUN_DIR]
-# Sized for a shared 2-core CPU (about 5 minutes per model at one thread); every setting can be
-# overridden from the environment, e.g. the old single-regime table at 128 px:
+# Sized for a shared 2-core CPU (5-15 minutes per model at one thread); every setting can be
+# overridden from the environment (VARIANTS=per-tag-drop SEEDS=0 adds the per-tag drop-out
+# candidate of the README), e.g. the old single-regime table at 128 px:
 #   REGIMES=default:128:2000 SPLITS=0.7,0.15,0.15 TRAIN_ARGS="--backbone resnet18 \
 #   --epochs 12 --batch-size 32 --lr 2e-3 --tag-hidden 512" OUT=benchmarks/results/ablation128 \
 #   bash benchmarks/ablation.sh runs/ablation128
@@ -22,7 +24,8 @@ VARIANTS=${VARIANTS:-"full previous-recipe no-tags single-scale"}
 SPLITS=${SPLITS:-0.6,0.1,0.3}
 THREADS=${THREADS:-1}
 TRAIN_ARGS=${TRAIN_ARGS:-"--backbone resnet18 --epochs 8 --batch-size 32 --lr 2e-3 --tag-hidden 512"}
-# The recipe before issue 15: whole-sample tag drop-out (p = 0.3) and nothing else.
+# The recommended recipe (issue 15) and the one before it (whole-sample tag drop-out only).
+RECIPE=${RECIPE:-"--aux-visual-weight 1 --tag-drop-each 0"}
 PREVIOUS=${PREVIOUS:-"--tag-drop-each 0 --aux-visual-weight 0 --aux-tags-weight 0 --visual-first-epochs 0"}
 OUT=${OUT:-benchmarks/results/ablation_regimes}
 
@@ -36,10 +39,11 @@ for entry in $REGIMES; do
   for seed in $SEEDS; do
     for variant in $VARIANTS; do
       case $variant in
-        full) flags="" ;;
+        full) flags="$RECIPE" ;;
         previous-recipe) flags="$PREVIOUS" ;;
         no-tags) flags="--no-tags" ;;
-        single-scale) flags="--single-scale" ;;
+        single-scale) flags="--single-scale $RECIPE" ;;
+        per-tag-drop) flags="--aux-visual-weight 1 --tag-drop-each 0.5" ;;  # a candidate
         *) echo "unknown variant $variant" >&2; exit 2 ;;
       esac
       ckpt="$RUN/$regime/$variant-seed$seed"

@@ -2,10 +2,12 @@
 of checkpoints and exports, and the quantity head's validation calibration."""
 
 import numpy as np
+import onnx
 import torch
 from safetensors.torch import load_file
 
 from m3trt.config import ModelConfig
+from m3trt.export.onnx_export import export_checkpoint
 from m3trt.model import M3Net
 from m3trt.train.balance import AuxHeads, drop_each_tag
 from m3trt.train.checkpoint import AUX_FILE, LAST_DIR, WEIGHTS_FILE, load_config
@@ -108,21 +110,10 @@ def test_training_only_parts_stay_out_of_the_checkpoint(tmp_path, tiny_data, tin
         "tags.bias",
     }
     assert config.training["quantity_calibration"]["n_val"] > 0
-
-
-def test_default_recipe_keeps_its_auxiliary_head_out_of_checkpoint_and_export(
-    tiny_checkpoint, tiny_onnx
-):
-    """The default recipe trains an image-only head (issue 15); only ``last/`` keeps it."""
-    import onnx
-
-    folder, result = tiny_checkpoint
-    assert "aux_visual" in result.history[0]
-    config = load_config(folder)
-    assert set(load_file(folder / WEIGHTS_FILE)) == set(M3Net(config.model).state_dict())
-    assert set(load_file(folder / LAST_DIR / AUX_FILE)) == {"visual.weight", "visual.bias"}
-    graph = onnx.load(tiny_onnx)
+    # and the exported graph has the contract's outputs and no image-only head ([C, D_v] weight)
+    onnx_path = tmp_path / "model.onnx"
+    export_checkpoint(tmp_path / "ckpt", onnx_path, parity_images=2)
+    graph = onnx.load(onnx_path)
     assert [o.name for o in graph.graph.output] == ["scores", "quantity", "k", "topk"]
-    # an exported image-only head would be a [C, D_v] weight: there is none
     aux_shape = sorted((config.model.num_labels, config.model.visual_width))
     assert all(sorted(init.dims) != aux_shape for init in graph.graph.initializer)
