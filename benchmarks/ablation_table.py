@@ -109,7 +109,8 @@ def main() -> None:
     out: dict = {"train_args": args.train_args, "regimes": {}}
     checks = []
     print(
-        f"Test split, percentages, mean ± std over training seeds. Train: `{args.train_args}` "
+        "Test split, percentages, mean ± std over training seeds (a cell without ± is one "
+        f"seed, seed 0). Train: `{args.train_args}` "
         f"(+ each variant's flags). Machine: {platform.machine()}, Python "
         f"{platform.python_version()}.\n"
     )
