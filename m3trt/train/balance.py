@@ -3,8 +3,9 @@
 A joint image + tag model tends to lean on the tag branch, which fits in a few steps, and to leave
 the visual branch under-trained (modality imbalance; Wang et al., "What makes training multi-modal
 classification networks hard?", CVPR 2020; Peng et al., "Balanced multimodal learning via
-on-the-fly gradient modulation", CVPR 2022). The remedies measured here, all switched by
-``TrainOptions``:
+on-the-fly gradient modulation", CVPR 2022). The remedies offered here, all switched by
+``TrainOptions`` (the README's ablation says which were measured and which one wins: the auxiliary
+image-only head):
 
 - **per-tag drop-out**: each present tag is removed with probability ``p``, on top of the
   model's whole-sample drop-out, so that training sees the incomplete tags users really give and
