@@ -1,36 +1,68 @@
 #!/usr/bin/env bash
-# The ablation table of the README, measured with m3trt's own commands on the default synthetic
-# set: full M3 vs no tags vs single scale, each decoded with the predicted k, fixed top-3 and
-# oracle k, on the test split, over several training seeds.
-#   bash benchmarks/ablation.sh [RUN_DIR]      (about 5 minutes per model on 2 cores)
+# The ablation of the README, per data regime, measured with m3trt's own commands: for each
+# regime of `m3trt data synth --regime` (REGIMES: name:image-size:images) and each training seed,
+# full M3 with the recommended recipe (RECIPE: the auxiliary image-only loss), full M3 with the
+# previous recipe (today's default: no auxiliary loss),
+# image only (--no-tags), single scale, and the tags-only baselines
+# (benchmarks/ablation_tags_only.py: M3's tag MLP trained on tags alone, and the rule "labels =
+# the labels the tags name"); all on the test split.
+#   bash benchmarks/ablation.sh [RUN_DIR]
+# Sized for a shared 2-core CPU (5-15 minutes per model at one thread); every setting can be
+# overridden from the environment (VARIANTS=per-tag-drop SEEDS=0 adds the per-tag drop-out
+# candidate of the README), e.g. the old single-regime table at 128 px:
+#   REGIMES=default:128:2000 SPLITS=0.7,0.15,0.15 TRAIN_ARGS="--backbone resnet18 \
+#   --epochs 12 --batch-size 32 --lr 2e-3 --tag-hidden 512" OUT=benchmarks/results/ablation128 \
+#   bash benchmarks/ablation.sh runs/ablation128
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/ablation}
 M3=${M3:-.venv/bin/m3trt}
 PY=${PY:-.venv/bin/python}
 SEEDS=${SEEDS:-"0 1"}
-TRAIN_ARGS=${TRAIN_ARGS:-"--backbone resnet18 --image-size 128 --epochs 12 --batch-size 32 --lr 2e-3 --tag-hidden 512"}
+REGIMES=${REGIMES:-"default:48:1000 digits-partial:32:1200"}
+VARIANTS=${VARIANTS:-"full previous-recipe no-tags single-scale"}
+SPLITS=${SPLITS:-0.6,0.1,0.3}
+THREADS=${THREADS:-1}
+TRAIN_ARGS=${TRAIN_ARGS:-"--backbone resnet18 --epochs 8 --batch-size 32 --lr 2e-3 --tag-hidden 512"}
+# The recommended recipe (issue 15) and the one before it (whole-sample tag drop-out only).
+RECIPE=${RECIPE:-"--aux-visual-weight 1 --tag-drop-each 0"}
+PREVIOUS=${PREVIOUS:-"--tag-drop-each 0 --aux-visual-weight 0 --aux-tags-weight 0 --visual-first-epochs 0"}
+OUT=${OUT:-benchmarks/results/ablation_regimes}
 
-mkdir -p "$RUN"
-[ -f "$RUN/data/manifest.jsonl" ] || $M3 -q data synth "$RUN/data"   # the defaults: 2000 images, 128 px, seed 0
-for seed in $SEEDS; do
-  for variant in full no-tags single-scale; do
-    case $variant in
-      full) flags="" ;;
-      no-tags) flags="--no-tags" ;;
-      single-scale) flags="--single-scale" ;;
-    esac
-    ckpt="$RUN/$variant-seed$seed"
-    if [ ! -f "$ckpt.eval.json" ]; then
-      rm -rf "$ckpt"
-      start=$(date +%s)
-      # shellcheck disable=SC2086
-      $M3 -q train "$RUN/data/manifest.jsonl" -o "$ckpt" $TRAIN_ARGS --seed "$seed" $flags
-      echo "$variant seed $seed trained in $(( $(date +%s) - start )) s"
-      $M3 -q eval "$ckpt" "$RUN/data/manifest.jsonl" --split test --json "$ckpt.eval.json" >/dev/null
-    fi
+names=""
+for entry in $REGIMES; do
+  IFS=: read -r regime size n <<<"$entry"
+  names="$names $regime"
+  data="$RUN/$regime/data"
+  [ -f "$data/manifest.jsonl" ] ||
+    $M3 -q data synth "$data" --regime "$regime" --n "$n" --size "$size" --seed 0 --splits "$SPLITS"
+  for seed in $SEEDS; do
+    for variant in $VARIANTS; do
+      case $variant in
+        full) flags="$RECIPE" ;;
+        previous-recipe) flags="$PREVIOUS" ;;
+        no-tags) flags="--no-tags" ;;
+        single-scale) flags="--single-scale $RECIPE" ;;
+        per-tag-drop) flags="--aux-visual-weight 1 --tag-drop-each 0.5" ;;  # a candidate
+        *) echo "unknown variant $variant" >&2; exit 2 ;;
+      esac
+      ckpt="$RUN/$regime/$variant-seed$seed"
+      if [ ! -f "$ckpt.eval.json" ]; then
+        rm -rf "$ckpt"
+        start=$(date +%s)
+        # shellcheck disable=SC2086
+        $M3 -q train "$data/manifest.jsonl" -o "$ckpt" $TRAIN_ARGS --image-size "$size" \
+          --threads "$THREADS" --seed "$seed" $flags
+        echo "$regime $variant seed $seed trained in $(( $(date +%s) - start )) s"
+        $M3 -q eval "$ckpt" "$data/manifest.jsonl" --split test --json "$ckpt.eval.json" >/dev/null
+      fi
+    done
   done
+  [ -f "$RUN/$regime/tags-rule.eval.json" ] ||
+    # shellcheck disable=SC2086
+    $PY benchmarks/ablation_tags_only.py "$data/manifest.jsonl" "$RUN/$regime" --seeds $SEEDS
 done
-$PY benchmarks/ablation_table.py "$RUN" --train-args "$TRAIN_ARGS" \
-  --json benchmarks/results/ablation.json > benchmarks/results/ablation.md
-cat benchmarks/results/ablation.md
+# shellcheck disable=SC2086
+$PY benchmarks/ablation_table.py "$RUN" --regimes $names --train-args "$TRAIN_ARGS" \
+  --json "$OUT.json" > "$OUT.md"
+cat "$OUT.md"

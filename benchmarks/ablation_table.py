@@ -1,4 +1,9 @@
-"""Summarise the ablation runs (``<variant>-seed<k>.eval.json`` files) as a Markdown table."""
+"""Summarise the ablation runs as Markdown: one table per data regime, then the check that full M3
+beats each of its halves (issue 15).
+
+Reads ``RUN/<regime>/<variant>-seed<k>.eval.json`` (``m3trt eval --json``) and
+``RUN/<regime>/tags-rule.eval.json`` (``benchmarks/ablation_tags_only.py``).
+"""
 
 from __future__ import annotations
 
@@ -10,39 +15,50 @@ from pathlib import Path
 import numpy as np
 
 ROWS = [
-    ("Full M3 (predicted k)", "full", "predicted_k"),
-    ("Full M3, fixed top-3", "full", "top3"),
-    ("Full M3, oracle k (upper bound)", "full", "oracle_k"),
-    ("Full M3, threshold 0.5", "full", "threshold"),
-    ("No tags (predicted k)", "no-tags", "predicted_k"),
+    ("Full M3, + image-only aux loss (predicted k)", "full", "predicted_k"),
+    ("Full M3, + image-only aux loss, fixed top-3", "full", "top3"),
+    ("Full M3, + image-only aux loss, oracle k (upper bound)", "full", "oracle_k"),
+    ("Full M3, + image-only aux loss, threshold 0.5", "full", "threshold"),
+    ("Full M3, previous recipe = default (predicted k)", "previous-recipe", "predicted_k"),
+    ("Full M3, + aux loss + per-tag drop-out 0.5 (predicted k)", "per-tag-drop", "predicted_k"),
+    ("Image only: no tags (predicted k)", "no-tags", "predicted_k"),
+    ("Tags only: tag MLP (predicted k)", "tags-only", "predicted_k"),
+    ("Tags only: rule, labels named by tags", "tags-rule", "predicted_k"),
     ("Single scale (predicted k)", "single-scale", "predicted_k"),
 ]
 COLUMNS = ["CP", "CR", "CF1", "OP", "OR", "OF1", "mean_class_F1"]
+IMAGE_HALF = ("no-tags",)
+TAG_HALF = ("tags-only", "tags-rule")
 
 
-def collect(run: Path) -> dict[str, list[dict]]:
+def collect(folder: Path) -> dict[str, list[dict]]:
     runs: dict[str, list[dict]] = {}
-    for path in sorted(run.glob("*-seed*.eval.json")):
+    for path in sorted(folder.glob("*-seed*.eval.json")):
         variant = path.name.split("-seed")[0]
         runs.setdefault(variant, []).append(json.loads(path.read_text()))
+    rule = folder / "tags-rule.eval.json"
+    if rule.is_file():
+        runs["tags-rule"] = [json.loads(rule.read_text())]
     return runs
 
 
 def cell(values: list[float]) -> str:
-    values = [100 * v for v in values]
+    values = [100 * v for v in values if v is not None]
+    if not values:
+        return "-"
     if len(values) == 1:
         return f"{values[0]:.1f}"
     return f"{np.mean(values):.1f} ± {np.std(values):.1f}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("run", type=Path)
-    parser.add_argument("--train-args", default="")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    runs = collect(args.run)
-    seeds = {v: len(r) for v, r in runs.items()}
+def mean_of1(runs: dict[str, list[dict]], variant: str) -> float | None:
+    results = runs.get(variant)
+    if not results:
+        return None
+    return float(np.mean([r["modes"]["predicted_k"]["OF1"] for r in results]))
+
+
+def regime_table(runs: dict[str, list[dict]]) -> tuple[list[str], list[dict]]:
     header = ["", "mAP", *COLUMNS[:-1], "mCF1", "qty acc"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     table = []
@@ -53,24 +69,84 @@ def main() -> None:
         row = {
             "mAP": [r["mAP"] for r in results],
             **{c: [r["modes"][mode][c] for r in results] for c in COLUMNS},
-            "qty": [r["quantity"]["acc"] for r in results] if mode == "predicted_k" else [],
+            "qty": [r["quantity"]["acc"] for r in results if "quantity" in r]
+            if mode == "predicted_k"
+            else [],
         }
         qty = cell(row["qty"]) if row["qty"] else "-"
         cells = [cell(row["mAP"]), *(cell(row[c]) for c in COLUMNS), qty]
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
-        table.append({"row": title, "variant": variant, "mode": mode, **row})
-    n_test = runs["full"][0]["n_images"] if "full" in runs else 0
+        table.append({"row": title, "variant": variant, "mode": mode, "n": len(results), **row})
+    return lines, table
+
+
+def halves_check(regime: str, runs: dict[str, list[dict]]) -> dict | None:
+    """Full M3's mean predicted-k O-F1 against the best image-only and the best tags-only."""
+    full = mean_of1(runs, "full")
+    prev = mean_of1(runs, "previous-recipe")
+    image = max((v for v in (mean_of1(runs, x) for x in IMAGE_HALF) if v is not None), default=None)
+    tags = max((v for v in (mean_of1(runs, x) for x in TAG_HALF) if v is not None), default=None)
+    if full is None or image is None or tags is None:
+        return None
+    return {
+        "regime": regime,
+        "full": full,
+        "previous": prev,
+        "image_only": image,
+        "tags_only": tags,
+        "margin": full - max(image, tags),
+        "previous_margin": None if prev is None else prev - max(image, tags),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--regimes", nargs="+", default=["default"])
+    parser.add_argument("--train-args", default="")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    out: dict = {"train_args": args.train_args, "regimes": {}}
+    checks = []
     print(
-        f"Test split of the default synthetic set ({n_test} images), percentages, mean ± std "
-        f"over {max(seeds.values(), default=0)} training seeds. Train: `{args.train_args}`. "
-        f"Machine: {platform.machine()}, Python {platform.python_version()}.\n"
+        "Test split, percentages, mean ± std over training seeds (a cell without ± is one "
+        f"seed, seed 0). Train: `{args.train_args}` "
+        f"(+ each variant's flags). Machine: {platform.machine()}, Python "
+        f"{platform.python_version()}.\n"
     )
-    print("\n".join(lines))
-    if args.json:
-        args.json.write_text(
-            json.dumps({"seeds": seeds, "train_args": args.train_args, "rows": table}, indent=1)
-            + "\n"
+    for regime in args.regimes:
+        runs = collect(args.run / regime)
+        if not runs:
+            continue
+        synth = args.run / regime / "data" / "synth.json"
+        settings = json.loads(synth.read_text()) if synth.is_file() else {}
+        n_test = next(iter(runs.values()))[0]["n_images"]
+        seeds = {v: len(r) for v, r in runs.items()}
+        knobs = ", ".join(f"{k} {v}" for k, v in settings.items() if k not in ("splits",))
+        print(f"### Regime `{regime}` ({n_test} test images; {knobs})\n")
+        lines, table = regime_table(runs)
+        print("\n".join(lines) + "\n")
+        check = halves_check(regime, runs)
+        if check:
+            checks.append(check)
+        out["regimes"][regime] = {"synth": settings, "seeds": seeds, "rows": table, "check": check}
+    if checks:
+        print("### Full M3 against its halves (predicted-k O-F1, mean over seeds)\n")
+        print(
+            "| regime | full M3 + aux loss | previous recipe | image only | tags only (best of "
+            "MLP, rule) | margin, + aux loss | margin, previous |"
         )
+        print("|---|---|---|---|---|---|---|")
+        for c in checks:
+            prev = "-" if c["previous"] is None else f"{100 * c['previous']:.1f}"
+            pm = c["previous_margin"]
+            prev_margin = "-" if pm is None else f"{100 * pm:+.1f}"
+            print(
+                f"| {c['regime']} | {100 * c['full']:.1f} | {prev} | {100 * c['image_only']:.1f} "
+                f"| {100 * c['tags_only']:.1f} | {100 * c['margin']:+.1f} | {prev_margin} |"
+            )
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":

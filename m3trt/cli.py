@@ -145,21 +145,67 @@ def data() -> None:
 @click.option("--n", "n", default=2000, show_default=True, help="Number of images.")
 @click.option("--size", default=128, show_default=True, help="Image side in pixels.")
 @click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--regime",
+    type=click.Choice(["default", "easy-partial", "digits-partial"]),
+    default="default",
+    show_default=True,
+    help="Preset data regime; the options below override its knobs.",
+)
+@click.option(
+    "--min-object-size", type=float, help="Smallest object extent, fraction of the side [0.05]."
+)
+@click.option(
+    "--max-object-size", type=float, help="Largest object extent, fraction of the side [0.6]."
+)
+@click.option("--tag-recall", type=float, help="P(a true label is tagged) [0.55].")
+@click.option("--misleading-tags", type=float, help="P(an image has a wrong-label tag) [0.1].")
+@click.option("--untagged", type=float, help="P(an image's tags are all removed) [0.11].")
+@click.option(
+    "--splits",
+    default="0.7,0.15,0.15",
+    show_default=True,
+    help="Train,val,test fractions (a bigger test split gives steadier ablation figures).",
+)
 @click.option("--overwrite", is_flag=True, help="Write into an OUT folder that is not empty.")
 @quiet_option
 @click.pass_context
 def data_synth(
-    ctx: click.Context, out: Path, n: int, size: int, seed: int, overwrite: bool
+    ctx: click.Context,
+    out: Path,
+    n: int,
+    size: int,
+    seed: int,
+    regime: str,
+    splits: str,
+    overwrite: bool,
+    **knobs: Any,
 ) -> None:
     """Write a synthetic multi-label dataset with noisy user tags to OUT."""
-    from m3trt.data.synth import generate
+    from m3trt.data.synth import REGIMES, generate
 
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise M3Error(f"{out}: exists and is not an empty folder; use --overwrite or another OUT")
     reporter = _reporter(ctx)
     try:
+        fractions = tuple(float(f) for f in splits.split(","))
+        params = REGIMES[regime].with_overrides(
+            min_size=knobs["min_object_size"],
+            max_size=knobs["max_object_size"],
+            tag_recall=knobs["tag_recall"],
+            misleading=knobs["misleading_tags"],
+            untagged=knobs["untagged"],
+        )
         with reporter.task("synth", n) as bar:
-            summary = generate(out, n=n, size=size, seed=seed, progress=lambda _i: bar.advance())
+            summary = generate(
+                out,
+                n=n,
+                size=size,
+                seed=seed,
+                splits=fractions,
+                params=params,
+                progress=lambda _i: bar.advance(),
+            )
     except ValueError as exc:
         raise M3Error(f"{out}: {exc}") from None
     splits = ", ".join(f"{k} {v}" for k, v in summary.splits.items())
@@ -259,6 +305,48 @@ def _print_import(summary: Any) -> None:
     type=click.Path(path_type=Path),
     help="torchvision-format ResNet state_dict (.pth) to start from.",
 )
+@click.option(
+    "--tag-drop-all",
+    default=0.3,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="P(all tags of a training sample are zeroed).",
+)
+@click.option(
+    "--tag-drop-each",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1, max_open=True),
+    help="P(each tag of a training sample is removed): simulates incomplete tags.",
+)
+@click.option(
+    "--aux-visual-weight",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Weight of a training-only image-only classification loss (not exported); 1 is the "
+    "recipe recommended by the README's ablation.",
+)
+@click.option(
+    "--aux-tags-weight",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Weight of a training-only tags-only classification loss (not exported).",
+)
+@click.option(
+    "--visual-first-epochs",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Train with tags zeroed for the first N epochs, then jointly.",
+)
+@click.option(
+    "--calibrate-quantity/--no-calibrate-quantity",
+    default=False,
+    show_default=True,
+    help="Fit the quantity head's scale and shift for exact counts on the val split.",
+)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in the same -o folder.")
 @click.option(
     "--threads",
@@ -289,6 +377,12 @@ def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
         visual_dim=kw["visual_dim"],
         backbone_weights=str(kw["backbone_weights"]) if kw["backbone_weights"] else None,
         threads=kw["threads"],
+        tag_drop_all=kw["tag_drop_all"],
+        tag_drop_each=kw["tag_drop_each"],
+        aux_visual_weight=kw["aux_visual_weight"],
+        aux_tags_weight=kw["aux_tags_weight"],
+        visual_first_epochs=kw["visual_first_epochs"],
+        calibrate_quantity=kw["calibrate_quantity"],
     )
     result = train(manifest, out, options, resume=kw["resume"], reporter=_reporter(ctx))
     skipped = result.counts.get("unlabelled_skipped", 0)

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from m3trt.data.manifest import SPLITS, normalise_tag, read_label_file, read_manifest
 from m3trt.data.synth import (
+    DEFAULT_PARAMS,
     LABEL_NAMES,
     MAX_SIZE_FRAC,
     MIN_SIZE_FRAC,
     NOISE_TAGS,
     OBJECT_LABELS,
+    REGIMES,
     SCENE_LABELS,
     SYNONYMS,
+    SynthParams,
     generate,
     sample_image,
     sample_layout,
@@ -189,3 +194,74 @@ def test_scene_backgrounds_are_visible():
     assert max(night) < 70 < min(plain)
     for top, bottom in beach:
         assert top[2] > top[0] and bottom[0] > bottom[2]  # blue sky, sandy ground
+
+
+def _tag_stats(params, n: int = 400) -> dict[str, float]:
+    hits = total = misleading = empty = 0
+    for i in range(n):
+        rng = _rng(i, seed=11)
+        labels = sample_layout(rng, 64, params).labels
+        tags = sample_tags(rng, labels, params)
+        named = {tag_label(t) for t in tags} - {None}
+        hits += len(named & set(labels))
+        total += len(labels)
+        misleading += bool(named - set(labels))
+        empty += not tags
+    return {"recall": hits / total, "misleading": misleading / n, "empty": empty / n}
+
+
+def test_regime_knobs_move_what_they_name():
+    """Object sizes follow min/max_size; tag recall, misleading and untagged rates follow theirs."""
+    easy = REGIMES["easy-partial"]
+    sizes = [o.size for i in range(200) for o in sample_layout(_rng(i), 64, easy).objects]
+    assert min(sizes) >= easy.min_size and max(sizes) <= easy.max_size
+    base = _tag_stats(DEFAULT_PARAMS)
+    assert _tag_stats(SynthParams(tag_recall=0.3))["recall"] < base["recall"] - 0.15
+    assert _tag_stats(SynthParams(misleading=0.4))["misleading"] > base["misleading"] + 0.15
+    assert _tag_stats(SynthParams(untagged=0.4))["empty"] > base["empty"] + 0.15
+    partial = _tag_stats(easy)
+    assert partial["recall"] < base["recall"] - 0.1 and partial["empty"] > base["empty"] + 0.05
+    perfect = SynthParams(tag_recall=1.0, misleading=0.0, untagged=0.0)
+    stats = _tag_stats(perfect)
+    assert stats["recall"] == 1.0 and stats["misleading"] == 0.0 and stats["empty"] == 0.0
+    assert DEFAULT_PARAMS.with_overrides(tag_recall=0.2, untagged=None) == SynthParams(
+        tag_recall=0.2
+    )
+
+
+def test_default_params_keep_the_default_set(tmp_path):
+    """The knobs at their defaults draw exactly what the set drew before they existed."""
+    a = sample_image(4, 9, 48)
+    b = sample_image(4, 9, 48, DEFAULT_PARAMS)
+    assert a[0] == b[0] and a[1] == b[1]
+    summary = generate(tmp_path / "e", n=N, size=SIZE, seed=7, params=REGIMES["easy-partial"])
+    settings = json.loads((summary.out_dir / "synth.json").read_text())
+    assert settings["min_size"] == 0.25 and settings["seed"] == 7
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"min_size": 0.0},
+        {"min_size": 0.5, "max_size": 0.4},
+        {"tag_recall": 1.5},
+        {"misleading": -0.1},
+    ],
+)
+def test_bad_regime_knobs(bad):
+    with pytest.raises(ValueError):
+        SynthParams(**bad)
+
+
+def test_digits_regime_writes_real_handwriting_with_unseen_test_scans(tmp_path):
+    pytest.importorskip("sklearn")
+    from m3trt.data.digits import DIGIT_LABELS, _scans
+
+    summary = generate(tmp_path / "d", n=N, size=32, seed=2, params=REGIMES["digits-partial"])
+    m = read_manifest(summary.manifest)
+    assert m.label_names == list(DIGIT_LABELS) == list(summary.label_names)
+    assert all(1 <= len(r.labels) <= 4 and set(r.labels) <= set(DIGIT_LABELS) for r in m.records)
+    named = {tag_label(t) for r in m.records for t in r.tags} - {None}
+    assert named and named <= set(DIGIT_LABELS)
+    _, _, test = _scans()
+    assert 0.25 < test.mean() < 0.35  # a disjoint pool of scans for the test split

@@ -12,7 +12,12 @@ It is built so that each part of the model has something real to do:
 * **label quantity** — 1 to 5 labels per image with a skewed distribution, so a fixed top-3 is
   often wrong.
 
-Everything is a pure function of ``(seed, index)``: image ``i`` uses its own
+``SynthParams`` holds the knobs that set a *data regime*: how hard the images are (object sizes) and
+how good the tags are (recall of true labels, misleading-tag rate, untagged fraction). ``REGIMES``
+names the presets the ablation uses: ``default`` (hard images, informative tags) and
+``easy-partial`` (large objects, partial and noisier tags: the image alone is the better half).
+
+Everything is a pure function of ``(params, seed, index)``: image ``i`` uses its own
 ``np.random.default_rng(np.random.SeedSequence([seed, i]))``, so the output never depends on the
 order of generation or on a progress callback. ``sample_layout`` and ``sample_tags`` are exposed
 so that tests (and curious users) can study the distributions without drawing pixels.
@@ -20,14 +25,16 @@ so that tests (and curious users) can study the distributions without drawing pi
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from m3trt.data.digits import DIGIT_LABELS, DIGIT_SYNONYMS, sample_digits
 from m3trt.data.manifest import SPLITS, write_manifest
 
 OBJECT_LABELS: tuple[str, ...] = (
@@ -107,8 +114,64 @@ JPEG_QUALITY = 90
 MIN_N = 20
 MIN_IMAGE_SIZE = 32
 
-_TAG_TO_LABEL: dict[str, str] = {name: name for name in LABEL_NAMES} | {
-    syn: name for name, syns in SYNONYMS.items() for syn in syns
+
+@dataclass(frozen=True)
+class SynthParams:
+    """The knobs of a data regime (fractions and probabilities).
+
+    ``min_size``/``max_size``: object extent as a fraction of the side (log-uniform between them);
+    ``tag_recall``: P(a true label is tagged); ``synonym_rate``: P(it is tagged by a synonym);
+    ``misleading``: P(an image gets a tag naming an absent label); ``untagged``: P(an image's tags
+    are all removed), on top of the images whose draws give no tag at all. ``images``: "shapes"
+    (this module's drawings) or "digits" (real handwriting, ``m3trt.data.digits``)."""
+
+    min_size: float = MIN_SIZE_FRAC
+    max_size: float = MAX_SIZE_FRAC
+    tag_recall: float = P_TAG_LABEL
+    synonym_rate: float = P_SYNONYM
+    misleading: float = P_MISLEADING
+    untagged: float = P_NO_TAGS
+    images: str = "shapes"
+
+    def __post_init__(self) -> None:
+        if self.images not in ("shapes", "digits"):
+            raise ValueError(f"images must be 'shapes' or 'digits', not {self.images!r}")
+        if not 0 < self.min_size <= self.max_size <= 1:
+            raise ValueError(
+                f"object sizes need 0 < min_size <= max_size <= 1, not "
+                f"{self.min_size!r}..{self.max_size!r}"
+            )
+        for name in ("tag_recall", "synonym_rate", "misleading", "untagged"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"{name} must be a probability in [0, 1], not {value!r}")
+
+    def with_overrides(self, **values: float | None) -> SynthParams:
+        """A copy with the given (non-None) knobs changed."""
+        known = {f.name for f in fields(self)}
+        return replace(self, **{k: v for k, v in values.items() if v is not None and k in known})
+
+
+DEFAULT_PARAMS = SynthParams()
+#: Named regimes. ``default``: objects from 5% to 60% of the side, about half the labels tagged.
+#: ``easy-partial``: objects from 25% to 60% of the side (easy to see at 64 px), only 35% of the
+#: labels tagged, a misleading tag on 20% of the images, 25% untagged: tags still help, but the
+#: image alone is the better half (the regime where a naive joint model loses to image-only).
+#: ``digits-partial``: real handwritten digits (1-4 per image, 28% to 55% of the side, unseen
+#: scans in the test split) with partial tags, the regime of issue 15.
+REGIMES: dict[str, SynthParams] = {
+    "default": DEFAULT_PARAMS,
+    "easy-partial": SynthParams(
+        min_size=0.25, max_size=0.60, tag_recall=0.35, misleading=0.20, untagged=0.25
+    ),
+    "digits-partial": SynthParams(
+        images="digits", min_size=0.28, max_size=0.55, tag_recall=0.4, misleading=0.2, untagged=0.2
+    ),
+}
+
+_ALL_SYNONYMS: dict[str, tuple[str, ...]] = SYNONYMS | DIGIT_SYNONYMS
+_TAG_TO_LABEL: dict[str, str] = {name: name for name in LABEL_NAMES + DIGIT_LABELS} | {
+    syn: name for name, syns in _ALL_SYNONYMS.items() for syn in syns
 }
 
 
@@ -257,7 +320,9 @@ def _place(rng: np.random.Generator, size: float, placed: list[tuple[float, floa
     return best
 
 
-def sample_layout(rng: np.random.Generator, size: int) -> Layout:
+def sample_layout(
+    rng: np.random.Generator, size: int, params: SynthParams = DEFAULT_PARAMS
+) -> Layout:
     """Draw one image's content: the label count, an optional scene, and objects of distinct
     classes with log-uniform sizes, random colours, positions and rotations."""
     n_labels = int(rng.choice(MAX_LABELS, p=COUNT_PROBS)) + 1
@@ -265,7 +330,7 @@ def sample_layout(rng: np.random.Generator, size: int) -> Layout:
     background = _sample_background(rng, scene)
     n_objects = n_labels - (scene is not None)
     classes = rng.choice(len(OBJECT_LABELS), size=n_objects, replace=False)
-    sizes = np.exp(rng.uniform(math.log(MIN_SIZE_FRAC), math.log(MAX_SIZE_FRAC), n_objects))
+    sizes = np.exp(rng.uniform(math.log(params.min_size), math.log(params.max_size), n_objects))
     order = np.argsort(-sizes, kind="stable")  # largest first: smaller ones are drawn on top
     objects: list[SynthObject] = []
     placed: list[tuple[float, float, float]] = []
@@ -280,23 +345,29 @@ def sample_layout(rng: np.random.Generator, size: int) -> Layout:
     return Layout(size=size, background=background, objects=tuple(objects))
 
 
-def _name(rng: np.random.Generator, label: str) -> str:
-    if rng.random() < P_SYNONYM:
-        syns = SYNONYMS[label]
+def _name(rng: np.random.Generator, label: str, synonym_rate: float) -> str:
+    if rng.random() < synonym_rate:
+        syns = _ALL_SYNONYMS[label]
         return syns[int(rng.integers(len(syns)))]
     return label
 
 
-def sample_tags(rng: np.random.Generator, labels: Sequence[str]) -> list[str]:
+def sample_tags(
+    rng: np.random.Generator,
+    labels: Sequence[str],
+    params: SynthParams = DEFAULT_PARAMS,
+    label_names: Sequence[str] = LABEL_NAMES,
+) -> list[str]:
     """Noisy user tags for an image with these true labels (lowercase, distinct, shuffled)."""
-    if rng.random() < P_NO_TAGS:
+    if rng.random() < params.untagged:
         return []
-    tags = [_name(rng, label) for label in labels if rng.random() < P_TAG_LABEL]
+    syn = params.synonym_rate
+    tags = [_name(rng, label, syn) for label in labels if rng.random() < params.tag_recall]
     n_noise = int(rng.integers(MAX_NOISE_TAGS + 1))
     tags += [NOISE_TAGS[int(i)] for i in rng.choice(len(NOISE_TAGS), n_noise, replace=False)]
-    if rng.random() < P_MISLEADING:
-        absent = [name for name in LABEL_NAMES if name not in labels]
-        tags.append(_name(rng, absent[int(rng.integers(len(absent)))]))
+    if rng.random() < params.misleading:
+        absent = [name for name in label_names if name not in labels]
+        tags.append(_name(rng, absent[int(rng.integers(len(absent)))], syn))
     tags = list(dict.fromkeys(tags))
     return [tags[int(i)] for i in rng.permutation(len(tags))]
 
@@ -436,12 +507,32 @@ def render(layout: Layout, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(px), 0, 255).astype(np.uint8))
 
 
-def sample_image(seed: int, index: int, size: int) -> tuple[Layout, list[str], Image.Image]:
+def sample_image(
+    seed: int, index: int, size: int, params: SynthParams = DEFAULT_PARAMS
+) -> tuple[Layout, list[str], Image.Image]:
     """Image ``index`` of the dataset with this seed: its layout, tags and pixels."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
-    layout = sample_layout(rng, size)
-    tags = sample_tags(rng, layout.labels)
+    layout = sample_layout(rng, size, params)
+    tags = sample_tags(rng, layout.labels, params)
     return layout, tags, render(layout, rng)
+
+
+def label_names_of(params: SynthParams) -> tuple[str, ...]:
+    """The label order of a regime's manifest."""
+    return DIGIT_LABELS if params.images == "digits" else LABEL_NAMES
+
+
+def sample_record(
+    seed: int, index: int, size: int, params: SynthParams, split: str
+) -> tuple[list[str], list[str], Image.Image]:
+    """Image ``index`` of a regime: its labels, tags and pixels (digits depend on the split,
+    which decides the pool of handwriting scans)."""
+    if params.images == "shapes":
+        layout, tags, img = sample_image(seed, index, size, params)
+        return layout.labels, tags, img
+    rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
+    labels, img = sample_digits(rng, size, split, params.min_size, params.max_size)
+    return labels, sample_tags(rng, labels, params, DIGIT_LABELS), img
 
 
 # --------------------------------------------------------------------------------------------
@@ -474,12 +565,15 @@ def generate(
     size: int = 128,
     seed: int = 0,
     splits: Sequence[float] = (0.7, 0.15, 0.15),
+    params: SynthParams = DEFAULT_PARAMS,
     progress: Callable[[int], None] | None = None,
 ) -> SynthSummary:
-    """Write ``n`` images (``images/000000.jpg`` ...), ``manifest.jsonl`` and ``labels.txt`` to
-    ``out_dir``. ``progress(done)`` is called after each image with the number written so far.
+    """Write ``n`` images (``images/000000.jpg`` ...), ``manifest.jsonl``, ``labels.txt`` and
+    ``synth.json`` (the generator's settings, for provenance) to ``out_dir``. ``progress(done)``
+    is called after each image with the number written so far.
 
-    The result depends only on ``(n, size, seed, splits)``: two calls give identical files."""
+    The result depends only on ``(n, size, seed, splits, params)``: two calls give identical
+    files."""
     if isinstance(n, bool) or not isinstance(n, int) or n < MIN_N:
         raise ValueError(f"n must be an integer >= {MIN_N}, not {n!r}")
     if isinstance(size, bool) or not isinstance(size, int) or size < MIN_IMAGE_SIZE:
@@ -495,20 +589,22 @@ def generate(
     rows: list[dict] = []
     total_labels = 0
     for i in range(n):
-        layout, tags, img = sample_image(seed, i, size)
+        labels, tags, img = sample_record(seed, i, size, params, assignment[i])
         rel = f"images/{i:0{width}d}.jpg"
         img.save(out / rel, format="JPEG", quality=JPEG_QUALITY)
-        labels = layout.labels
         total_labels += len(labels)
         rows.append({"image": rel, "labels": labels, "tags": tags, "split": assignment[i]})
         if progress is not None:
             progress(i + 1)
-    manifest = write_manifest(out / "manifest.jsonl", rows, LABEL_NAMES)
+    names = label_names_of(params)
+    manifest = write_manifest(out / "manifest.jsonl", rows, names)
+    settings = {"n": n, "size": size, "seed": seed, "splits": list(splits), **asdict(params)}
+    (out / "synth.json").write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
     counts = {name: assignment.count(name) for name in SPLITS}
     return SynthSummary(
         out_dir=out,
         manifest=manifest,
         splits=counts,
-        label_names=LABEL_NAMES,
+        label_names=names,
         mean_labels=total_labels / n,
     )

@@ -19,6 +19,7 @@ from m3trt.model import M3Net
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 LAST_DIR = "last"
+AUX_FILE = "aux.safetensors"
 
 
 def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, meta: dict | None = None):
@@ -94,11 +95,16 @@ def save_training_state(
     model: M3Net,
     optimizer: torch.optim.Optimizer,
     trainer: dict[str, Any],
+    aux: torch.nn.Module | None = None,
 ) -> None:
-    """The state ``--resume`` needs: weights, optimizer moments, RNG and progress (no pickle)."""
+    """The state ``--resume`` needs: weights, optimizer moments, RNG and progress (no pickle).
+
+    Training-only heads (``aux``) are kept here, never in the checkpoint that gets exported."""
     last = Path(folder) / LAST_DIR
     last.mkdir(parents=True, exist_ok=True)
     _atomic_save_tensors(model.state_dict(), last / WEIGHTS_FILE)
+    if aux is not None and aux.state_dict():
+        _atomic_save_tensors(aux.state_dict(), last / AUX_FILE)
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
     opt_tensors["__rng__"] = torch.get_rng_state()
     _atomic_save_tensors(opt_tensors, last / "optimizer.safetensors")
@@ -117,12 +123,18 @@ def read_training_state(folder: str | Path) -> dict[str, Any]:
 
 
 def restore_training_state(
-    folder: str | Path, state: dict[str, Any], model: M3Net, optimizer: torch.optim.Optimizer
+    folder: str | Path,
+    state: dict[str, Any],
+    model: M3Net,
+    optimizer: torch.optim.Optimizer,
+    aux: torch.nn.Module | None = None,
 ) -> None:
     """Load weights, optimizer moments and the torch RNG saved by ``save_training_state``."""
     last = Path(folder) / LAST_DIR
     try:
         model.load_state_dict(load_file(last / WEIGHTS_FILE))
+        if aux is not None and aux.state_dict():
+            aux.load_state_dict(load_file(last / AUX_FILE))
         tensors = load_file(last / "optimizer.safetensors")
         torch.set_rng_state(tensors.pop("__rng__"))
         optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))

@@ -25,13 +25,16 @@ from m3trt.data.vocab import Vocab, build_tag_vocab
 from m3trt.errors import InputError
 from m3trt.model import M3Net, load_backbone_weights
 from m3trt.progress import SILENT, Reporter
+from m3trt.train.balance import AuxHeads, drop_each_tag
 from m3trt.train.checkpoint import (
+    load_checkpoint,
     read_training_state,
     restore_training_state,
     save_checkpoint,
     save_training_state,
 )
 from m3trt.train.predict import predict, preprocess_for
+from m3trt.train.quantity import QuantityCalibration, apply_calibration, fit_calibration
 
 
 @dataclass
@@ -55,6 +58,14 @@ class TrainOptions:
     warmup_epochs: float = 1.0
     backbone_weights: str | None = None
     threads: int | None = None
+    # Modality balance (issue 15, m3trt/train/balance.py; measured in the README's ablation, where
+    # aux_visual_weight=1 wins; it becomes the default once the CI accuracy gate has been re-run).
+    tag_drop_all: float = 0.3
+    tag_drop_each: float = 0.0
+    aux_visual_weight: float = 0.0
+    aux_tags_weight: float = 0.0
+    visual_first_epochs: int = 0
+    calibrate_quantity: bool = False
 
 
 @dataclass
@@ -120,6 +131,7 @@ def build_config(
         quantity_head=options.quantity_head,
         visual_dim=options.visual_dim,
         tag_hidden=options.tag_hidden,
+        tag_drop_all=options.tag_drop_all,
         k_max=k_max,
     )
     return CheckpointConfig(
@@ -138,7 +150,7 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def make_optimizer(model: M3Net, options: TrainOptions) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, options: TrainOptions) -> torch.optim.AdamW:
     """No weight decay on biases and BatchNorm parameters (1-D tensors)."""
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
@@ -167,6 +179,7 @@ class Schedule:
 
 def run_epoch(
     model: M3Net,
+    aux: AuxHeads,
     optimizer: torch.optim.Optimizer,
     preprocess: torch.nn.Module,
     data: RecordSet,
@@ -182,6 +195,8 @@ def run_epoch(
     counts = torch.from_numpy(data.counts.astype(np.float32))
     sums = {"loss": 0.0, "bce": 0.0, "qty": 0.0}
     seen, start = 0, time.perf_counter()
+    tags_off = epoch < options.visual_first_epochs
+    drop_each = options.tag_drop_each if model.tags is not None else 0.0
     for step, batch in enumerate(
         data.batches(options.batch_size, order=order, drop_singleton=True)
     ):
@@ -194,17 +209,26 @@ def run_epoch(
         for group in optimizer.param_groups:
             group["lr"] = lr
         images = preprocess(torch.from_numpy(_flip(batch.images, rng)))
-        logits, q = model(images, torch.from_numpy(batch.tags))
-        bce = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(batch.labels))
+        tags = torch.from_numpy(batch.tags)
+        tags = tags * 0 if tags_off else drop_each_tag(tags, drop_each)
+        targets = torch.from_numpy(batch.labels)
+        joint = model.features(images, tags)
+        logits = model.classifier(joint)
+        q = model.quantity(joint) if model.quantity is not None else None
+        bce = F.binary_cross_entropy_with_logits(logits, targets)
         qty = F.smooth_l1_loss(q, counts[batch.indices]) if q is not None else torch.zeros(())
         loss = bce + options.quantity_weight * qty
+        extra = aux.losses(joint, targets) if aux else {}
+        weights = {"aux_visual": options.aux_visual_weight, "aux_tags": options.aux_tags_weight}
+        for key, value in extra.items():
+            loss = loss + weights[key] * value
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         n = len(batch.indices)
         seen += n
-        for key, value in (("loss", loss), ("bce", bce), ("qty", qty)):
-            sums[key] += value.item() * n
+        for key, value in (("loss", loss), ("bce", bce), ("qty", qty), *extra.items()):
+            sums[key] = sums.get(key, 0.0) + value.item() * n
         advance(n, loss=sums["loss"] / seen)
     return sums, seen, seen / max(1e-9, time.perf_counter() - start)
 
@@ -251,9 +275,10 @@ def train(
     torch.set_num_threads(options.threads or os.cpu_count() or 1)
     torch.manual_seed(options.seed)
     model = M3Net(config.model)
-    optimizer = make_optimizer(model, options)
+    aux = AuxHeads(model, options.aux_visual_weight > 0, options.aux_tags_weight > 0)
+    optimizer = make_optimizer(torch.nn.ModuleList([model, aux]), options)
     if state is not None:
-        restore_training_state(out_dir, state, model, optimizer)
+        restore_training_state(out_dir, state, model, optimizer, aux)
         reporter.log(f"resuming after epoch {start_epoch} of {options.epochs}")
     elif options.backbone_weights:
         load_backbone_weights(model.backbone, options.backbone_weights)
@@ -284,7 +309,7 @@ def train(
     for epoch in range(start_epoch, options.epochs):
         with reporter.task(f"epoch {epoch + 1}/{options.epochs}", len(train_set)) as bar:
             sums, seen, rate = run_epoch(
-                model, optimizer, preprocess, train_set, epoch, schedule, options, bar.advance
+                model, aux, optimizer, preprocess, train_set, epoch, schedule, options, bar.advance
             )
         val = validate(model, config, val_set)
         row = {
@@ -307,7 +332,8 @@ def train(
             out_dir,
             model,
             optimizer,
-            {
+            aux=aux,
+            trainer={
                 "epoch": epoch + 1,
                 "history": history,
                 "best": best,
@@ -319,8 +345,29 @@ def train(
     # Keep the history of every epoch in the best checkpoint's summary.
     final = CheckpointConfig.load(out_dir / "config.json")
     final.training = _summary(options, counts, manifest, best, history, started)
-    final.save(out_dir / "config.json")
+    if options.calibrate_quantity and final.model.quantity_head:
+        best_model, _ = load_checkpoint(out_dir)
+        calibration = _calibrate_quantity(best_model, final, val_set)
+        final.training["quantity_calibration"] = calibration.to_json()
+        best["val"] = validate(best_model, final, val_set)
+        save_checkpoint(out_dir, best_model, final)
+        reporter.log(
+            f"quantity head calibrated on val: count accuracy "
+            f"{100 * calibration.val_acc_before:.1f} -> {100 * calibration.val_acc_after:.1f}"
+        )
+    else:
+        final.save(out_dir / "config.json")
     return TrainResult(out_dir, best["epoch"], best["val"], history, counts)
+
+
+def _calibrate_quantity(
+    model: M3Net, config: CheckpointConfig, val_set: RecordSet
+) -> QuantityCalibration:
+    _, q, rows = predict(model, preprocess_for(config), val_set)
+    assert q is not None
+    calibration = fit_calibration(q, val_set.counts[rows], config.model.k_max)
+    apply_calibration(model, calibration)
+    return calibration
 
 
 def _summary(

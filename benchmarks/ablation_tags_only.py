@@ -1,0 +1,129 @@
+"""The tags-only half of the ablation: what the user tags alone give on a manifest's test split.
+
+Two baselines, written as ``eval.json``-shaped files beside the image models' results:
+
+- ``tags-only-seed<k>.eval.json``: M3's own tag MLP (same layers as ``M3Net``'s tag branch, no
+  whole-sample drop-out since there is no image to fall back on) with the classification and
+  quantity heads, trained on the training split's tags with the same loss, best epoch by val mAP,
+  decoded with the predicted k. Cheap: no images are decoded.
+- ``tags-rule.eval.json``: the rule "labels = the labels the tags name" (by name or synonym,
+  ``m3trt.data.synth.tag_label``), so only meaningful on synthetic manifests; no ranking, no mAP.
+
+    .venv/bin/python benchmarks/ablation_tags_only.py DATA/manifest.jsonl OUT_DIR --seeds 0 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from m3trt import metrics
+from m3trt.data.manifest import read_manifest
+from m3trt.data.synth import tag_label
+from m3trt.data.vocab import Vocab, build_tag_vocab
+from m3trt.model.m3net import QuantityHead, TagBranch
+from m3trt.train.loop import split_records
+
+
+class TagsOnly(nn.Module):
+    def __init__(self, num_tags: int, num_labels: int, hidden: int, k_max: int) -> None:
+        super().__init__()
+        self.tags = TagBranch(num_tags, hidden, dropout=0.5, drop_all=0.0)
+        self.classifier = nn.Linear(hidden, num_labels)
+        self.quantity = QuantityHead(hidden, 256, 0.1, k_max)
+
+    def forward(self, tags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feature = self.tags(tags)
+        return self.classifier(feature), self.quantity(feature)
+
+
+def _predict(model: TagsOnly, tags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    with torch.no_grad():
+        logits, q = model(torch.from_numpy(tags))
+    model.train()
+    return torch.sigmoid(logits).numpy(), q.numpy()
+
+
+def train_tags_only(
+    manifest_path: Path, seed: int, epochs: int, hidden: int, lr: float
+) -> dict[str, object]:
+    manifest = read_manifest(manifest_path)
+    train, val, _ = split_records(manifest, 0.1, seed)
+    test = [r for r in manifest.split("test") if r.labels]
+    labels = Vocab(manifest.label_names)
+    tags = Vocab(build_tag_vocab(r.tags for r in train))
+    splits = {"train": train, "val": val, "test": test}
+    x = {name: tags.encode_many(r.tags for r in rs) for name, rs in splits.items()}
+    y = {name: labels.encode_many(r.labels for r in rs) for name, rs in splits.items()}
+    k_max = int(y["train"].sum(1).max())
+    torch.manual_seed(seed)
+    model = TagsOnly(len(tags), len(labels), hidden, k_max)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    rng = np.random.default_rng(seed)
+    best, best_state = -1.0, None
+    for _ in range(epochs):
+        order = rng.permutation(len(train))
+        for i in range(0, len(order) - 1, 32):
+            idx = order[i : i + 32]
+            if len(idx) < 2:
+                continue
+            logits, q = model(torch.from_numpy(x["train"][idx]))
+            target = torch.from_numpy(y["train"][idx])
+            loss = F.binary_cross_entropy_with_logits(logits, target)
+            loss = loss + F.smooth_l1_loss(q, target.sum(1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        scores, _ = _predict(model, x["val"])
+        val_map, _ = metrics.mean_average_precision(y["val"] > 0, scores)
+        if val_map > best:
+            best, best_state = val_map, {k: v.clone() for k, v in model.state_dict().items()}
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    scores, q = _predict(model, x["test"])
+    k = metrics.decode_quantity(q, k_max)
+    return metrics.evaluate(y["test"] > 0, scores, k=k, q=q)
+
+
+def tags_rule(manifest_path: Path) -> dict[str, object]:
+    manifest = read_manifest(manifest_path)
+    test = [r for r in manifest.split("test") if r.labels]
+    labels = Vocab(manifest.label_names)
+    truth = labels.encode_many(r.labels for r in test) > 0
+    named = labels.encode_many({tag_label(t) for t in r.tags} - {None} for r in test) > 0
+    return {
+        "n_images": len(test),
+        "mAP": None,
+        "modes": {"predicted_k": metrics.label_metrics(truth, named)},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("manifest", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        result = train_tags_only(args.manifest, seed, args.epochs, args.hidden, args.lr)
+        (args.out / f"tags-only-seed{seed}.eval.json").write_text(json.dumps(result, indent=1))
+        print(f"tags-only seed {seed}: OF1 {100 * result['modes']['predicted_k']['OF1']:.1f}")
+    rule = tags_rule(args.manifest)
+    (args.out / "tags-rule.eval.json").write_text(json.dumps(rule, indent=1))
+    print(f"tags rule: OF1 {100 * rule['modes']['predicted_k']['OF1']:.1f}")
+
+
+if __name__ == "__main__":
+    main()
