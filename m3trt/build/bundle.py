@@ -1,0 +1,115 @@
+"""``m3trt build``: checkpoint or ONNX -> an engine bundle for the hardware at hand (DESIGN §3.4).
+
+The orchestration only: the FP32 reference graph (exported, or copied from an .onnx), the target's
+build (``cpu``, ``tensorrt``: each returns a ``TargetBuild``), the bundle written crash-safe.
+torch is imported only when the source is a checkpoint (export); an .onnx source needs none.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from m3trt.build.options import BUILD_ENGINES, BUILD_PRECISIONS, BUILD_TARGETS, BuildOptions
+from m3trt.errors import InputError
+from m3trt.progress import SILENT, Reporter
+from m3trt.runtime.bundle import REFERENCE, Bundle, load_bundle, software_versions
+from m3trt.runtime.bundle_writer import write_bundle
+from m3trt.runtime.model_io import ModelInfo
+
+
+def resolve_target(target: str, log=lambda _m: None) -> str:
+    """``auto`` picks TensorRT only when the library and a GPU are really there."""
+    if target not in BUILD_TARGETS:
+        raise InputError(f"unknown target {target!r}: choose {', '.join(BUILD_TARGETS)}")
+    if target != "auto":
+        return target
+    from m3trt.tensorrt.environment import tensorrt_available
+
+    ok, why = tensorrt_available()
+    log(f"target: {'tensorrt' if ok else 'cpu'} ({why})")
+    return "tensorrt" if ok else "cpu"
+
+
+def prepare_source(source: Path, work: Path, opset: int, reporter: Reporter) -> Path:
+    """The FP32 reference graph in ``work``: exported from a checkpoint or copied from .onnx."""
+    reference = work / "model.onnx"
+    if source.is_dir() and (source / "config.json").is_file():
+        from m3trt.export.onnx_export import export_checkpoint
+
+        report = export_checkpoint(source, reference, opset=opset, reporter=reporter)
+        reporter.log(report.summary())
+    elif source.is_file() and source.suffix == ".onnx":
+        ModelInfo.from_onnx_file(source)  # refuses a graph that is not an m3trt export
+        shutil.copyfile(source, reference)
+    else:
+        raise InputError(f"{source}: not a checkpoint folder (with config.json) or an .onnx file")
+    return reference
+
+
+def _source(source: Path) -> dict[str, str]:
+    """Where the bundle came from (``m3trt bench --against torch`` finds the checkpoint here)."""
+    kind = "checkpoint" if source.is_dir() else "onnx"
+    return {"kind": kind, kind: str(source.resolve())}
+
+
+def _check_options(out: Path, options: BuildOptions) -> None:
+    if options.precision not in BUILD_PRECISIONS:
+        raise InputError(
+            f"unknown precision {options.precision!r}: choose {', '.join(BUILD_PRECISIONS)}"
+        )
+    if options.engine not in BUILD_ENGINES:
+        raise InputError(f"unknown engine {options.engine!r}: choose {', '.join(BUILD_ENGINES)}")
+    if out.suffix != ".m3":
+        raise InputError(f"{out}: a bundle name must end with .m3 (e.g. {out.name}.m3)")
+    if out.exists() and not options.overwrite:
+        raise InputError(f"{out}: already exists; pass --overwrite to replace it")
+
+
+def build_bundle(
+    source: str | Path,
+    out: str | Path,
+    options: BuildOptions,
+    *,
+    reporter: Reporter = SILENT,
+) -> Bundle:
+    """Build ``out`` (``NAME.m3``) from a checkpoint folder or an exported .onnx."""
+    source, out = Path(source), Path(out)
+    _check_options(out, options)
+    target = resolve_target(options.target, reporter.log)
+    if target == "tensorrt":
+        from m3trt.tensorrt.environment import require_tensorrt
+
+        require_tensorrt()  # before a long export, not after it
+        if options.engine not in ("auto",):
+            raise InputError("--engine chooses among CPU engines; the tensorrt target has one")
+    if options.calib_cache is None and out.exists():
+        previous = out / "calibration.json"
+        if previous.is_file():
+            options.calib_cache = previous  # reused only if model, data and settings match
+    with tempfile.TemporaryDirectory(prefix="m3trt-build-") as tmp:
+        work = Path(tmp)
+        reference = prepare_source(source, work, options.opset, reporter)
+        info = ModelInfo.from_onnx_file(reference)
+        if target == "tensorrt":
+            from m3trt.build.tensorrt import build_tensorrt
+
+            built = build_tensorrt(reference, info, options, work, reporter)
+        else:
+            from m3trt.build.cpu import build_cpu
+
+            built = build_cpu(reference, info, options, work, reporter)
+        bundle = write_bundle(
+            out,
+            model=info,
+            target=target,
+            precision=built.chosen.precision,
+            files={REFERENCE: (reference, "onnx", "fp32"), **built.files},
+            provenance={**software_versions(), "source": _source(source), **built.provenance},
+            accuracy=built.chosen.accuracy,
+            latency=built.latency,
+            runtime=built.runtime,
+            overwrite=options.overwrite,
+        )
+    return load_bundle(bundle.path)
