@@ -32,6 +32,13 @@ class M3Group(click.Group):
             raise
         except M3Error as exc:
             _fail(ctx, f"error: {exc}", EXIT_USAGE, exc)
+        except ModuleNotFoundError as exc:
+            from m3trt.installs import missing_module_message
+
+            hint = missing_module_message(exc.name)  # an optional extra not installed here
+            if hint is None:
+                _fail(ctx, f"error: {type(exc).__name__}: {exc} (rerun with --verbose)", 1, exc)
+            _fail(ctx, f"error: {hint}", EXIT_USAGE, exc)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
@@ -59,7 +66,7 @@ def _write_json(path: Path, data: Any) -> None:
 _ENGINE_OPTION = dict(
     default="auto",
     show_default=True,
-    type=click.Choice(["auto", "onnxruntime", "openvino"]),
+    type=click.Choice(["auto", "onnxruntime", "openvino", "tensorrt"]),
     help="Engine kind: auto uses the one the build measured fastest that is installed here.",
 )
 
@@ -478,7 +485,11 @@ def calibrate_cmd(
     show_default=True,
 )
 @click.option(
-    "--target", type=click.Choice(["auto", "cpu", "tensorrt"]), default="auto", show_default=True
+    "--target",
+    type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
+    default="auto",
+    show_default=True,
+    help="cpu: ONNX Runtime/OpenVINO; cuda: onnxruntime-gpu (FP32/FP16); tensorrt: TensorRT plans.",
 )
 @click.option(
     "--engine",
@@ -799,6 +810,17 @@ def bench_cmd(ctx: click.Context, bundle: Path, **kw: Any) -> None:
         if lines:
             ctx.exit(EXIT_FAILURE)
         click.echo(f"no regression against {kw['baseline']}", err=True)
+
+
+@main.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def doctor_cmd(as_json: bool) -> None:
+    """What this host can run and build (GPU, driver, CUDA, ONNX Runtime providers that really
+    load, TensorRT, cuda-python), with the install line for what is missing."""
+    from m3trt.doctor import diagnose, format_report
+
+    report = diagnose()
+    click.echo(json.dumps(report.to_json(), indent=2) if as_json else format_report(report))
 
 
 if __name__ == "__main__":  # pragma: no cover
