@@ -140,3 +140,32 @@ def test_tensorrt_target_scores_and_times_the_plan_itself(
         )
         == 3
     )
+
+
+def test_bound_io_path_gives_the_same_answers_and_keeps_few_buffers(tiny_onnx):
+    """The GPU path of the ONNX Runtime engine (I/O bound to buffers kept per batch size),
+    taken on the CPU: same outputs as session.run, at most MAX_BOUND_BATCHES sizes kept."""
+    from m3trt.runtime.engines.ort_engine import MAX_BOUND_BATCHES, OnnxRuntimeEngine
+
+    info = ModelInfo.from_onnx_file(tiny_onnx)
+    rng = np.random.default_rng(0)
+    with (
+        OnnxRuntimeEngine(tiny_onnx, "cpu") as plain,
+        OnnxRuntimeEngine(tiny_onnx, "cpu", bind_io=True) as bound,
+    ):
+        for batch in (1, 3, 1, 2, 4, 5, 6, 3):
+            feeds = {
+                "image": rng.integers(0, 256, (batch, info.image_size, info.image_size, 3)).astype(
+                    np.uint8
+                ),
+                "tags": (rng.random((batch, info.num_tags)) < 0.2).astype(np.float32),
+            }
+            want, got = plain.run(feeds), bound.run(feeds)
+            for name in want:
+                np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-6)
+                assert got[name].dtype == want[name].dtype
+            assert len(bound._bound) <= MAX_BOUND_BATCHES
+        first = bound.run(feeds)["scores"]
+        snapshot = first.copy()
+        bound.run({"image": 255 - feeds["image"], "tags": 1 - feeds["tags"]})  # same batch
+        np.testing.assert_array_equal(first, snapshot)  # earlier results are not overwritten
