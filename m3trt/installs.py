@@ -10,7 +10,10 @@ INSTALL_LINES = {
         "(onnxruntime-gpu) on an NVIDIA GPU host: never both"
     ),
     "openvino": "pip install 'm3trt[cpu]' (or pip install openvino)",
-    "tensorrt": "pip install 'm3trt[tensorrt]' (TensorRT 10/11 wheels from NVIDIA)",
+    "tensorrt": (
+        "pip install 'm3trt[tensorrt]' (TensorRT for CUDA 13; on a CUDA 12 host: "
+        "pip install tensorrt-cu12)"
+    ),
     "cuda": "pip install 'm3trt[gpu]' (cuda-python)",
     "torch": "pip install 'm3trt[train]' (torch==2.13.0)",
     "onnxscript": "pip install 'm3trt[train]' (onnxscript)",
