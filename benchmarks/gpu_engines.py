@@ -77,6 +77,7 @@ def torch_engines(checkpoint: Path, batches, rounds: int, image_size: int, num_t
         images = images.cuda()
         tags = torch.zeros(batch, num_tags, device="cuda")
         with torch.inference_mode():
+
             def fp32(images=images, tags=tags):
                 return torch.sigmoid(model(pre(images), tags)[0])
 

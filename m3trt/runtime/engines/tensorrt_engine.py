@@ -368,4 +368,3 @@ def _logger(trt: Any) -> Any:
                 pass
 
     return Logger()
-
