@@ -269,3 +269,22 @@ def test_an_incompatible_plan_falls_back_to_the_onnx_graph_with_the_reason(gpu, 
         assert "plan was built with TensorRT 10.3.0, this host has 11.4.0" in choice.summary()
     with pytest.raises(M3Error, match="--engine tensorrt: tensorrt on cuda: .*TensorRT 10.3.0"):
         open_engine(load_bundle(tensorrt_bundle), "auto", engine="tensorrt")
+
+
+def test_build_numbers_count_when_both_sides_record_them():
+    from m3trt.tensorrt.compat import check_plan_compatible
+
+    built = {**H200_11, "tensorrt": "11.4.0.12"}
+    assert check_plan_compatible(built, {**H200_11, "tensorrt": "11.4.0.12"}) is None
+    assert check_plan_compatible(built, H200_11) is None  # this host does not say its build
+    reason = check_plan_compatible(built, {**H200_11, "tensorrt": "11.4.0.13"})
+    assert reason is not None and "build 11.4.0.13" in reason
+
+
+def test_ampere_plus_plans_are_refused_before_ampere():
+    from m3trt.tensorrt.compat import check_plan_compatible
+
+    built = {**H200_11, "hardware_compatibility_level": "AMPERE_PLUS"}
+    turing = {**H200_11, "compute_capability": "7.5", "gpu_name": "Tesla T4"}
+    reason = check_plan_compatible(built, turing)
+    assert reason is not None and "Ampere and later" in reason and "7.5 (Tesla T4)" in reason
