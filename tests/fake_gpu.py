@@ -120,10 +120,24 @@ class FakeCudaRuntime:
         monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
         monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", rt)
 
+    RETURNS_VALUE = frozenset(
+        {
+            "cudaGetDeviceCount",
+            "cudaGetDeviceProperties",
+            "cudaRuntimeGetVersion",
+            "cudaDriverGetVersion",
+            "cudaMalloc",
+            "cudaMallocHost",
+            "cudaStreamCreateWithFlags",
+            "cudaEventCreate",
+            "cudaEventElapsedTime",
+        }
+    )
+
     def _wrap(self, name, fn):
         def call(*args):
-            if name in self.fail:
-                return (self.fail[name],)
+            if name in self.fail:  # as cuda-python: (err, None) or (err,)
+                return (self.fail[name], None) if name in self.RETURNS_VALUE else (self.fail[name],)
             return fn(*args)
 
         return call

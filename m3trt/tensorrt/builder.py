@@ -97,6 +97,7 @@ def build_plan(
     plan_path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(plan_path, memoryview(serialized))
     if timing_cache_path is not None:
+        Path(timing_cache_path).parent.mkdir(parents=True, exist_ok=True)
         write_bytes(Path(timing_cache_path), memoryview(config.get_timing_cache().serialize()))
     say(f"wrote {plan_path} in {seconds:.0f} s")
     return {
