@@ -98,7 +98,8 @@ def test_infer_agrees_with_the_fp32_reference(tmp_path, int8_bundle, test_images
     )
     fp32 = reference.annotate([r["path"] for r in rows])
     same = np.mean([set(r["labels"]) == set(a.labels) for r, a in zip(rows, fp32, strict=True)])
-    recorded = bundle.accuracy["label_set_agreement"]
+    # The build saw n images; all agreeing says little more than "p >= 1 - 3/n" (rule of three).
+    recorded = min(bundle.accuracy["label_set_agreement"], 1 - 3 / bundle.accuracy["n_images"])
     noise = 3 * np.sqrt(recorded * (1 - recorded) / len(rows)) + 1 / len(rows)
     assert same >= recorded - noise
 

@@ -69,7 +69,8 @@ def evaluate_bundle(
     split_data = labelled_split(manifest, split, info.label_names, info.tag_vocab, info.image_size)
     data = split_data.data
     predictors = {"engine": engine_predictor(annotator.engine)}
-    same = annotator.choice.artifact == REFERENCE and annotator.choice.device == "cpu"
+    choice = annotator.choice
+    same = (choice.artifact, choice.engine, choice.device) == (REFERENCE, "onnxruntime", "cpu")
     reference = None
     if not same:
         reference = open_path(annotator.bundle.artifact_path(REFERENCE), engine="onnxruntime")

@@ -16,7 +16,7 @@ SHOWN_ITEMS = 8  # longer lists in provenance/accuracy/latency are cut with "(+N
 
 
 def describe_bundle(bundle: Bundle) -> str:
-    """A multi-line report: identity, model, artifacts, provenance, accuracy, latency."""
+    """A multi-line report: identity, model, artifacts, provenance, accuracy, latency, runtime."""
     sections = [
         _header(bundle),
         _section("model", _model_lines(bundle)),
@@ -24,6 +24,7 @@ def describe_bundle(bundle: Bundle) -> str:
         _section("provenance", _dict_lines(bundle.provenance)),
         _section("accuracy vs FP32 reference", _dict_lines(bundle.accuracy)),
         _section("latency", _dict_lines(bundle.latency)),
+        _section("runtime (engine the build measured fastest)", _dict_lines(bundle.runtime)),
     ]
     if bundle.extra:
         sections.append(_section("extra", _dict_lines(bundle.extra)))

@@ -114,9 +114,9 @@ def artifact_roles(bundle: Bundle, device: str) -> list[tuple[str, str]]:
     """(role, why) candidates for ``device``, best first.
 
     On a GPU, a CPU bundle's artifacts other than the FP32 reference are CPU formats (ONNX
-    Runtime's offline CPU graph, uint8 Q/DQ kernels): the reference runs instead. The
+    Runtime's offline CPU graph, uint8 Q/DQ kernels): the reference runs instead; the
     ``onnx-ort-cpu`` format never runs on a GPU (measured 2x slower than the plain graph on an
-    H200), and a TensorRT plan never on the CPU.
+    H200). On the CPU, a GPU bundle (plan, FP16 or symmetric INT8 graph) runs its reference.
     """
     roles = []
     for role in (ENGINE, GRAPH, REFERENCE):
@@ -126,7 +126,9 @@ def artifact_roles(bundle: Bundle, device: str) -> list[tuple[str, str]]:
         cpu_format = artifact.format == ONNX_ORT_CPU or bundle.target == "cpu"
         if device == "cuda" and cpu_format and role != REFERENCE:
             continue
-        if device == "cpu" and artifact.format == TENSORRT_PLAN:
+        if device == "cpu" and bundle.target != "cpu" and role != REFERENCE:
+            continue  # plans, FP16 and symmetric INT8 graphs are GPU formats
+        if artifact.format == TENSORRT_PLAN and device != "cuda":
             continue
         why = {ENGINE: "the bundle's engine", GRAPH: "the bundle's portable graph"}.get(
             role, "the FP32 reference"
