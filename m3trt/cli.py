@@ -560,10 +560,13 @@ def build_cmd(ctx: click.Context, source: Path, out: Path, **kw: Any) -> None:
     latency = bundle.latency
     speed = latency.get("speedup_vs_reference")
     versus = f" ({speed:.2f}x the FP32 reference)" if speed else ""
-    click.echo(
-        f"built {bundle.path}: {bundle.target} {bundle.precision}, "
-        f"{latency['engine_ms']:.1f} ms per batch of {latency['batch_size']}{versus}"
+    ms = latency.get("engine_ms")
+    timing = (
+        f"{ms:.1f} ms per batch of {latency['batch_size']}{versus}"
+        if ms is not None
+        else "no GPU timing taken on this host"
     )
+    click.echo(f"built {bundle.path}: {bundle.target} {bundle.precision}, {timing}")
 
 
 @main.command("inspect")
