@@ -35,6 +35,13 @@ class M3Group(click.Group):
             _fail(ctx, f"error: {exc}", EXIT_USAGE, exc)
         except OutputFailure as exc:
             _fail(ctx, f"error: {exc}", EXIT_FAILURE, exc)
+        except ModuleNotFoundError as exc:
+            from m3trt.installs import missing_module_message
+
+            hint = missing_module_message(exc.name)  # an optional extra not installed here
+            if hint is None:
+                _fail(ctx, f"error: {type(exc).__name__}: {exc} (rerun with --verbose)", 1, exc)
+            _fail(ctx, f"error: {hint}", EXIT_USAGE, exc)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
@@ -116,7 +123,7 @@ def _write_json(path: Path, data: Any) -> None:
 _ENGINE_OPTION = dict(
     default="auto",
     show_default=True,
-    type=click.Choice(["auto", "onnxruntime", "openvino"]),
+    type=click.Choice(["auto", "onnxruntime", "openvino", "tensorrt"]),
     help="Engine kind: auto uses the one the build measured fastest that is installed here.",
 )
 
@@ -646,7 +653,11 @@ def calibrate_cmd(
     show_default=True,
 )
 @click.option(
-    "--target", type=click.Choice(["auto", "cpu", "tensorrt"]), default="auto", show_default=True
+    "--target",
+    type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
+    default="auto",
+    show_default=True,
+    help="cpu: ONNX Runtime/OpenVINO; cuda: onnxruntime-gpu (FP32/FP16); tensorrt: TensorRT plans.",
 )
 @click.option(
     "--engine",
@@ -731,10 +742,13 @@ def build_cmd(ctx: click.Context, source: Path, out: Path, **kw: Any) -> None:
     latency = bundle.latency
     speed = latency.get("speedup_vs_reference")
     versus = f" ({speed:.2f}x the FP32 reference)" if speed else ""
-    click.echo(
-        f"built {bundle.path}: {bundle.target} {bundle.precision}, "
-        f"{latency['engine_ms']:.1f} ms per batch of {latency['batch_size']}{versus}"
+    ms = latency.get("engine_ms")
+    timing = (
+        f"{ms:.1f} ms per batch of {latency['batch_size']}{versus}"
+        if ms is not None
+        else "no GPU timing taken on this host"
     )
+    click.echo(f"built {bundle.path}: {bundle.target} {bundle.precision}, {timing}")
 
 
 @main.command("inspect")
@@ -1165,6 +1179,17 @@ def export_triton_cmd(bundle: Path, repo_dir: Path, **kw: Any) -> None:
         f"wrote {result.folder} ({result.platform}, max batch {result.max_batch}, "
         f"{result.artifact} artifact); config.pbtxt {checked}"
     )
+
+
+@main.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def doctor_cmd(as_json: bool) -> None:
+    """What this host can run and build (GPU, driver, CUDA, ONNX Runtime providers that really
+    load, TensorRT, cuda-python), with the install line for what is missing."""
+    from m3trt.doctor import diagnose, format_report
+
+    report = diagnose()
+    click.echo(json.dumps(report.to_json(), indent=2) if as_json else format_report(report))
 
 
 if __name__ == "__main__":  # pragma: no cover

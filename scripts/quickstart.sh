@@ -9,7 +9,7 @@ RUN=${RUN:-runs/quickstart}
 M3=.venv/bin/m3trt
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[train]'
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[cpu,train]'
 
 rm -rf "$RUN"
 # The default synthetic set (2000 images, 128 px, seed 0) and the "full" row of the ablation.

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[cpu,dev]'
 .venv/bin/ruff check .
 .venv/bin/python -m pytest "$@"
 if [ "${GATE:-1}" != "0" ]; then

@@ -85,7 +85,7 @@ def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-@pytest.mark.parametrize("command", ["infer", "bench", "eval", "inspect"])
+@pytest.mark.parametrize("command", ["infer", "bench", "eval", "inspect", "doctor"])
 def test_runtime_commands_do_not_import_torch(command, tmp_path, int8_bundle, tiny_data):
     """Each command really runs on a bundle, in a fresh interpreter, and torch stays unloaded."""
     argv = {
@@ -93,6 +93,7 @@ def test_runtime_commands_do_not_import_torch(command, tmp_path, int8_bundle, ti
         "bench": ["bench", int8_bundle, "--batch-sizes", "2", "--warmup", "0", "--duration", "0.1"],
         "eval": ["eval", int8_bundle, tiny_data, "--split", "test"],
         "inspect": ["inspect", int8_bundle, "--no-verify"],
+        "doctor": ["doctor"],
     }[command]
     script = (
         "import sys\n"

@@ -82,7 +82,7 @@ def build_bundle(
         from m3trt.tensorrt.environment import require_tensorrt
 
         require_tensorrt()  # before a long export, not after it
-        if options.engine not in ("auto",):
+        if options.engine not in ("auto", "tensorrt"):
             raise InputError("--engine chooses among CPU engines; the tensorrt target has one")
     if options.calib_cache is None and out.exists():
         previous = out / "calibration.json"
@@ -96,6 +96,10 @@ def build_bundle(
             from m3trt.build.tensorrt import build_tensorrt
 
             built = build_tensorrt(reference, info, options, work, reporter)
+        elif target == "cuda":
+            from m3trt.build.cuda import build_cuda
+
+            built = build_cuda(reference, info, options, work, reporter)
         else:
             from m3trt.build.cpu import build_cpu
 

@@ -109,3 +109,22 @@ def timing_batch(
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, info.image_size, info.image_size, 3), dtype=np.uint8)
     return images, np.zeros((batch, info.num_tags), np.float32)
+
+
+def validation_images(
+    options: BuildOptions, info: ModelInfo, reporter: Reporter
+) -> ImageSet | None:
+    """Held-out images for a GPU precision's accuracy check: ``--val``, else the held-out part
+    of ``--calib``; None when neither is given (the caller decides what that allows)."""
+    if options.val is not None:
+        kw = dict(
+            image_size=info.image_size, label_names=info.label_names, tag_vocab=info.tag_vocab
+        )
+        with reporter.task("decode validation", None) as bar:
+            val = load_image_set(Path(options.val), count=options.val_count, **kw)
+            bar.advance(len(val))
+        require_images(val, MIN_VALIDATION_IMAGES, "the accuracy check")
+        return val
+    if options.calib is not None:
+        return load_build_data(options, info, reporter)[1]
+    return None

@@ -12,8 +12,8 @@ from m3trt.constants import PRECISIONS
 from m3trt.errors import M3Error
 
 BUILD_PRECISIONS = (*PRECISIONS, "auto")
-BUILD_TARGETS = ("auto", "cpu", "tensorrt")
-BUILD_ENGINES = ("auto", "onnxruntime", "openvino")
+BUILD_TARGETS = ("auto", "cpu", "cuda", "tensorrt")
+BUILD_ENGINES = ("auto", "onnxruntime", "openvino", "tensorrt")
 MIN_VALIDATION_IMAGES = 16
 
 # role -> (file, format, precision), as ``write_bundle`` takes them

@@ -10,7 +10,10 @@ from typing import Any
 
 from m3trt.errors import M3Error
 
-INSTALL_TENSORRT = "pip install 'm3trt[tensorrt]' (TensorRT per NVIDIA's install guide)"
+INSTALL_TENSORRT = (
+    "pip install 'm3trt[tensorrt]' (TensorRT for CUDA 13; on a CUDA 12 host: "
+    "pip install tensorrt-cu12)"
+)
 INSTALL_CUDA_PYTHON = "pip install cuda-python"
 CPU_FALLBACK = "`--target cpu` (ONNX Runtime) works on every machine"
 

@@ -82,6 +82,15 @@ register(
         f"{_ENGINES}.openvino_engine:availability",
     )
 )
+register(
+    EngineKind(
+        "tensorrt",
+        (TENSORRT_PLAN,),
+        ("cuda",),
+        f"{_ENGINES}.tensorrt_engine:TensorRTEngine",
+        f"{_ENGINES}.tensorrt_engine:availability",
+    )
+)
 
 
 @dataclass

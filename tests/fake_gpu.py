@@ -1,0 +1,494 @@
+"""Strict fakes of TensorRT 11's runtime API and cuda-python's ``cuda.bindings.runtime``.
+
+Strict means: classes have ``__slots__`` (setting an attribute TensorRT does not have raises),
+only TensorRT 10/11 names exist (no ``num_bindings``, ``execute_async_v2``, ``get_binding_*``:
+removed in 10), a context must have its optimization profile selected before shapes are set,
+shapes outside the active profile are refused (``False``, as TensorRT returns), ``execute_async_v3``
+returns ``False`` until every input shape and tensor address is set, and every CUDA call returns
+``(cudaError_t, *values)`` and can be told to fail. Device memory is simulated (bytearrays at fake
+addresses, bounds checked); pinned host memory is real (ctypes), so the engine's numpy views over
+it work as on a GPU host. The "network" computes outputs from its inputs with numpy
+(``reference_outputs``), so the tests check the whole data path, not only the calls.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import sys
+import types
+from typing import Any
+
+import numpy as np
+
+S, T, C, K = 8, 5, 4, 3  # image side, tags, classes, top-k width of the fake network
+
+
+def reference_outputs(image: np.ndarray, tags: np.ndarray) -> dict[str, np.ndarray]:
+    """What the fake network computes: enough structure that a swapped buffer shows."""
+    mean = image.reshape(len(image), -1).astype(np.float32).mean(axis=1) / 255.0
+    scores = 1 / (1 + np.exp(-(mean[:, None] + tags.sum(1)[:, None] - np.arange(C) * 0.3)))
+    scores = scores.astype(np.float32)
+    return {
+        "scores": scores,
+        "quantity": (1 + scores.sum(1)).astype(np.float32),
+        "k": np.clip(np.round(scores.sum(1)), 1, K).astype(np.int32),
+        "topk": np.argsort(-scores, axis=1, kind="stable")[:, :K].astype(np.int32),
+    }
+
+
+# ------------------------------------------------------------------------------------ cuda-python
+class CudaError(enum.IntEnum):
+    cudaSuccess = 0
+    cudaErrorInvalidValue = 1
+    cudaErrorMemoryAllocation = 2
+    cudaErrorInsufficientDriver = 35
+    cudaErrorNoDevice = 100
+    cudaErrorInvalidResourceHandle = 400
+
+
+class MemcpyKind(enum.IntEnum):
+    cudaMemcpyHostToHost = 0
+    cudaMemcpyHostToDevice = 1
+    cudaMemcpyDeviceToHost = 2
+
+
+class Stream:
+    __slots__ = ("alive", "handle")
+
+    def __init__(self, handle: int) -> None:
+        self.handle, self.alive = handle, True
+
+    def __int__(self) -> int:
+        return self.handle
+
+
+class Event:
+    __slots__ = ("alive", "time")
+
+    def __init__(self) -> None:
+        self.alive, self.time = True, None
+
+
+class FakeCudaRuntime:
+    """``cuda.bindings.runtime``: device memory simulated, pinned memory real."""
+
+    def __init__(self, *, fail: dict[str, CudaError] | None = None, devices: int = 1) -> None:
+        self.fail = dict(fail or {})
+        self.devices = devices
+        self.device_memory: dict[int, bytearray] = {}
+        self.host_memory: dict[int, Any] = {}
+        self.streams: list[Stream] = []
+        self.events: list[Event] = []
+        self.malloc_sizes: list[int] = []
+        self.clock = 0.0
+        self._next = 0x7F00_0000_0000
+
+    def module(self) -> types.ModuleType:
+        rt = types.ModuleType("cuda.bindings.runtime")
+        rt.cudaError_t = CudaError
+        rt.cudaMemcpyKind = MemcpyKind
+        rt.cudaStreamNonBlocking = 1
+        for name in (
+            "cudaGetDeviceCount",
+            "cudaGetDeviceProperties",
+            "cudaRuntimeGetVersion",
+            "cudaDriverGetVersion",
+            "cudaMalloc",
+            "cudaMallocHost",
+            "cudaFree",
+            "cudaFreeHost",
+            "cudaMemcpyAsync",
+            "cudaStreamCreateWithFlags",
+            "cudaStreamSynchronize",
+            "cudaStreamDestroy",
+            "cudaEventCreate",
+            "cudaEventRecord",
+            "cudaEventElapsedTime",
+            "cudaEventDestroy",
+        ):
+            setattr(rt, name, self._wrap(name, getattr(self, "_" + name)))
+        return rt
+
+    def install(self, monkeypatch) -> None:
+        rt = self.module()
+        bindings = types.ModuleType("cuda.bindings")
+        bindings.runtime = rt
+        cuda = types.ModuleType("cuda")
+        cuda.bindings = bindings
+        monkeypatch.setitem(sys.modules, "cuda", cuda)
+        monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+        monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", rt)
+
+    RETURNS_VALUE = frozenset(
+        {
+            "cudaGetDeviceCount",
+            "cudaGetDeviceProperties",
+            "cudaRuntimeGetVersion",
+            "cudaDriverGetVersion",
+            "cudaMalloc",
+            "cudaMallocHost",
+            "cudaStreamCreateWithFlags",
+            "cudaEventCreate",
+            "cudaEventElapsedTime",
+        }
+    )
+
+    def _wrap(self, name, fn):
+        def call(*args):
+            if name in self.fail:  # as cuda-python: (err, None) or (err,)
+                return (self.fail[name], None) if name in self.RETURNS_VALUE else (self.fail[name],)
+            return fn(*args)
+
+        return call
+
+    def outstanding(self) -> dict[str, int]:
+        return {
+            "device": len(self.device_memory),
+            "host": len(self.host_memory),
+            "streams": sum(s.alive for s in self.streams),
+            "events": sum(e.alive for e in self.events),
+        }
+
+    # devices
+    def _cudaGetDeviceCount(self):
+        return (CudaError.cudaSuccess, self.devices)
+
+    def _cudaGetDeviceProperties(self, device):
+        if not 0 <= device < self.devices:
+            return (CudaError.cudaErrorInvalidValue, None)
+        prop = types.SimpleNamespace(
+            name=b"NVIDIA H200\x00", major=9, minor=0, totalGlobalMem=150 << 30
+        )
+        return (CudaError.cudaSuccess, prop)
+
+    def _cudaRuntimeGetVersion(self):
+        return (CudaError.cudaSuccess, 13000)
+
+    def _cudaDriverGetVersion(self):
+        return (CudaError.cudaSuccess, 13000)
+
+    # memory
+    def _cudaMalloc(self, size):
+        if not isinstance(size, int) or size <= 0:
+            return (CudaError.cudaErrorInvalidValue, 0)
+        address, self._next = self._next, self._next + size + 256
+        self.device_memory[address] = bytearray(size)
+        self.malloc_sizes.append(size)
+        return (CudaError.cudaSuccess, address)
+
+    def _cudaMallocHost(self, size):
+        if not isinstance(size, int) or size <= 0:
+            return (CudaError.cudaErrorInvalidValue, 0)
+        buffer = ctypes.create_string_buffer(size)
+        address = ctypes.addressof(buffer)
+        self.host_memory[address] = buffer
+        return (CudaError.cudaSuccess, address)
+
+    def _cudaFree(self, address):
+        if self.device_memory.pop(address, None) is None:
+            return (CudaError.cudaErrorInvalidValue,)
+        return (CudaError.cudaSuccess,)
+
+    def _cudaFreeHost(self, address):
+        if self.host_memory.pop(address, None) is None:
+            return (CudaError.cudaErrorInvalidValue,)
+        return (CudaError.cudaSuccess,)
+
+    def _device_span(self, address: int, count: int) -> tuple[bytearray, int] | None:
+        for base, memory in self.device_memory.items():
+            if base <= address and address + count <= base + len(memory):
+                return memory, address - base
+        return None
+
+    def _host_ok(self, address: int, count: int) -> bool:
+        return any(
+            base <= address and address + count <= base + ctypes.sizeof(buf)
+            for base, buf in self.host_memory.items()
+        )
+
+    def read_device(self, address: int, count: int) -> bytes | None:
+        span = self._device_span(address, count)
+        return None if span is None else bytes(span[0][span[1] : span[1] + count])
+
+    def write_device(self, address: int, data: bytes) -> bool:
+        span = self._device_span(address, len(data))
+        if span is None:
+            return False
+        span[0][span[1] : span[1] + len(data)] = data
+        return True
+
+    def _cudaMemcpyAsync(self, dst, src, count, kind, stream):
+        if not self._stream_ok(stream):
+            return (CudaError.cudaErrorInvalidResourceHandle,)
+        if kind == MemcpyKind.cudaMemcpyHostToDevice:
+            if not self._host_ok(src, count) or self._device_span(dst, count) is None:
+                return (CudaError.cudaErrorInvalidValue,)
+            self.write_device(dst, ctypes.string_at(src, count))
+        elif kind == MemcpyKind.cudaMemcpyDeviceToHost:
+            data = self.read_device(src, count)
+            if data is None or not self._host_ok(dst, count):
+                return (CudaError.cudaErrorInvalidValue,)
+            ctypes.memmove(dst, data, count)
+        else:
+            return (CudaError.cudaErrorInvalidValue,)
+        self.clock += 0.25
+        return (CudaError.cudaSuccess,)
+
+    # streams and events
+    def _stream_ok(self, stream) -> bool:
+        return isinstance(stream, Stream) and stream.alive and stream in self.streams
+
+    def _cudaStreamCreateWithFlags(self, flags):
+        stream = Stream(0x5000 + len(self.streams))
+        self.streams.append(stream)
+        return (CudaError.cudaSuccess, stream)
+
+    def _cudaStreamSynchronize(self, stream):
+        ok = self._stream_ok(stream)
+        return (CudaError.cudaSuccess if ok else CudaError.cudaErrorInvalidResourceHandle,)
+
+    def _cudaStreamDestroy(self, stream):
+        if not self._stream_ok(stream):
+            return (CudaError.cudaErrorInvalidResourceHandle,)
+        stream.alive = False
+        return (CudaError.cudaSuccess,)
+
+    def _cudaEventCreate(self):
+        event = Event()
+        self.events.append(event)
+        return (CudaError.cudaSuccess, event)
+
+    def _cudaEventRecord(self, event, stream):
+        if not (isinstance(event, Event) and event.alive and self._stream_ok(stream)):
+            return (CudaError.cudaErrorInvalidResourceHandle,)
+        event.time = self.clock
+        return (CudaError.cudaSuccess,)
+
+    def _cudaEventElapsedTime(self, start, end):
+        if start.time is None or end.time is None:
+            return (CudaError.cudaErrorInvalidResourceHandle, 0.0)
+        return (CudaError.cudaSuccess, end.time - start.time)
+
+    def _cudaEventDestroy(self, event):
+        if not event.alive:
+            return (CudaError.cudaErrorInvalidResourceHandle,)
+        event.alive = False
+        return (CudaError.cudaSuccess,)
+
+
+# --------------------------------------------------------------------------------------- TensorRT
+class TensorIOMode(enum.Enum):
+    NONE = 0
+    INPUT = 1
+    OUTPUT = 2
+
+
+class DataType(enum.Enum):
+    FLOAT = 0
+    HALF = 1
+    INT8 = 2
+    INT32 = 3
+    BOOL = 4
+    UINT8 = 5
+
+
+_NP = {
+    DataType.FLOAT: np.float32,
+    DataType.HALF: np.float16,
+    DataType.INT8: np.int8,
+    DataType.INT32: np.int32,
+    DataType.BOOL: np.bool_,
+    DataType.UINT8: np.uint8,
+}
+
+# name -> (mode, dtype, shape with -1 for the batch)
+IO = {
+    "image": (TensorIOMode.INPUT, DataType.UINT8, (-1, S, S, 3)),
+    "tags": (TensorIOMode.INPUT, DataType.FLOAT, (-1, T)),
+    "scores": (TensorIOMode.OUTPUT, DataType.FLOAT, (-1, C)),
+    "quantity": (TensorIOMode.OUTPUT, DataType.FLOAT, (-1,)),
+    "k": (TensorIOMode.OUTPUT, DataType.INT32, (-1,)),
+    "topk": (TensorIOMode.OUTPUT, DataType.INT32, (-1, K)),
+}
+
+
+class FakeTensorRT11:
+    """The ``tensorrt`` module's runtime side, version 11, over a ``FakeCudaRuntime``."""
+
+    def __init__(
+        self,
+        cuda: FakeCudaRuntime,
+        *,
+        profiles=((1, 1), (2, 8), (9, 32), (33, 64)),
+        version: str = "11.4.0",
+        plan: bytes = b"FAKE-PLAN",
+        context_ok: bool = True,
+        profile_select_ok: bool = True,
+        execute_ok: bool = True,
+        io: dict[str, tuple] | None = None,
+        compute=None,
+    ) -> None:
+        self.io = dict(io or IO)
+        self.compute = compute or reference_outputs
+        self.cuda = cuda
+        self.profiles = list(profiles)
+        self.version = version
+        self.plan = plan
+        self.context_ok = context_ok
+        self.profile_select_ok = profile_select_ok
+        self.execute_ok = execute_ok
+        self.contexts: list[Any] = []
+        self.executed: list[tuple[int, int]] = []  # (profile, batch) per execute_async_v3
+
+    def install(self, monkeypatch) -> types.ModuleType:
+        trt = self.module()
+        monkeypatch.setitem(sys.modules, "tensorrt", trt)
+        return trt
+
+    def module(self) -> types.ModuleType:
+        fake = self
+        trt = types.ModuleType("tensorrt")
+        trt.__version__ = fake.version
+
+        class ILogger:
+            def __init__(self):
+                pass
+
+        class Logger(ILogger):
+            INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
+
+        class Runtime:
+            __slots__ = ("logger",)
+
+            def __init__(self, logger):
+                if not isinstance(logger, ILogger):
+                    raise TypeError("Runtime(logger: tensorrt.ILogger)")
+                self.logger = logger
+
+            def deserialize_cuda_engine(self, serialized_engine):
+                if bytes(serialized_engine) != fake.plan:
+                    self.logger.log(Logger.ERROR, "Serialization assertion magicTag failed")
+                    return None
+                return Engine()
+
+        class Engine:
+            __slots__ = ()
+
+            @property
+            def num_io_tensors(self):
+                return len(fake.io)
+
+            @property
+            def num_optimization_profiles(self):
+                return len(fake.profiles)
+
+            def get_tensor_name(self, index):
+                return list(fake.io)[index]
+
+            def get_tensor_mode(self, name):
+                return fake.io[name][0] if name in fake.io else TensorIOMode.NONE
+
+            def get_tensor_dtype(self, name):
+                return fake.io[name][1]
+
+            def get_tensor_shape(self, name):
+                return fake.io[name][2]
+
+            def get_tensor_profile_shape(self, name, profile_index):
+                if fake.io[name][0] != TensorIOMode.INPUT or not 0 <= profile_index < len(
+                    fake.profiles
+                ):
+                    raise RuntimeError("get_tensor_profile_shape: invalid arguments")
+                lo, hi = fake.profiles[profile_index]
+                rest = fake.io[name][2][1:]
+                return [(lo, *rest), (hi, *rest), (hi, *rest)]
+
+            def create_execution_context(self):
+                if not fake.context_ok:
+                    return None
+                context = Context()
+                fake.contexts.append(context)
+                return context
+
+        class Context:
+            __slots__ = ("addresses", "profile", "shapes")
+
+            def __init__(self):
+                self.profile, self.shapes, self.addresses = None, {}, {}
+
+            def set_optimization_profile_async(self, profile_index, stream_handle):
+                if not isinstance(stream_handle, int):
+                    raise TypeError("stream_handle must be an int")
+                if not fake.profile_select_ok or not 0 <= profile_index < len(fake.profiles):
+                    return False
+                if any(c.profile == profile_index for c in fake.contexts if c is not self):
+                    return False  # TensorRT: a profile is used by one context at a time
+                self.profile, self.shapes = profile_index, {}
+                return True
+
+            def set_input_shape(self, name, shape):
+                if (
+                    self.profile is None
+                    or name not in fake.io
+                    or fake.io[name][0] != TensorIOMode.INPUT
+                ):
+                    return False
+                shape = tuple(int(d) for d in shape)
+                lo, hi = fake.profiles[self.profile]
+                if shape[1:] != fake.io[name][2][1:] or not lo <= shape[0] <= hi:
+                    return False
+                self.shapes[name] = shape
+                return True
+
+            def get_tensor_shape(self, name):
+                if fake.io[name][0] == TensorIOMode.INPUT:
+                    return self.shapes.get(name, fake.io[name][2])
+                batches = {
+                    self.shapes.get(n, (-1,))[0] for n in fake.io if fake.io[n][0].name == "INPUT"
+                }
+                batch = batches.pop() if len(batches) == 1 else -1
+                return (batch, *fake.io[name][2][1:])
+
+            def set_tensor_address(self, name, memory):
+                if name not in fake.io or not isinstance(memory, int):
+                    return False
+                self.addresses[name] = memory
+                return True
+
+            def execute_async_v3(self, stream_handle):
+                if not isinstance(stream_handle, int):
+                    raise TypeError("stream_handle must be an int")
+                inputs = [n for n in fake.io if fake.io[n][0] == TensorIOMode.INPUT]
+                if (
+                    not fake.execute_ok
+                    or self.profile is None
+                    or any(n not in self.shapes for n in inputs)
+                    or any(n not in self.addresses for n in fake.io)
+                ):
+                    return False
+                batch = self.shapes["image"][0]
+                if self.shapes["tags"][0] != batch:
+                    return False
+                arrays = {}
+                for name in inputs:
+                    dtype = np.dtype(_NP[fake.io[name][1]])
+                    shape = self.shapes[name]
+                    data = fake.cuda.read_device(
+                        self.addresses[name], int(np.prod(shape)) * dtype.itemsize
+                    )
+                    if data is None:
+                        return False  # an input buffer too small: TensorRT would fault
+                    arrays[name] = np.frombuffer(data, dtype).reshape(shape)
+                outputs = fake.compute(arrays["image"], arrays["tags"])
+                for name, value in outputs.items():
+                    if not fake.cuda.write_device(self.addresses[name], value.tobytes()):
+                        return False
+                fake.executed.append((self.profile, batch))
+                fake.cuda.clock += 1.0
+                return True
+
+        trt.ILogger, trt.Logger, trt.Runtime = ILogger, Logger, Runtime
+        trt.TensorIOMode, trt.DataType = TensorIOMode, DataType
+        trt.nptype = lambda dtype: _NP[dtype]
+        return trt
