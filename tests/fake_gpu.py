@@ -407,22 +407,24 @@ class FakeTensorRT11:
             def create_execution_context(self):
                 if not fake.context_ok:
                     return None
-                context = Context()
+                context = Context(self)
                 fake.contexts.append(context)
                 return context
 
         class Context:
-            __slots__ = ("addresses", "profile", "shapes")
+            __slots__ = ("addresses", "owner", "profile", "shapes")
 
-            def __init__(self):
+            def __init__(self, owner=None):
                 self.profile, self.shapes, self.addresses = None, {}, {}
+                self.owner = owner  # the deserialized engine: profiles are exclusive per engine
 
             def set_optimization_profile_async(self, profile_index, stream_handle):
                 if not isinstance(stream_handle, int):
                     raise TypeError("stream_handle must be an int")
                 if not fake.profile_select_ok or not 0 <= profile_index < len(fake.profiles):
                     return False
-                if any(c.profile == profile_index for c in fake.contexts if c is not self):
+                held = (c for c in fake.contexts if c is not self and c.owner is self.owner)
+                if any(c.profile == profile_index for c in held):
                     return False  # TensorRT: a profile is used by one context at a time
                 self.profile, self.shapes = profile_index, {}
                 return True

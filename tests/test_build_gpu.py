@@ -94,9 +94,13 @@ def _fake_host(monkeypatch, info: ModelInfo) -> tuple[FakeTensorRT, FakeTensorRT
         "topk": (TensorIOMode.OUTPUT, DataType.INT32, (-1, k)),
     }
 
+    sessions: dict = {}  # the build's work folder is gone when the bundle is reopened
+
     def compute(image, tags):
         parsed = [call[1] for call in builder.calls if call[0] == "parse_from_file"][-1]
-        session = cpu_session(parsed)
+        if parsed not in sessions:
+            sessions[parsed] = cpu_session(parsed)
+        session = sessions[parsed]
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(None, {"image": image, "tags": tags}), strict=True))
 

@@ -165,7 +165,11 @@ class OnnxRuntimeEngine(Engine):
         for name, value in zip(self.input_names, inputs, strict=True):
             value.update_inplace(np.ascontiguousarray(feeds[name]))
         self.session.run_with_iobinding(binding)
-        return {name: value.numpy() for name, value in zip(self.output_names, outputs, strict=True)}
+        # The bound buffers are reused by the next run: hand out copies, never views of them.
+        return {
+            name: np.array(value.numpy(), copy=True)
+            for name, value in zip(self.output_names, outputs, strict=True)
+        }
 
     def _bind(
         self, batch: int, feeds: Mapping[str, np.ndarray]
