@@ -110,7 +110,8 @@ def verify_bundle(bundle: str | os.PathLike, public_key: str | os.PathLike) -> N
 def _why(exc: Exception) -> str:
     """The library's reason, short: which files changed, rather than their digests."""
     text = " ".join(str(exc).split())
-    changed = re.findall(r"Hash mismatch for '([^']+)'", text)
+    # The library may nest its message in a list's repr, so the quotes can come escaped.
+    changed = re.findall(r"Hash mismatch for \\?'([^'\\]+)\\?'", text)
     if changed:
         return "changed since it was signed: " + ", ".join(changed)
     return text[:200] or type(exc).__name__
