@@ -7,6 +7,7 @@ budget is recorded as the bundle's CPU runtime choice.
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from m3trt.build.options import (
     candidates_table,
     choose,
 )
-from m3trt.build.timing import measure_latency
+from m3trt.build.timing import time_engines
 from m3trt.calibration.data import ImageSet
 from m3trt.calibration.guard import over_budget, quantize_with_guard
 from m3trt.errors import InputError
@@ -121,15 +122,11 @@ def build_cpu(
     if val is not None:
         _score(reference, candidates, val, options)
     images, tags = timing_batch(val, info, options.bench_batch)
-    engines = {"reference": open_path(reference, engine="onnxruntime")}
-    engines |= {f"{c.precision}/{c.engine}": open_path(c.path, engine=c.engine) for c in candidates}
-    try:
-        with reporter.task("measure latency", None, unit="step") as bar:
-            timings = measure_latency(engines, images, tags, options.bench_iterations)
-            bar.advance()
-    finally:
-        for engine in engines.values():
-            engine.close()
+    openers = {"reference": partial(open_path, reference, engine="onnxruntime")}
+    openers |= {
+        f"{c.precision}/{c.engine}": partial(open_path, c.path, engine=c.engine) for c in candidates
+    }
+    timings = time_engines(openers, images, tags, options.bench_iterations, reporter)
     for c in candidates:
         c.latency_ms = timings[f"{c.precision}/{c.engine}"]
     chosen = choose(candidates)
