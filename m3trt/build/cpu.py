@@ -22,7 +22,7 @@ from m3trt.build.options import (
 )
 from m3trt.build.timing import time_engines
 from m3trt.calibration.data import ImageSet
-from m3trt.calibration.guard import over_budget, quantize_with_guard
+from m3trt.calibration.guard import OverBudget, over_budget, quantize_with_guard
 from m3trt.errors import InputError
 from m3trt.evaluation import compare_outputs, run_outputs
 from m3trt.progress import Reporter
@@ -89,14 +89,22 @@ def build_cpu(
         )
         files["calibration"] = (cache, "json", None)
         qdq = work / "model.int8.qdq.onnx"
-        with reporter.task("quantize + accuracy guard", None, unit="step") as bar:
-            guard = quantize_with_guard(
-                reference, qdq, ranges, "cpu", val, budget=options.budget, log=reporter.log
-            )
-            bar.advance()
-        graphs["int8"] = (qdq, optimize_offline(qdq, work / "model.int8.onnx"))
-        guards["int8"] = guard.to_json()
-        accuracy["int8"] = guard.report
+        try:
+            with reporter.task("quantize + accuracy guard", None, unit="step") as bar:
+                guard = quantize_with_guard(
+                    reference, qdq, ranges, "cpu", val, budget=options.budget, log=reporter.log
+                )
+                bar.advance()
+        except OverBudget as exc:
+            if options.precision != "auto":
+                raise
+            reporter.log(f"precision auto: {exc}; building FP32")
+            provenance["int8_not_kept"] = str(exc)
+            del files["calibration"]
+        else:
+            graphs["int8"] = (qdq, optimize_offline(qdq, work / "model.int8.onnx"))
+            guards["int8"] = guard.to_json()
+            accuracy["int8"] = guard.report
     if "fp32" in precisions:
         graphs["fp32"] = (reference, optimize_offline(reference, work / "model.fp32.onnx"))
         accuracy["fp32"] = {}
