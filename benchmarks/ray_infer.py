@@ -148,7 +148,6 @@ def main() -> None:
     ray_wall = statistics.median(x["wall_s"] for x in runs if x["executor"] == "ray")
     result = {
         "machine": describe_machine(),
-        "shared_machine": "2 cores shared with up to five other agents' jobs at the same time",
         "bundle": str(args.bundle),
         "folder": str(args.folder),
         "files": n_files,
@@ -172,9 +171,9 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Bundle `{result['bundle']}`, folder `{result['folder']}` ({result['files']} files), "
         f"batch {result['batch_size']}. Machine: {result['machine'].get('cpu', '?')}, "
-        f"{result['machine'].get('cores', '?')} cores, **shared with other agents' jobs while "
-        "this ran** (the 1-minute load average before each run is in the table): absolute times "
-        "are noisy, the ratio is measured side by side in one run.",
+        f"{result['machine'].get('cores', '?')} cores (the 1-minute load average before each run "
+        "is in the table; other jobs on the machine show there), contenders alternated in one "
+        "run.",
         "",
         "| run | executor | wall s (process, start-up included) | job s | annotated | failed "
         "| load before |",

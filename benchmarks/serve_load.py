@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--md", type=Path, default=ROOT / "benchmarks/results/serve_load.md")
     parser.add_argument("--note", default="", help="Free text recorded with the results.")
     args = parser.parse_args()
+    load_at_start = os.getloadavg()
     levels = [int(x) for x in args.concurrency.split(",")]
 
     from m3trt.bench.machine import describe_machine
@@ -83,7 +84,7 @@ def main() -> None:
         }
     report = {
         "machine": describe_machine(),
-        "shared_machine": "shared with other agents' jobs; load generator on the same cores",
+        "load_average": {"start": load_at_start, "end": os.getloadavg()},
         "note": args.note,
         "bundle": {
             "path": str(args.bundle),
@@ -340,7 +341,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"{r['request']}; {r['duration_s']:g} s per level after a warm-up.",
         "",
         f"Machine: {r['machine']['cpu']}, "
-        f"{os.cpu_count()} cores; {r['shared_machine']}. {r['note']}",
+        f"{os.cpu_count()} cores, load generator on the same cores; 1/5/15-minute load average "
+        f"{_load(r['load_average']['start'])} at the start, {_load(r['load_average']['end'])} at "
+        f"the end. {r['note']}",
         "",
         f"Offline (`m3trt bench`, same run): batch 1 median {o['b1_median_ms']:.2f} ms, p99 "
         f"{o['b1_p99_ms']:.2f} ms ({o['b1_images_per_s']:.1f} img/s); batch 16 "
@@ -375,6 +378,10 @@ def markdown(r: dict[str, Any]) -> str:
         f"{st['client_refused_after_sigterm']} clients refused after the signal."
     )
     return "\n".join(lines) + "\n"
+
+
+def _load(values: list[float] | tuple[float, ...]) -> str:
+    return "/".join(f"{v:.1f}" for v in values)
 
 
 if __name__ == "__main__":
