@@ -140,15 +140,20 @@ class BatchAnnotator:
             for p, e in zip(batch["path"], batch["error"], strict=True)
         ]
         local = found if self.cwd is None else [self._here(f) for f in found]
-        decoded = list(self.pool.map(self.decode, local))
-        rows = [""] * len(decoded)
-        good = [i for i, d in enumerate(decoded) if d.error is None]
-        for start in range(0, len(good), self.batch_size):
-            chunk = good[start : start + self.batch_size]
-            for i, annotation in zip(
-                chunk, self._annotate([decoded[i] for i in chunk]), strict=True
-            ):
-                rows[i] = json.dumps(annotation.to_json(), ensure_ascii=False)
+        # Every decode is queued at once and the engine takes full batches as they finish, so
+        # decoding the next batch overlaps the engine's run of this one (measured on 2 cores:
+        # decoding the whole block first left one core idle half the time).
+        pending = [self.pool.submit(self.decode, f) for f in local]
+        decoded: list[Decoded] = []
+        rows = [""] * len(pending)
+        chunk: list[int] = []
+        for i, future in enumerate(pending):
+            decoded.append(future.result())
+            if decoded[i].error is None:
+                chunk.append(i)
+            if len(chunk) == self.batch_size or (i == len(pending) - 1 and chunk):
+                self._annotate_into(rows, chunk, decoded)
+                chunk = []
         return {
             "index": np.asarray(batch["index"], dtype=np.int64),
             "path": np.asarray([f.path for f in found], dtype=object),
@@ -160,6 +165,11 @@ class BatchAnnotator:
 
     def _here(self, found: Found) -> Found:
         return Found(os.path.join(self.cwd or "", found.path), found.error)
+
+    def _annotate_into(self, rows: list[str], chunk: list[int], decoded: list[Decoded]) -> None:
+        annotations = self._annotate([decoded[i] for i in chunk])
+        for i, annotation in zip(chunk, annotations, strict=True):
+            rows[i] = json.dumps(annotation.to_json(), ensure_ascii=False)
 
     def _annotate(self, items: list[Decoded]) -> list[Annotation]:
         annotator = self.annotator
