@@ -35,9 +35,9 @@ M3TRT = [sys.executable, "-m", "m3trt.cli"]
 
 def run_infer(bundle: Path, folder: Path, out: Path, ray: bool, batch: int) -> dict[str, Any]:
     """One `m3trt infer` process; wall time from before its start to after its exit."""
-    for stale in (out, out.with_name(f"{out.stem}.errors.jsonl")):
-        stale.unlink(missing_ok=True)
     summary = out.with_suffix(".summary.json")
+    for stale in (out, out.with_name(f"{out.stem}.errors.jsonl"), summary):
+        stale.unlink(missing_ok=True)  # this script's own outputs from an earlier run
     cmd = [*M3TRT, "-q", "infer", str(bundle), str(folder), "-o", str(out)]
     cmd += ["--batch-size", str(batch), "--summary-json", str(summary)]
     if ray:
