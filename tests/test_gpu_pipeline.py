@@ -448,3 +448,80 @@ def test_real_gpu_decoding_agrees_with_the_cpu_decoder(tmp_path):
     assert decoder.decode_into(blobs, out) == [None] * 4
     for got, want in zip(out, wants, strict=True):
         assert np.abs(got.astype(int) - want.astype(int)).mean() < 3
+
+
+class _DeviceArray(np.ndarray):
+    """A numpy array with cupy's ``get(out=)``: stands in for device memory."""
+
+    def get(self, out=None):
+        out[...] = self
+        return out
+
+
+@pytest.fixture
+def fake_nvimgcodec(monkeypatch):
+    """nvImageCodec (Pillow underneath, EXIF applied) and cupy (numpy underneath)."""
+    import io
+    import types
+
+    from PIL import ImageOps
+
+    nv = types.ModuleType("nvidia.nvimgcodec")
+    nv.ColorSpec = SimpleNamespace(RGB="rgb")
+    seen = []
+
+    class DecodeParams:
+        def __init__(self, apply_exif_orientation=True, color_spec=None):
+            self.apply_exif_orientation, self.color_spec = apply_exif_orientation, color_spec
+
+    class CodeStream:
+        def __init__(self, data):
+            self.width, self.height = Image.open(io.BytesIO(bytes(data))).size
+
+    class Decoder:
+        def decode(self, src, params=None):
+            assert params.apply_exif_orientation and params.color_spec == "rgb"
+            if isinstance(src, list):
+                seen.append(len(src))
+                if any(b"boom" in s for s in src):
+                    raise RuntimeError("batch failed")
+                return [self.decode(s, params) for s in src]
+            if b"refuse" in src:
+                return None
+            image = ImageOps.exif_transpose(Image.open(io.BytesIO(src))).convert("RGB")
+            return np.asarray(image)
+
+    nv.DecodeParams, nv.CodeStream, nv.Decoder = DecodeParams, CodeStream, Decoder
+    cupy = types.ModuleType("cupy")
+    cupy.asarray = lambda x: np.asarray(x).view(_DeviceArray)
+    for name in ("float32", "uint8", "tensordot", "matmul", "clip", "rint"):
+        setattr(cupy, name, getattr(np, name))
+    monkeypatch.setitem(sys.modules, "nvidia", SimpleNamespace(nvimgcodec=nv))
+    monkeypatch.setitem(sys.modules, "nvidia.nvimgcodec", nv)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    return seen
+
+
+def test_gpu_decoder_applies_exif_squashes_like_pillow_and_says_what_it_refused(
+    fake_nvimgcodec, folder
+):
+    from m3trt.data.gpu_decode import probe_gpu_decoder
+    from m3trt.data.resize_weights import squash_resize
+
+    decoder, why = probe_gpu_decoder(S)
+    assert decoder is not None and "nvImageCodec" in why
+    rotated = (folder / "p05.jpg").read_bytes()  # EXIF orientation 6
+    plain = (folder / "p01.jpg").read_bytes()
+    out = [np.zeros((S, S, 3), np.uint8) for _ in range(3)]
+    assert decoder.decode_into([rotated, plain + b"refuse", plain], out) == [
+        None,
+        "nvImageCodec refused it",
+        None,
+    ]
+    upright = np.asarray(Image.open(folder / "p05.jpg").transpose(Image.Transpose.ROTATE_270))
+    assert np.array_equal(out[0], squash_resize(upright, S))
+    assert decoder.image_size(rotated) == Image.open(folder / "p05.jpg").size
+    # one file that fails the whole batch call: the batch is retried file by file
+    out = [np.zeros((S, S, 3), np.uint8) for _ in range(2)]
+    assert decoder.decode_into([plain, plain + b"boom"], out)[0] is None
+    assert fake_nvimgcodec[-1] == 2

@@ -99,7 +99,8 @@ class GpuJpegDecoder:
 
 def probe_gpu_decoder(size: int) -> tuple[GpuJpegDecoder | None, str]:
     """``--decode auto``: a working GPU decoder and why, or None and why not. Working means it
-    decodes a small JPEG made here to the expected pixels (within JPEG noise)."""
+    reads a small JPEG's header made here and decodes it to the expected pixels (within JPEG
+    noise)."""
     try:
         decoder = GpuJpegDecoder(size)
     except InputError as exc:
@@ -112,6 +113,8 @@ def probe_gpu_decoder(size: int) -> tuple[GpuJpegDecoder | None, str]:
     buffer = io.BytesIO()
     Image.fromarray(grey).save(buffer, "JPEG", quality=95)
     out = np.zeros((size, size, 3), np.uint8)
+    if decoder.image_size(buffer.getvalue()) != (64, 48):  # else every file would go to the CPU
+        return None, "nvImageCodec could not read a test JPEG's header (CodeStream width/height)"
     try:
         reasons = decoder.decode_into([buffer.getvalue()], [out])
     except Exception as exc:
