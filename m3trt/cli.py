@@ -942,7 +942,9 @@ def infer_cmd(ctx: click.Context, bundle: Path, paths: tuple[Path, ...], **kw: A
             _write_json(kw["summary_json"], summary.to_json())
     else:
         annotator = Annotator.load(bundle, **load_kwargs)
-        reporter.log(annotator.description)
+        from rich.markup import escape
+
+        reporter.log(escape(annotator.description))  # install hints hold [gpu]-like text
         summary = run_folder(annotator, paths, options, reporter)
     click.echo(_infer_line(summary), err=True)
     if getattr(summary, "profile", None):
