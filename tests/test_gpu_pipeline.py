@@ -408,9 +408,11 @@ def test_profile_on_the_gpu_pipeline_reads_cuda_events(trt, folder, tmp_path):
     assert gpu["overlap"] == pytest.approx(1.0)  # the fake runs one thing at a time
 
 
-def test_without_a_stream_engine_the_cpu_loop_runs_and_imports_nothing_gpu(folder, tmp_path):
+def test_without_a_stream_engine_the_cpu_loop_runs_and_imports_nothing_gpu(
+    folder, tmp_path, monkeypatch
+):
     for name in ("m3trt.runtime.gpu_pipeline", "m3trt.data.gpu_decode"):
-        sys.modules.pop(name, None)
+        monkeypatch.delitem(sys.modules, name, raising=False)  # put back after the test
     summary = _infer(annotator_for(NumpyEngine()), folder, tmp_path / "o.jsonl")
     assert summary.pipeline is None and summary.annotated == 23
     assert "m3trt.runtime.gpu_pipeline" not in sys.modules
@@ -525,3 +527,46 @@ def test_gpu_decoder_applies_exif_squashes_like_pillow_and_says_what_it_refused(
     out = [np.zeros((S, S, 3), np.uint8) for _ in range(2)]
     assert decoder.decode_into([plain, plain + b"boom"], out)[0] is None
     assert fake_nvimgcodec[-1] == 2
+
+
+def test_ctrl_c_mid_run_leaves_valid_output_and_resume_finishes(trt, folder, tmp_path, monkeypatch):
+    _, annotator = trt
+    out = tmp_path / "out.jsonl"
+    dispatch = gpu_pipeline.GpuPipeline._dispatch
+    calls = [0]
+
+    def interrupted(self, *args):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+        return dispatch(self, *args)
+
+    monkeypatch.setattr(gpu_pipeline.GpuPipeline, "_dispatch", interrupted)
+    summary = _infer(annotator, folder, out)
+    assert summary.interrupted and 0 < summary.annotated < 23
+    monkeypatch.setattr(gpu_pipeline.GpuPipeline, "_dispatch", dispatch)
+    _infer(annotator, folder, out, resume=True)
+    assert read_results(out) == json.loads(json.dumps(expected_rows(folder)))
+
+
+def test_the_decoder_choice_and_its_reason_are_logged(trt, folder, tmp_path):
+    from m3trt.progress import Reporter
+
+    class Capture(Reporter):
+        def __init__(self):
+            super().__init__(quiet=True)
+            self.lines = []
+
+        def log(self, message):
+            self.lines.append(message)
+
+    _, annotator = trt
+    reporter = Capture()
+    opts = InferOptions(output=tmp_path / "o.jsonl", batch_size=8, workers=2)
+    run_folder(annotator, [folder], opts, reporter)
+    from rich.text import Text
+
+    shown = [Text.from_markup(x).plain for x in reporter.lines]  # as the console prints it
+    (line,) = [x for x in shown if x.startswith("GPU pipeline")]
+    assert "2 CUDA stream(s), 6 pinned batch buffers of 8; decoding on the CPU" in line
+    assert "GPU decoding needs nvImageCodec" in line and "pip install 'm3trt[gpu]'" in line
