@@ -172,6 +172,14 @@ def test_results_in_walk_order_over_three_streams(trt, folder, tmp_path, cuda):
     # runner 0 shares the engine's contexts, runners 1-2 deserialized the plan again
     assert len({c.owner for c in fake.contexts}) == 3
     assert all(batch <= 4 for _, batch in fake.executed)
+    # the engine's own run still uses its own buffers on the contexts runner 0 re-bound
+    rng = np.random.default_rng(3)
+    feeds = {
+        "image": rng.integers(0, 256, (5, S, S, 3), dtype=np.uint8),
+        "tags": (rng.random((5, T)) < 0.5).astype(np.float32),
+    }
+    got, want = annotator.engine.run(feeds), reference_outputs(feeds["image"], feeds["tags"])
+    assert all(np.array_equal(got[name], want[name]) for name in want)
 
 
 def test_onnxruntime_cuda_sessions_compute_on_the_pipelines_streams(
