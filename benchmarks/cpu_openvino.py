@@ -19,20 +19,19 @@ import json
 import os
 import platform
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from m3trt.build.bundle import build_bundle
 from m3trt.build.options import BuildOptions
+from m3trt.build.timing import measure_latency
 from m3trt.calibration.data import load_calibration_images, load_image_set
 from m3trt.calibration.qdq import write_qdq
 from m3trt.calibration.ranges import CalibrationSettings, calibrate
 from m3trt.evaluation import compare_outputs, run_outputs
 from m3trt.runtime.bundle import sha256_file
 from m3trt.runtime.engines import open_path
-from m3trt.runtime.model_io import make_feeds
 
 BATCHES = (1, 16)
 COOL_DOWN_S = 0.2  # the previous engine's worker threads stop spinning before the next call
@@ -67,17 +66,7 @@ def plain_qdq(bundle, work: Path, data: Path) -> Path:
 
 
 def timings(engines: dict, images: np.ndarray, tags: np.ndarray, rounds: int) -> dict:
-    feeds = {n: make_feeds(images, tags, e.input_names) for n, e in engines.items()}
-    for name, engine in engines.items():
-        engine.run(feeds[name])
-    times: dict[str, list[float]] = {name: [] for name in engines}
-    for _ in range(rounds):
-        for name, engine in engines.items():
-            time.sleep(COOL_DOWN_S)
-            start = time.perf_counter()
-            engine.run(feeds[name])
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t) * 1e3) for name, t in times.items()}
+    return measure_latency(engines, images, tags, rounds, pause_s=COOL_DOWN_S)
 
 
 def bench_model(checkpoint: Path, data: Path, work: Path, rounds: int, threads: int) -> dict:

@@ -89,7 +89,6 @@ def main() -> None:
         "peak_rss_ratio": round(ratio, 3),
         "target": "<= 1.3 at 6x the images",
         "load_average_at_end": os.getloadavg(),
-        "note": "measured while other jobs shared the 2 cores (wall times are not comparable)",
         "date": time.strftime("%Y-%m-%d"),
         "max_rss_self_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -39,7 +40,8 @@ class TaskHandle:
     def advance(self, n: float = 1, **fields: object) -> None:
         if self._progress is not None and self._task_id is not None:
             info = " ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
-            self._progress.update(self._task_id, advance=n, info=info)
+            # Values are data, not markup: a "[gpu]" in a path or a reason must show as is.
+            self._progress.update(self._task_id, advance=n, info=escape(info))
 
 
 def _fmt(value: object) -> str:
@@ -69,12 +71,12 @@ class Reporter:
             TextColumn("{task.fields[info]}"),
         )
         with Progress(*columns, console=self.console, transient=False) as progress:
-            task_id = progress.add_task(description, total=total, unit=unit, info="")
+            task_id = progress.add_task(escape(description), total=total, unit=unit, info="")
             yield TaskHandle(progress, task_id)
 
     def log(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(message, highlight=False, soft_wrap=True)
+            self.console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 SILENT = Reporter(quiet=True)

@@ -74,6 +74,8 @@ def int8_bundle(tmp_path_factory, tiny_onnx, tiny_data):
     out = tmp_path_factory.mktemp("bundles") / "tiny.m3"
     args = ["--quiet", "build", str(tiny_onnx), "-o", str(out), "--precision", "int8"]
     args += ["--target", "cpu", "--calib", str(tiny_data), "--calib-count", "64"]
+    # Its validation split has 30 images: one changed label is 1.5 points of O-F1; allow two.
+    args += ["--max-of1-drop", "3.5"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return out

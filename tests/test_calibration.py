@@ -65,11 +65,18 @@ def test_qdq_targets(tmp_path, tiny_onnx, ranges):
     assert any(v != 0 for values in zero_points(cpu).values() for v in values)  # asymmetric
 
 
+# The tiny model's validation split has 30 images and an O-F1 of 24 %: one changed label moves it
+# by 1.5 points, so budgets here allow two (the default, 1 point, suits real validation sets).
+TWO_LABELS = AccuracyBudget(max_of1_drop=0.035, max_disagreement=0.2)
+
+
 def test_quantized_graph_stays_close_to_fp32(tmp_path, tiny_onnx, tiny_sets, ranges):
     _, val = tiny_sets
-    result = quantize_with_guard(tiny_onnx, tmp_path / "q.onnx", ranges, "cpu", val)
+    result = quantize_with_guard(
+        tiny_onnx, tmp_path / "q.onnx", ranges, "cpu", val, budget=TWO_LABELS
+    )
     assert result.kept_in_float == []
-    assert result.report["of1_drop"] <= 0.01
+    assert result.report["of1_drop"] <= 0.035
     assert result.report["label_set_agreement"] > 0.5
 
 
@@ -90,7 +97,7 @@ def test_guard_keeps_the_damaged_layer_in_float(tmp_path, tiny_onnx, tiny_sets, 
         damaged,
         "cpu",
         val,
-        budget=AccuracyBudget(max_of1_drop=0.01, max_disagreement=0.2),
+        budget=TWO_LABELS,
     )
     kept = [k["node"] for k in result.kept_in_float]
     assert victim.name in kept

@@ -1,7 +1,5 @@
 """The uint8 stem: the CPU INT8 graph reads the image bytes as the stem conv's quantized input."""
 
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
@@ -134,26 +132,13 @@ def test_guard_turns_the_uint8_stem_off_when_it_costs_accuracy(
 
     monkeypatch.setattr(uint8_stem, "prepare", damaged)
     _, val = tiny_sets
-    budget = AccuracyBudget(max_of1_drop=0.01, max_disagreement=0.2)
+    budget = AccuracyBudget(max_of1_drop=0.035, max_disagreement=0.2)  # two labels of 30 images
     result = quantize_with_guard(tiny_onnx, tmp_path / "q.onnx", ranges, "cpu", val, budget=budget)
     first = result.attempts[0]
     assert first["uint8_input"] and first["over"]
     assert result.uint8_input is False and result.kept_in_float == []
 
 
-def _has_vnni() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags or "amx_int8" in flags
-
-
-@pytest.mark.skipif(
-    not _has_vnni(),
-    reason="needs VNNI: without it ONNX Runtime's u8 x s8 kernels (AVX2 vpmaddubsw) saturate "
-    "16-bit pair sums, so a different kernel layout rounds differently (measured: max |d| 0.04)",
-)
 def test_space_to_depth_stem_is_bit_identical(tmp_path, monkeypatch, tiny_onnx, tiny_sets, ranges):
     """The stride-2 stem rewritten over the 2x2 space-to-depth image: same integers, same output."""
     fast = write_qdq(tiny_onnx, tmp_path / "s2d.onnx", ranges, "cpu")

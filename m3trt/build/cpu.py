@@ -7,6 +7,7 @@ budget is recorded as the bundle's CPU runtime choice.
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,9 @@ from m3trt.build.options import (
     candidates_table,
     choose,
 )
-from m3trt.build.timing import measure_latency
+from m3trt.build.timing import time_engines
 from m3trt.calibration.data import ImageSet
-from m3trt.calibration.guard import over_budget, quantize_with_guard
+from m3trt.calibration.guard import OverBudget, over_budget, quantize_with_guard
 from m3trt.errors import InputError
 from m3trt.evaluation import compare_outputs, run_outputs
 from m3trt.progress import Reporter
@@ -88,14 +89,22 @@ def build_cpu(
         )
         files["calibration"] = (cache, "json", None)
         qdq = work / "model.int8.qdq.onnx"
-        with reporter.task("quantize + accuracy guard", None, unit="step") as bar:
-            guard = quantize_with_guard(
-                reference, qdq, ranges, "cpu", val, budget=options.budget, log=reporter.log
-            )
-            bar.advance()
-        graphs["int8"] = (qdq, optimize_offline(qdq, work / "model.int8.onnx"))
-        guards["int8"] = guard.to_json()
-        accuracy["int8"] = guard.report
+        try:
+            with reporter.task("quantize + accuracy guard", None, unit="step") as bar:
+                guard = quantize_with_guard(
+                    reference, qdq, ranges, "cpu", val, budget=options.budget, log=reporter.log
+                )
+                bar.advance()
+        except OverBudget as exc:
+            if options.precision != "auto":
+                raise
+            reporter.log(f"precision auto: {exc}; building FP32")
+            provenance["int8_not_kept"] = str(exc)
+            del files["calibration"]
+        else:
+            graphs["int8"] = (qdq, optimize_offline(qdq, work / "model.int8.onnx"))
+            guards["int8"] = guard.to_json()
+            accuracy["int8"] = guard.report
     if "fp32" in precisions:
         graphs["fp32"] = (reference, optimize_offline(reference, work / "model.fp32.onnx"))
         accuracy["fp32"] = {}
@@ -121,15 +130,11 @@ def build_cpu(
     if val is not None:
         _score(reference, candidates, val, options)
     images, tags = timing_batch(val, info, options.bench_batch)
-    engines = {"reference": open_path(reference, engine="onnxruntime")}
-    engines |= {f"{c.precision}/{c.engine}": open_path(c.path, engine=c.engine) for c in candidates}
-    try:
-        with reporter.task("measure latency", None, unit="step") as bar:
-            timings = measure_latency(engines, images, tags, options.bench_iterations)
-            bar.advance()
-    finally:
-        for engine in engines.values():
-            engine.close()
+    openers = {"reference": partial(open_path, reference, engine="onnxruntime")}
+    openers |= {
+        f"{c.precision}/{c.engine}": partial(open_path, c.path, engine=c.engine) for c in candidates
+    }
+    timings = time_engines(openers, images, tags, options.bench_iterations, reporter)
     for c in candidates:
         c.latency_ms = timings[f"{c.precision}/{c.engine}"]
     chosen = choose(candidates)

@@ -12,12 +12,13 @@ timing was taken.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from m3trt.build.data import timing_batch, validation_images
 from m3trt.build.options import BuildOptions, Candidate, TargetBuild, candidates_table, choose
-from m3trt.build.timing import measure_latency
+from m3trt.build.timing import time_engines
 from m3trt.calibration.data import ImageSet
 from m3trt.calibration.guard import over_budget
 from m3trt.errors import InputError
@@ -79,14 +80,10 @@ def build_cuda(
     timings: dict[str, float] = {}
     if gpu:
         images, tags = timing_batch(val, info, options.bench_batch)
-        engines = {c.precision: open_path(c.path, device="cuda") for c in candidates}
-        try:
-            with reporter.task("measure GPU latency", None, unit="step") as bar:
-                timings = measure_latency(engines, images, tags, options.bench_iterations)
-                bar.advance()
-        finally:
-            for engine in engines.values():
-                engine.close()
+        openers = {c.precision: partial(open_path, c.path, device="cuda") for c in candidates}
+        timings = time_engines(
+            openers, images, tags, options.bench_iterations, reporter, "measure GPU latency"
+        )
         for c in candidates:
             c.latency_ms = timings[c.precision]
     chosen = choose(candidates)  # without timings: the first that fits (FP16 before FP32)

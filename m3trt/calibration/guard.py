@@ -23,6 +23,12 @@ from m3trt.errors import M3Error
 from m3trt.evaluation import Outputs, compare_outputs, run_outputs
 from m3trt.runtime.engines import Engine, open_path
 
+
+class OverBudget(M3Error):
+    """No INT8 graph the guard can make fits the accuracy budget (``--precision auto`` then
+    keeps FP32; an explicit ``int8`` fails with this message)."""
+
+
 SENSITIVITY_IMAGES = 16
 
 
@@ -186,7 +192,7 @@ def quantize_with_guard(
             return GuardResult(out_path, report, kept, attempts, uint8_input)
         what = "the uint8 stem" if uint8_input else f"{len(excluded)} node(s) in float"
         log(f"accuracy guard: {'; '.join(reasons)} with {what}")
-    raise M3Error(
+    raise OverBudget(
         f"INT8 ({target}) stays over the accuracy budget even with {len(excluded)} nodes in "
         f"float ({'; '.join(attempts[-1]['over'])}); use --precision fp32 or more calibration "
         "images"

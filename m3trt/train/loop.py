@@ -294,7 +294,7 @@ def train(
                 data.warm(bar.advance)
     counts["failed_images"] = len(train_set.failed) + len(val_set.failed)
     for _record, error in (train_set.failed + val_set.failed)[:5]:
-        reporter.log(f"[yellow]skipped[/] {error}")
+        reporter.log(f"skipped {error}")
 
     preprocess = preprocess_for(config)
     steps_per_epoch = max(1, len(train_set) // options.batch_size)
