@@ -942,9 +942,7 @@ def infer_cmd(ctx: click.Context, bundle: Path, paths: tuple[Path, ...], **kw: A
             _write_json(kw["summary_json"], summary.to_json())
     else:
         annotator = Annotator.load(bundle, **load_kwargs)
-        from rich.markup import escape
-
-        reporter.log(escape(annotator.description))  # install hints hold [gpu]-like text
+        reporter.log(annotator.description)
         summary = run_folder(annotator, paths, options, reporter)
     click.echo(_infer_line(summary), err=True)
     if getattr(summary, "profile", None):

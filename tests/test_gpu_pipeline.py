@@ -572,9 +572,6 @@ def test_the_decoder_choice_and_its_reason_are_logged(trt, folder, tmp_path):
     reporter = Capture()
     opts = InferOptions(output=tmp_path / "o.jsonl", batch_size=8, workers=2)
     run_folder(annotator, [folder], opts, reporter)
-    from rich.text import Text
-
-    shown = [Text.from_markup(x).plain for x in reporter.lines]  # as the console prints it
-    (line,) = [x for x in shown if x.startswith("GPU pipeline")]
+    (line,) = [x for x in reporter.lines if x.startswith("GPU pipeline")]
     assert "2 CUDA stream(s), 6 pinned batch buffers of 8; decoding on the CPU" in line
     assert "GPU decoding needs nvImageCodec" in line and "pip install 'm3trt[gpu]'" in line

@@ -117,8 +117,6 @@ class GpuPlan:
 def plan_gpu(annotator: Any, options: Any, reporter: Any) -> GpuPlan | None:
     """The GPU pipeline for ``annotator``'s engine, or None for the CPU loop; ``--decode gpu``
     that cannot be honoured is a one-line error saying what to install or change."""
-    from rich.markup import escape  # reasons quote install lines such as 'm3trt[gpu]'
-
     from m3trt.data.gpu_decode import import_gpu_decoding, probe_gpu_decoder
 
     engine = annotator.engine
@@ -142,10 +140,8 @@ def plan_gpu(annotator: Any, options: Any, reporter: Any) -> GpuPlan | None:
                 f"--decode gpu needs cuda-python ({exc}): {INSTALL_LINES['cuda']}"
             ) from None
         reporter.log(
-            escape(
-                f"note: cuda-python is not installed, so the GPU engine runs without the pinned, "
-                f"multi-stream pipeline: {INSTALL_LINES['cuda']}"
-            )
+            f"note: cuda-python is not installed, so the GPU engine runs without the pinned, "
+            f"multi-stream pipeline: {INSTALL_LINES['cuda']}"
         )
         return None
     size = annotator.image_size
@@ -167,10 +163,8 @@ def plan_gpu(annotator: Any, options: Any, reporter: Any) -> GpuPlan | None:
     )
     where = "on the GPU" if gpu_decoder is not None else "on the CPU"
     reporter.log(
-        escape(
-            f"GPU pipeline: {plan.streams} CUDA stream(s), {ring_slots(plan.streams)} pinned "
-            f"batch buffers of {batch}; decoding {where} ({reason})"
-        )
+        f"GPU pipeline: {plan.streams} CUDA stream(s), {ring_slots(plan.streams)} pinned "
+        f"batch buffers of {batch}; decoding {where} ({reason})"
     )
     return plan
 
