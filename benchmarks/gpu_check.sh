@@ -4,7 +4,12 @@
 # `bash .gpu/device.sh unpack && source .gpu/device.sh env && bash benchmarks/gpu_check.sh`).
 # About 8 minutes: doctor, a small trained ResNet-50 M3 (224 px), its cuda FP16 bundle, `m3trt
 # bench --device cuda`, its agreement with the FP32 reference, and benchmarks/gpu_engines.py (the
-# bundle's engines against PyTorch eager FP32/FP16 and the FP16 CUDA graph, batch 1-256).
+# bundle's engines against PyTorch eager FP32/FP16 and the FP16 CUDA graph, batch 1-256), then the
+# GPU folder pipeline (benchmarks/gpu_folder.py: 3000 photos, decoders alone, engine alone, `m3trt
+# infer --decode cpu|gpu --profile`, the naive PyTorch GPU loop) and the GPU-only tests. GPU decoding
+# needs nvidia-nvimgcodec-cu13 + nvidia-nvjpeg (29 MB: one run, as ../shared/gpu/README.md says for
+# small wheels: `pip download` them into an ignored folder and install them into
+# /var/tmp/m3gpu/site first); without them gpu_folder.py measures the CPU decoder only.
 # Everything lands in $OUT (default: $RESULTS or benchmarks/results/gpu_check): commit it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -46,4 +51,10 @@ run timeout 300 $M3 eval "$WORK/cuda-fp16.m3" "$WORK/data/manifest.jsonl" --spli
 step "benchmarks/gpu_engines.py"
 run timeout 900 python3 benchmarks/gpu_engines.py "$WORK/ckpt" --data "$WORK/data/manifest.jsonl" \
   --out "$OUT/gpu_engines" --work "$WORK/gpu_engines" --rounds 30
+step "benchmarks/gpu_folder.py (the GPU folder pipeline)"
+run timeout 900 python3 benchmarks/gpu_folder.py "$WORK/ckpt" --bundle "$WORK/cuda-fp16.m3" \
+  --n 3000 --work "$WORK/folder" --out "$OUT/gpu_folder"
+
+step "GPU-only tests (real nvImageCodec against the CPU decoder)"
+run timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_pipeline.py -k real_gpu -rs
 step "done: $OUT"

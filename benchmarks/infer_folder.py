@@ -36,28 +36,37 @@ BATCH = 16
 # -- photos -----------------------------------------------------------------------------------
 
 
-def make_photos(folder: Path, n: int, seed: int) -> Path:
+def make_photos(folder: Path, n: int, seed: int, processes: int = 1) -> Path:
     """n JPEGs of 1-3 MP (deterministic from ``seed``); kept between runs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = [i for i in range(n) if not (folder / f"IMG_{i:05d}.jpg").exists()]
+    if processes > 1 and len(todo) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(processes) as pool:
+            list(pool.map(make_photo, [folder] * len(todo), [seed] * len(todo), todo))
+    else:
+        for i in todo:
+            make_photo(folder, seed, i)
+    return folder
+
+
+def make_photo(folder: Path, seed: int, i: int) -> None:
+    """Photo ``i`` of the set ``seed``: a synthetic scene at 1-3 MP with sensor-like noise."""
     from PIL import Image
 
     from m3trt.data.synth import sample_image
 
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        path = folder / f"IMG_{i:05d}.jpg"
-        if path.exists():
-            continue
-        rng = np.random.default_rng([seed, i])
-        megapixels = rng.uniform(1.0, 3.0)
-        landscape = rng.random() < 0.75
-        long_side = int(np.sqrt(megapixels * 1e6 * 4 / 3))
-        size = (long_side, long_side * 3 // 4) if landscape else (long_side * 3 // 4, long_side)
-        _, _, img = sample_image(seed, 100_000 + i, 448)
-        big = np.asarray(img.resize(size, Image.Resampling.BICUBIC), dtype=np.int16)
-        noise = rng.normal(0, 6, (*big.shape[:2], 1)).astype(np.int16)
-        pixels = np.clip(big + noise, 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(path, quality=90)
-    return folder
+    rng = np.random.default_rng([seed, i])
+    megapixels = rng.uniform(1.0, 3.0)
+    landscape = rng.random() < 0.75
+    long_side = int(np.sqrt(megapixels * 1e6 * 4 / 3))
+    size = (long_side, long_side * 3 // 4) if landscape else (long_side * 3 // 4, long_side)
+    _, _, img = sample_image(seed, 100_000 + i, 448)
+    big = np.asarray(img.resize(size, Image.Resampling.BICUBIC), dtype=np.int16)
+    noise = rng.normal(0, 6, (*big.shape[:2], 1)).astype(np.int16)
+    pixels = np.clip(big + noise, 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(folder / f"IMG_{i:05d}.jpg", quality=90)
 
 
 def warm_cache(folder: Path) -> int:

@@ -845,6 +845,27 @@ def inspect_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
     help="MiB of decoder memory all workers together may hold (large images wait their turn).",
 )
 @click.option(
+    "--decode",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "cpu", "gpu"]),
+    help="Where JPEGs are decoded on a GPU run: gpu = nvImageCodec (other formats and refused "
+    "files still go to the CPU decoder); auto = the GPU when nvImageCodec works here.",
+)
+@click.option(
+    "--streams",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1, 16),
+    help="CUDA streams of the GPU pipeline (copies of one batch overlap another's compute).",
+)
+@click.option(
+    "--profile",
+    is_flag=True,
+    help="Time each stage (read, decode, copy in, compute, copy out, write) and their overlap; "
+    "printed at the end and written into --summary-json.",
+)
+@click.option(
     "--executor",
     default="local",
     show_default=True,
@@ -897,6 +918,9 @@ def infer_cmd(ctx: click.Context, bundle: Path, paths: tuple[Path, ...], **kw: A
         report_limit=kw["report_limit"],
         summary_json=kw["summary_json"],
         decode_memory=kw["decode_memory"] << 20,
+        decode=kw["decode"],
+        streams=kw["streams"],
+        profile=kw["profile"],
     )
     _verify(bundle, kw["verify_key"])
     load_kwargs = {
@@ -911,6 +935,8 @@ def infer_cmd(ctx: click.Context, bundle: Path, paths: tuple[Path, ...], **kw: A
         if given:
             raise click.UsageError(f"{', '.join(given)} only apply with --executor ray")
     if kw["executor"] == "ray":
+        if kw["profile"] or kw["decode"] == "gpu":
+            raise click.UsageError("--profile and --decode gpu apply to --executor local")
         summary = _infer_on_ray(bundle, paths, options, load_kwargs, kw, reporter)
         if kw["summary_json"]:
             _write_json(kw["summary_json"], summary.to_json())
@@ -919,6 +945,11 @@ def infer_cmd(ctx: click.Context, bundle: Path, paths: tuple[Path, ...], **kw: A
         reporter.log(annotator.description)
         summary = run_folder(annotator, paths, options, reporter)
     click.echo(_infer_line(summary), err=True)
+    if getattr(summary, "profile", None):
+        from m3trt.runtime.profile import profile_lines
+
+        for line in profile_lines(summary.profile):
+            click.echo(line, err=True)
     if summary.interrupted:
         click.echo("interrupted: continue with the same command plus --resume", err=True)
         ctx.exit(130)

@@ -15,6 +15,8 @@ INSTALL_LINES = {
         "pip install tensorrt-cu12)"
     ),
     "cuda": "pip install 'm3trt[gpu]' (cuda-python)",
+    "nvimgcodec": "pip install 'm3trt[gpu]' (nvidia-nvimgcodec-cu13 and cupy-cuda13x)",
+    "cupy": "pip install 'm3trt[gpu]' (cupy-cuda13x)",
     "torch": "pip install 'm3trt[train]' (torch==2.13.0)",
     "onnxscript": "pip install 'm3trt[train]' (onnxscript)",
     "safetensors": "pip install 'm3trt[train]' (safetensors)",

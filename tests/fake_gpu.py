@@ -5,7 +5,11 @@ only TensorRT 10/11 names exist (no ``num_bindings``, ``execute_async_v2``, ``ge
 removed in 10), a context must have its optimization profile selected before shapes are set,
 shapes outside the active profile are refused (``False``, as TensorRT returns), ``execute_async_v3``
 returns ``False`` until every input shape and tensor address is set, and every CUDA call returns
-``(cudaError_t, *values)`` and can be told to fail. Device memory is simulated (bytearrays at fake
+``(cudaError_t, *values)`` and can be told to fail. With ``deferred=True`` work queued on a stream
+(copies, event records, TensorRT and ONNX Runtime compute) runs only when something waits for it
+(``cudaStreamSynchronize``, ``cudaEventSynchronize``), the latest moment a GPU may run it: code that
+reads a result before waiting for it, or reuses a buffer the GPU has not finished with, gets wrong
+numbers, not lucky ones. Device memory is simulated (bytearrays at fake
 addresses, bounds checked); pinned host memory is real (ctypes), so the engine's numpy views over
 it work as on a GPU host. The "network" computes outputs from its inputs with numpy
 (``reference_outputs``), so the tests check the whole data path, not only the calls.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import sys
+import threading
 import types
 from typing import Any
 
@@ -45,6 +50,7 @@ class CudaError(enum.IntEnum):
     cudaErrorInsufficientDriver = 35
     cudaErrorNoDevice = 100
     cudaErrorInvalidResourceHandle = 400
+    cudaErrorNotReady = 600
 
 
 class MemcpyKind(enum.IntEnum):
@@ -54,27 +60,37 @@ class MemcpyKind(enum.IntEnum):
 
 
 class Stream:
-    __slots__ = ("alive", "handle")
+    __slots__ = ("alive", "handle", "pending")
 
     def __init__(self, handle: int) -> None:
         self.handle, self.alive = handle, True
+        self.pending: list[Any] = []  # deferred work, in queue order
 
     def __int__(self) -> int:
         return self.handle
 
 
 class Event:
-    __slots__ = ("alive", "time")
+    __slots__ = ("alive", "done", "stream", "time", "work")
 
     def __init__(self) -> None:
-        self.alive, self.time = True, None
+        self.alive, self.time, self.stream, self.done, self.work = True, None, None, True, None
 
 
 class FakeCudaRuntime:
     """``cuda.bindings.runtime``: device memory simulated, pinned memory real."""
 
-    def __init__(self, *, fail: dict[str, CudaError] | None = None, devices: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        fail: dict[str, CudaError] | None = None,
+        devices: int = 1,
+        deferred: bool = False,
+    ) -> None:
         self.fail = dict(fail or {})
+        self.deferred = deferred
+        self.log: list[tuple[str, int]] = []  # (what, stream handle) as work is queued
+        self.waiters: list[str] = []  # the thread of each cudaEventSynchronize
         self.devices = devices
         self.device_memory: dict[int, bytearray] = {}
         self.host_memory: dict[int, Any] = {}
@@ -105,6 +121,7 @@ class FakeCudaRuntime:
             "cudaEventCreate",
             "cudaEventRecord",
             "cudaEventElapsedTime",
+            "cudaEventSynchronize",
             "cudaEventDestroy",
         ):
             setattr(rt, name, self._wrap(name, getattr(self, "_" + name)))
@@ -138,9 +155,28 @@ class FakeCudaRuntime:
         def call(*args):
             if name in self.fail:  # as cuda-python: (err, None) or (err,)
                 return (self.fail[name], None) if name in self.RETURNS_VALUE else (self.fail[name],)
-            return fn(*args)
+            return getattr(self, "_" + name)(*args)  # looked up per call: tests may wrap it
 
         return call
+
+    def stream_by_handle(self, handle: int) -> Stream | None:
+        return next((s for s in self.streams if s.alive and s.handle == handle), None)
+
+    def enqueue(self, stream: Stream, what: str, work) -> None:
+        """Queue ``work`` on ``stream`` (deferred) or run it now."""
+        self.log.append((what, stream.handle))
+        if self.deferred:
+            stream.pending.append(work)
+        else:
+            work()
+
+    def _drain(self, stream: Stream, until=None) -> None:
+        """Run the stream's queued work in order, up to and including ``until``."""
+        while stream.pending:
+            work = stream.pending.pop(0)
+            work()
+            if until is not None and work is until:
+                return
 
     def outstanding(self) -> dict[str, int]:
         return {
@@ -221,18 +257,27 @@ class FakeCudaRuntime:
     def _cudaMemcpyAsync(self, dst, src, count, kind, stream):
         if not self._stream_ok(stream):
             return (CudaError.cudaErrorInvalidResourceHandle,)
+        if not all(isinstance(v, int) for v in (dst, src, count)) or count < 0:
+            return (CudaError.cudaErrorInvalidValue,)
         if kind == MemcpyKind.cudaMemcpyHostToDevice:
             if not self._host_ok(src, count) or self._device_span(dst, count) is None:
                 return (CudaError.cudaErrorInvalidValue,)
-            self.write_device(dst, ctypes.string_at(src, count))
+
+            def work():
+                self.write_device(dst, ctypes.string_at(src, count))
+                self.clock += 0.25
+
         elif kind == MemcpyKind.cudaMemcpyDeviceToHost:
-            data = self.read_device(src, count)
-            if data is None or not self._host_ok(dst, count):
+            if self._device_span(src, count) is None or not self._host_ok(dst, count):
                 return (CudaError.cudaErrorInvalidValue,)
-            ctypes.memmove(dst, data, count)
+
+            def work():
+                ctypes.memmove(dst, self.read_device(src, count), count)
+                self.clock += 0.25
+
         else:
             return (CudaError.cudaErrorInvalidValue,)
-        self.clock += 0.25
+        self.enqueue(stream, "h2d" if kind == MemcpyKind.cudaMemcpyHostToDevice else "d2h", work)
         return (CudaError.cudaSuccess,)
 
     # streams and events
@@ -245,8 +290,10 @@ class FakeCudaRuntime:
         return (CudaError.cudaSuccess, stream)
 
     def _cudaStreamSynchronize(self, stream):
-        ok = self._stream_ok(stream)
-        return (CudaError.cudaSuccess if ok else CudaError.cudaErrorInvalidResourceHandle,)
+        if not self._stream_ok(stream):
+            return (CudaError.cudaErrorInvalidResourceHandle,)
+        self._drain(stream)
+        return (CudaError.cudaSuccess,)
 
     def _cudaStreamDestroy(self, stream):
         if not self._stream_ok(stream):
@@ -262,12 +309,30 @@ class FakeCudaRuntime:
     def _cudaEventRecord(self, event, stream):
         if not (isinstance(event, Event) and event.alive and self._stream_ok(stream)):
             return (CudaError.cudaErrorInvalidResourceHandle,)
-        event.time = self.clock
+        event.stream, event.done = stream, False
+
+        def work():
+            event.time, event.done = self.clock, True
+
+        event.work = work
+        self.enqueue(stream, "event", work)
+        return (CudaError.cudaSuccess,)
+
+    def _cudaEventSynchronize(self, event):
+        if not (isinstance(event, Event) and event.alive):
+            return (CudaError.cudaErrorInvalidResourceHandle,)
+        if event.stream is not None:
+            self.log.append(("wait", event.stream.handle))
+            self.waiters.append(threading.current_thread().name)
+        if not event.done and event.stream is not None:
+            self._drain(event.stream, until=event.work)
         return (CudaError.cudaSuccess,)
 
     def _cudaEventElapsedTime(self, start, end):
-        if start.time is None or end.time is None:
+        if not (isinstance(start, Event) and isinstance(end, Event)):
             return (CudaError.cudaErrorInvalidResourceHandle, 0.0)
+        if start.time is None or end.time is None or not (start.done and end.done):
+            return (CudaError.cudaErrorNotReady, 0.0)
         return (CudaError.cudaSuccess, end.time - start.time)
 
     def _cudaEventDestroy(self, event):
@@ -472,25 +537,226 @@ class FakeTensorRT11:
                 batch = self.shapes["image"][0]
                 if self.shapes["tags"][0] != batch:
                     return False
-                arrays = {}
-                for name in inputs:
-                    dtype = np.dtype(_NP[fake.io[name][1]])
-                    shape = self.shapes[name]
-                    data = fake.cuda.read_device(
-                        self.addresses[name], int(np.prod(shape)) * dtype.itemsize
-                    )
-                    if data is None:
-                        return False  # an input buffer too small: TensorRT would fault
-                    arrays[name] = np.frombuffer(data, dtype).reshape(shape)
-                outputs = fake.compute(arrays["image"], arrays["tags"])
-                for name, value in outputs.items():
-                    if not fake.cuda.write_device(self.addresses[name], value.tobytes()):
+                stream = fake.cuda.stream_by_handle(stream_handle)
+                if stream is None:
+                    return False  # not a live stream: TensorRT would fail the launch
+                shapes, addresses, profile = dict(self.shapes), dict(self.addresses), self.profile
+                for name in inputs:  # bindings too small: TensorRT would fault
+                    nbytes = int(np.prod(shapes[name])) * np.dtype(_NP[fake.io[name][1]]).itemsize
+                    if fake.cuda.read_device(addresses[name], nbytes) is None:
                         return False
-                fake.executed.append((self.profile, batch))
-                fake.cuda.clock += 1.0
+                for name in fake.io:
+                    if fake.io[name][0] == TensorIOMode.OUTPUT:
+                        shape = (batch, *fake.io[name][2][1:])
+                        nbytes = int(np.prod(shape)) * np.dtype(_NP[fake.io[name][1]]).itemsize
+                        if fake.cuda.read_device(addresses[name], nbytes) is None:
+                            return False
+
+                def work():  # runs when the stream gets to it (deferred) or now
+                    arrays = {}
+                    for name in inputs:
+                        dtype = np.dtype(_NP[fake.io[name][1]])
+                        shape = shapes[name]
+                        data = fake.cuda.read_device(
+                            addresses[name], int(np.prod(shape)) * dtype.itemsize
+                        )
+                        arrays[name] = np.frombuffer(data, dtype).reshape(shape)
+                    outputs = fake.compute(arrays["image"], arrays["tags"])
+                    for name, value in outputs.items():
+                        fake.cuda.write_device(addresses[name], value.tobytes())
+                    fake.executed.append((profile, batch))
+                    fake.cuda.clock += 1.0
+
+                fake.cuda.enqueue(stream, "compute", work)
                 return True
 
         trt.ILogger, trt.Logger, trt.Runtime = ILogger, Logger, Runtime
         trt.TensorIOMode, trt.DataType = TensorIOMode, DataType
         trt.nptype = lambda dtype: _NP[dtype]
         return trt
+
+
+# ------------------------------------------------------------------------------ ONNX Runtime (GPU)
+_ORT_TYPE = {
+    np.dtype(np.uint8): "tensor(uint8)",
+    np.dtype(np.float32): "tensor(float)",
+    np.dtype(np.int32): "tensor(int32)",
+}
+
+
+class FakeOnnxRuntimeGpu:
+    """onnxruntime-gpu's Python surface that m3trt's CUDA paths touch, over a FakeCudaRuntime.
+
+    Strict: provider options must be str -> str (as ONNX Runtime requires), ``user_compute_stream``
+    must name a live stream, ``IOBinding.bind_input/bind_output`` take (name, device_type,
+    device_id, element_type, shape, buffer_ptr) with the graph's dtype and static dims and a
+    device buffer big enough, and a run on a user stream synchronizes it unless the run option
+    ``disable_synchronize_execution_providers`` is "1" (then the compute waits in the stream).
+    The graph is the same fake network as the TensorRT fake's (``IO``, ``reference_outputs``).
+    """
+
+    def __init__(self, cuda: FakeCudaRuntime, *, version: str = "1.31.1", compute=None) -> None:
+        self.cuda = cuda
+        self.version = version
+        self.compute = compute or reference_outputs
+        self.sessions: list[Any] = []
+        self.runs: list[tuple[int | None, int]] = []  # (stream handle, batch) per bound run
+
+    def install(self, monkeypatch) -> types.ModuleType:
+        ort = self.module()
+        monkeypatch.setitem(sys.modules, "onnxruntime", ort)
+        return ort
+
+    def module(self) -> types.ModuleType:
+        fake = self
+        ort = types.ModuleType("onnxruntime")
+        ort.__version__ = fake.version
+        providers_here = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        ort.get_available_providers = lambda: list(providers_here)
+
+        class SessionOptions:
+            __slots__ = ("intra_op_num_threads", "log_severity_level")
+
+            def __init__(self):
+                self.intra_op_num_threads, self.log_severity_level = 0, 2
+
+        class RunOptions:
+            __slots__ = ("entries",)
+
+            def __init__(self):
+                self.entries = {}
+
+            def add_run_config_entry(self, key, value):
+                if not isinstance(key, str) or not isinstance(value, str):
+                    raise TypeError("add_run_config_entry(key: str, value: str)")
+                self.entries[key] = value
+
+        class NodeArg:
+            __slots__ = ("name", "shape", "type")
+
+            def __init__(self, name):
+                _mode, dtype, shape = IO[name]
+                self.name = name
+                self.type = _ORT_TYPE[np.dtype(_NP[dtype])]
+                self.shape = ["batch" if d < 0 else d for d in shape]
+
+        class IOBinding:
+            __slots__ = ("bound", "session")
+
+            def __init__(self, session):
+                self.session, self.bound = session, {}
+
+            def _bind(self, name, device_type, device_id, element_type, shape, buffer_ptr):
+                if name not in IO:
+                    raise RuntimeError(f"bind: unknown name {name!r}")
+                if device_type != "cuda" or not isinstance(device_id, int):
+                    raise TypeError("bind: device_type 'cuda' and an int device_id expected")
+                if np.dtype(element_type) != np.dtype(_NP[IO[name][1]]):
+                    raise RuntimeError(f"bind: {name!r} is not {np.dtype(element_type)}")
+                if not isinstance(buffer_ptr, int) or isinstance(buffer_ptr, bool):
+                    raise TypeError("bind: buffer_ptr must be an int device address")
+                shape = tuple(shape)
+                if not all(isinstance(d, int) and d > 0 for d in shape):
+                    raise TypeError(f"bind: shape {shape} must be positive ints")
+                if shape[1:] != IO[name][2][1:]:
+                    raise RuntimeError(f"bind: {name!r} shape {shape} does not fit the graph")
+                nbytes = int(np.prod(shape)) * np.dtype(element_type).itemsize
+                if fake.cuda.read_device(buffer_ptr, nbytes) is None:
+                    raise RuntimeError(f"bind: {name!r} buffer is not {nbytes} device bytes")
+                self.bound[name] = (shape, buffer_ptr)
+
+            def bind_input(self, name, device_type, device_id, element_type, shape, buffer_ptr):
+                if IO.get(name, (None,))[0] != TensorIOMode.INPUT:
+                    raise RuntimeError(f"bind_input: {name!r} is not an input")
+                self._bind(name, device_type, device_id, element_type, shape, buffer_ptr)
+
+            def bind_output(
+                self,
+                name,
+                device_type="cpu",
+                device_id=0,
+                element_type=None,
+                shape=None,
+                buffer_ptr=None,
+            ):
+                if IO.get(name, (None,))[0] != TensorIOMode.OUTPUT:
+                    raise RuntimeError(f"bind_output: {name!r} is not an output")
+                self._bind(name, device_type, device_id, element_type, shape, buffer_ptr)
+
+        class InferenceSession:
+            __slots__ = ("options", "path", "providers", "stream")
+
+            def __init__(self, path, sess_options=None, providers=None):
+                if not isinstance(path, str):
+                    raise TypeError("InferenceSession(path: str, ...)")
+                self.path, self.options, self.stream = path, sess_options, None
+                names = []
+                for entry in providers or ["CPUExecutionProvider"]:
+                    name, options = (entry, {}) if isinstance(entry, str) else entry
+                    if not all(
+                        isinstance(k, str) and isinstance(v, str) for k, v in options.items()
+                    ):
+                        raise TypeError(f"{name} options must be str -> str")
+                    if name == "CUDAExecutionProvider" and "user_compute_stream" in options:
+                        stream = fake.cuda.stream_by_handle(int(options["user_compute_stream"]))
+                        if stream is None:
+                            raise RuntimeError("user_compute_stream is not a live CUDA stream")
+                        self.stream = stream
+                    names.append(name)
+                self.providers = names
+                fake.sessions.append(self)
+
+            def get_providers(self):
+                return list(self.providers)
+
+            def get_inputs(self):
+                return [NodeArg(n) for n in IO if IO[n][0] == TensorIOMode.INPUT]
+
+            def get_outputs(self):
+                return [NodeArg(n) for n in IO if IO[n][0] == TensorIOMode.OUTPUT]
+
+            def io_binding(self):
+                return IOBinding(self)
+
+            def run(self, output_names, feeds):
+                out = fake.compute(feeds["image"], feeds["tags"])
+                return [out[n] for n in output_names or [o.name for o in self.get_outputs()]]
+
+            def run_with_iobinding(self, iobinding, run_options=None):
+                if set(iobinding.bound) != set(IO):
+                    raise RuntimeError("run_with_iobinding: not every input and output is bound")
+                batches = {shape[0] for shape, _ in iobinding.bound.values()}
+                if len(batches) != 1:
+                    raise RuntimeError("run_with_iobinding: bound shapes disagree on the batch")
+                batch = batches.pop()
+                bound = dict(iobinding.bound)
+
+                def work():
+                    arrays = {}
+                    for name in ("image", "tags"):
+                        shape, address = bound[name]
+                        dtype = np.dtype(_NP[IO[name][1]])
+                        data = fake.cuda.read_device(address, int(np.prod(shape)) * dtype.itemsize)
+                        arrays[name] = np.frombuffer(data, dtype).reshape(shape)
+                    for name, value in fake.compute(arrays["image"], arrays["tags"]).items():
+                        fake.cuda.write_device(bound[name][1], value.tobytes())
+                    fake.cuda.clock += 1.0
+
+                no_sync = (
+                    run_options is not None
+                    and run_options.entries.get("disable_synchronize_execution_providers") == "1"
+                )
+                fake.runs.append((None if self.stream is None else self.stream.handle, batch))
+                if self.stream is None:
+                    work()
+                    return
+                fake.cuda.enqueue(self.stream, "compute", work)
+                if not no_sync:
+                    fake.cuda._drain(self.stream)
+
+        ort.SessionOptions, ort.RunOptions, ort.InferenceSession = (
+            SessionOptions,
+            RunOptions,
+            InferenceSession,
+        )
+        return ort

@@ -4,16 +4,19 @@ Decoding costs as much CPU as INT8 inference (DESIGN §7), so worker threads dec
 engine runs (Pillow and ONNX Runtime both release the GIL). The look-ahead is a fixed window of
 futures consumed in walk order: memory stays flat whatever the folder size, and the output order is
 the walk order, run after run. Every bad file becomes one line in the errors file; the run goes on.
+
+This module owns what every folder run shares (options, checks, the lock, resume, ``FolderRun``:
+rows, errors, sidecars, report and counts); an engine that can run on CUDA streams gets the GPU
+loop of ``gpu_pipeline`` instead of the CPU loop here, writing through the same ``FolderRun``.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +27,20 @@ from m3trt.data.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     DecodeBudget,
-    load_image,
 )
-from m3trt.data.safe_open import open_regular, os_reason
+from m3trt.data.safe_open import os_reason
 from m3trt.errors import InputError, M3Error, OutputFailure
 from m3trt.progress import SILENT, Reporter
 from m3trt.runtime.annotator import Annotation, Annotator
+from m3trt.runtime.decoding import (
+    Decoded,
+    _reason,
+    batches,
+    decode_ahead,
+    decoder,
+)
 from m3trt.runtime.outputs import check_outputs, output_lock
+from m3trt.runtime.profile import StageProfile
 from m3trt.runtime.results import (
     ResultWriter,
     display_path,
@@ -59,6 +69,9 @@ class InferOptions:
     report_limit: int = 1000
     summary_json: Path | None = None
     decode_memory: int = DEFAULT_DECODE_MEMORY  # bytes, all decoding threads together
+    decode: str = "auto"  # auto | cpu | gpu (GPU decoding needs the GPU pipeline)
+    streams: int = 2  # CUDA streams of the GPU pipeline
+    profile: bool = False  # per-stage times into the summary (and printed by the CLI)
 
 
 @dataclass
@@ -77,79 +90,15 @@ class Summary:
     elapsed_s: float = 0.0
     images_per_s: float = 0.0
     interrupted: bool = False
+    pipeline: dict[str, Any] | None = None  # the GPU pipeline's settings (absent on the CPU)
+    profile: dict[str, Any] | None = None  # --profile
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class Decoded:
-    path: str
-    image: np.ndarray | None = None
-    tags: list[str] = field(default_factory=list)
-    error: str | None = None
-
-
-def _reason(path: str, exc: BaseException) -> str:
-    """The error without the path prefix (the errors file has the path in its own field)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text.removeprefix(f"{path}: ")
-
-
-def decoder(
-    size: int,
-    max_pixels: int,
-    tags_for: Callable[[Path], list[str]],
-    budget: DecodeBudget | None = None,
-) -> Callable[[Found], Decoded]:
-    def decode(found: Found) -> Decoded:
-        if found.error is not None:
-            return Decoded(found.path, error=found.error)
-        try:
-            # Opened as a regular file (never a FIFO swapped in since the walk looked at it).
-            with open_regular(found.path, "image") as f:
-                image = load_image(f, size, max_pixels=max_pixels, name=found.path, budget=budget)
-            tags = tags_for(Path(found.path))
-        except FileNotFoundError:
-            return Decoded(found.path, error="file not found (removed during the run)")
-        except (M3Error, OSError, ValueError) as exc:
-            return Decoded(found.path, error=_reason(found.path, exc))
-        except Exception as exc:  # a decoder bug on one hostile file must not end the run
-            return Decoded(found.path, error=f"unexpected {type(exc).__name__}: {exc}")
-        return Decoded(found.path, image, tags)
-
-    return decode
-
-
-def decode_ahead(
-    items: Iterable[Found], decode: Callable[[Found], Decoded], workers: int, window: int
-) -> Iterator[Decoded]:
-    """``decode`` over ``items`` in ``workers`` threads, at most ``window`` in flight, in order."""
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="m3trt-decode") as pool:
-        pending: deque[Future[Decoded]] = deque()
-        try:
-            for item in items:
-                pending.append(pool.submit(decode, item))
-                if len(pending) >= window:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
-
-
-def batches(stream: Iterable[Decoded], size: int) -> Iterator[tuple[list[Decoded], list[Decoded]]]:
-    """(decoded images, failures) per batch; failures pass through at once."""
-    good: list[Decoded] = []
-    bad: list[Decoded] = []
-    for item in stream:
-        (bad if item.error is not None else good).append(item)
-        if len(good) >= size:
-            yield good, bad
-            good, bad = [], []
-    if good or bad:
-        yield good, bad
+        data = asdict(self)
+        for key in ("pipeline", "profile"):
+            if data[key] is None:
+                del data[key]
+        return data
 
 
 class Sidecars:
@@ -229,12 +178,75 @@ def run_folder(
         overwrite=options.overwrite,
         resume=options.resume,
     )
+    gpu = _gpu_plan(annotator, options, reporter)
     with output_lock(options.output) as lock:
         protected = [p for p in outputs.values() if p is not None] + [lock]
-        summary = _run_locked(annotator, roots, fmt, options, reporter, protected)
+        summary = _run_locked(annotator, roots, fmt, options, reporter, protected, gpu)
     if options.summary_json is not None:
         _write_summary(options.summary_json, summary)
     return summary
+
+
+def _gpu_plan(annotator: Annotator, options: InferOptions, reporter: Reporter) -> Any:
+    """The GPU pipeline's plan when the engine runs on CUDA streams (or ``--decode gpu`` asks
+    for it), else None: the CPU loop, exactly as before, with nothing GPU imported."""
+    if options.decode not in ("auto", "cpu", "gpu"):
+        raise InputError(f"--decode {options.decode!r}: use auto, cpu or gpu")
+    if options.decode != "gpu" and not annotator.engine.supports_streams:
+        return None
+    from m3trt.runtime.gpu_pipeline import plan_gpu
+
+    return plan_gpu(annotator, options, reporter)
+
+
+@dataclass
+class FolderRun:
+    """What a run writes and counts, shared by the CPU loop and the GPU pipeline: the same rows,
+    error lines, sidecars, report cards and summary whichever loop produced the outputs."""
+
+    annotator: Annotator
+    writer: ResultWriter
+    sidecars: Sidecars
+    summary: Summary
+    report: Any
+    bar: Any
+    profile: StageProfile | None = None
+
+    def fail(self, path: str, reason: str) -> None:
+        _fail(path, reason, self.writer, self.summary, self.report)
+
+    def timing(self, stage: str) -> AbstractContextManager[None]:
+        return self.profile.time(stage) if self.profile is not None else nullcontext()
+
+    def write_batch(
+        self, paths: Sequence[str], images: Sequence[np.ndarray], outputs: dict[str, np.ndarray]
+    ) -> None:
+        """One batch's annotations: sidecars (a failure is that image's error), rows, report."""
+        annotator, summary, report = self.annotator, self.summary, self.report
+        for path, image, annotation in zip(paths, images, annotator.decode(outputs), strict=True):
+            try:
+                written, kept = self.sidecars.write(path, annotation)
+            except (M3Error, OSError) as exc:  # that image's failure, never the run's end
+                self.fail(path, _reason(path, exc))
+                continue
+            self.writer.write(annotation.to_json(path))
+            summary.annotated += 1
+            summary.sidecars_written += written
+            summary.sidecars_kept += kept
+            if report is not None:
+                report.add(
+                    display_path(path),
+                    annotation.labels,
+                    annotation.scores,
+                    annotation.k,
+                    annotation.quantity,
+                    image,
+                )
+
+    def end_batch(self, count: int) -> None:
+        """The batch reaches the disk (one synced write per file) and the progress bar."""
+        self.writer.flush()
+        self.bar.advance(count, failed=self.summary.failed)
 
 
 def _run_locked(
@@ -244,6 +256,7 @@ def _run_locked(
     options: InferOptions,
     reporter: Reporter,
     protected: list[Path],
+    gpu: Any = None,
 ) -> Summary:
     tags_for = _tag_source(options)
     if options.tags != "none" and not annotator.uses_tags:
@@ -260,7 +273,8 @@ def _run_locked(
     )
     workers = options.workers or max(1, os.cpu_count() or 1)
     budget = DecodeBudget(options.decode_memory)
-    decode = decoder(annotator.image_size, options.max_pixels, tags_for, budget)
+    profile = StageProfile(gpu=gpu is not None) if options.profile else None
+    decode = decoder(annotator.image_size, options.max_pixels, tags_for, budget, profile)
     sidecars = Sidecars(options.write_xmp, options.write_txt, options.overwrite, protected)
     todo = (f for f in iter_images(roots, options.extensions) if f.path not in done)
     summary.skipped = skipped
@@ -269,14 +283,11 @@ def _run_locked(
     report = _open_report(options, annotator)
     try:
         with writer, reporter.task("annotate", total - summary.skipped) as bar:
-            stream = decode_ahead(todo, decode, workers, window=2 * options.batch_size + workers)
-            for good, bad in batches(stream, options.batch_size):
-                for item in bad:
-                    _fail(item.path, item.error or "unknown error", writer, summary, report)
-                if good:
-                    _annotate_batch(annotator, good, writer, sidecars, summary, report)
-                writer.flush()
-                bar.advance(len(good) + len(bad), failed=summary.failed)
+            run = FolderRun(annotator, writer, sidecars, summary, report, bar, profile)
+            if gpu is None:
+                _cpu_loop(run, todo, decode, workers, options.batch_size)
+            else:
+                gpu.run(run, todo, decode, workers, tags_for)
     except KeyboardInterrupt:
         summary.interrupted = True
     except OSError as exc:  # inputs fail per image in decode(): this is an output (a full disk)
@@ -284,12 +295,42 @@ def _run_locked(
     finally:
         summary.elapsed_s = time.perf_counter() - start
         summary.images_per_s = summary.annotated / summary.elapsed_s if summary.elapsed_s else 0.0
+        if gpu is not None:
+            summary.pipeline = gpu.describe()
+        if profile is not None:
+            summary.profile = profile.report(summary.elapsed_s, summary.annotated)
         if report is not None:
             try:
                 report.close(_report_summary(summary, annotator))
             except OSError as exc:
                 raise _output_failure(exc, report.path) from None
     return summary
+
+
+def _cpu_loop(
+    run: FolderRun,
+    todo: Iterator[Found],
+    decode: Callable[[Found], Decoded],
+    workers: int,
+    batch_size: int,
+) -> None:
+    """Decode ahead in threads, run each batch on the engine, write it: the CPU path."""
+    annotator = run.annotator
+    stream = decode_ahead(todo, decode, workers, window=2 * batch_size + workers)
+    for good, bad in batches(stream, batch_size):
+        for item in bad:
+            run.fail(item.path, item.error or "unknown error")
+        if good:
+            images = np.stack([item.image for item in good])
+            tags = (
+                annotator.encode_tags([item.tags for item in good]) if annotator.uses_tags else None
+            )
+            with run.timing("compute"):
+                outputs = annotator.run(images, tags)
+            with run.timing("write"):
+                run.write_batch([item.path for item in good], images, outputs)
+        with run.timing("write"):
+            run.end_batch(len(good) + len(bad))
 
 
 def _output_failure(exc: OSError, fallback: Path) -> OutputFailure:
@@ -325,37 +366,6 @@ def _count(roots: list[Path], extensions: frozenset[str], done: set[str]) -> tup
         total += 1
         skipped += found.path in done
     return total, skipped
-
-
-def _annotate_batch(
-    annotator: Annotator,
-    good: list[Decoded],
-    writer: ResultWriter,
-    sidecars: Sidecars,
-    summary: Summary,
-    report: Any,
-) -> None:
-    images = np.stack([item.image for item in good])
-    tags = annotator.encode_tags([item.tags for item in good]) if annotator.uses_tags else None
-    for item, annotation in zip(good, annotator.decode(annotator.run(images, tags)), strict=True):
-        try:
-            written, kept = sidecars.write(item.path, annotation)
-        except (M3Error, OSError) as exc:  # that image's failure, never the run's end
-            _fail(item.path, _reason(item.path, exc), writer, summary, report)
-            continue
-        writer.write(annotation.to_json(item.path))
-        summary.annotated += 1
-        summary.sidecars_written += written
-        summary.sidecars_kept += kept
-        if report is not None:
-            report.add(
-                display_path(item.path),
-                annotation.labels,
-                annotation.scores,
-                annotation.k,
-                annotation.quantity,
-                item.image,
-            )
 
 
 def _open_report(options: InferOptions, annotator: Annotator) -> Any:

@@ -6,6 +6,12 @@ a one-line description; ``run(feeds)`` takes a dict of arrays by input name and 
 output name; engines that own device or pinned memory free it in ``close()`` (engines are context
 managers). ``run_timed`` splits one run into host-to-device, compute and device-to-host times where
 the engine can (GPU engines); others say so with ``supports_split_timing = False``.
+
+GPU engines may also run on a caller's CUDA stream over the caller's device buffers
+(``supports_streams``, ``stream_runner``): the folder pipeline owns pinned host memory, device
+buffers and N streams, and each stream gets its own ``StreamRunner`` (a TensorRT execution
+context, an ONNX Runtime session whose CUDA provider computes on that stream). Nothing in a
+runner synchronizes: the caller orders copies, compute and events on the stream.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -46,6 +52,18 @@ class SplitTiming(NamedTuple):
     d2h_ms: float
 
 
+class StreamRunner(ABC):
+    """One engine context bound to one CUDA stream, over device buffers its caller owns."""
+
+    @abstractmethod
+    def enqueue(self, batch: int, addresses: Mapping[str, int]) -> None:
+        """Queue one batch's compute on the stream: every input and output by name at the
+        given device address, sized for ``batch`` rows. Returns without waiting for the GPU."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        """Free what the runner owns (contexts, sessions); idempotent."""
+
+
 class Engine(ABC):
     """Base of every engine; subclasses set the attributes in their constructor."""
 
@@ -56,6 +74,7 @@ class Engine(ABC):
     batch_range: tuple[int, int] = (1, UNBOUNDED)
     description: str = ""
     supports_split_timing: bool = False
+    supports_streams: bool = False  # stream_runner works (a GPU engine on a CUDA device)
 
     @abstractmethod
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -66,6 +85,11 @@ class Engine(ABC):
     ) -> tuple[dict[str, np.ndarray], SplitTiming]:
         """``run`` with host-to-device, compute and device-to-host timed apart (ms)."""
         raise EngineError(f"{self.kind} engine cannot split its timing (supports_split_timing)")
+
+    def stream_runner(self, stream: Any, index: int) -> StreamRunner:
+        """A runner computing on ``stream`` (a ``cudaStream_t``); ``index`` counts the runners
+        of one pipeline from 0. Only where ``supports_streams``."""
+        raise EngineError(f"{self.kind} engine on {self.device} cannot run on a CUDA stream")
 
     def close(self) -> None:  # noqa: B027 - optional: engines that own nothing keep it
         """Free what the engine owns (sessions, device memory, streams); idempotent."""

@@ -17,6 +17,7 @@ from m3trt.runtime.engines.base import (
     EngineError,
     EngineUnavailable,
     SplitTiming,
+    StreamRunner,
     TensorSpec,
 )
 
@@ -117,6 +118,7 @@ class OnnxRuntimeEngine(Engine):
     ) -> None:
         ort = import_onnxruntime()
         self.path = Path(path)
+        self.threads = threads
         # GPU: inputs and outputs bound to preallocated device buffers per batch size (copies in
         # place, no per-call allocation); ``bind_io=True`` takes the same path on the CPU (tests)
         self.bind_io = device == "cuda" if bind_io is None else bind_io
@@ -143,6 +145,7 @@ class OnnxRuntimeEngine(Engine):
         self.inputs = [_spec(i) for i in self.session.get_inputs()]
         self.outputs = [_spec(o) for o in self.session.get_outputs()]
         self.supports_split_timing = True
+        self.supports_streams = device == "cuda"
         self.description = (
             f"onnxruntime {ort.__version__} {'+'.join(self.active_providers)} ({self.path.name})"
         )
@@ -222,9 +225,67 @@ class OnnxRuntimeEngine(Engine):
         outputs = dict(zip(self.output_names, host, strict=True))
         return outputs, SplitTiming((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
 
+    def stream_runner(self, stream: Any, index: int) -> StreamRunner:
+        """A session of its own whose CUDA provider computes on ``stream``
+        (``user_compute_stream``; ONNX Runtime binds a session to one stream when it is made)."""
+        if not self.supports_streams:
+            return super().stream_runner(stream, index)
+        return _OrtStreamRunner(self, stream)
+
     def close(self) -> None:
         self._bound.clear()
         self.session = None
+
+
+# ONNX Runtime synchronizes the CUDA stream at the end of every run unless told not to; the
+# pipeline orders the copies and the compute on the stream itself and waits on events.
+NO_SYNC = "disable_synchronize_execution_providers"
+
+
+class _OrtStreamRunner(StreamRunner):
+    """An ONNX Runtime session on the CUDA provider whose compute stream is the caller's; I/O
+    bound to the caller's device buffers by address (``IOBinding.bind_input/bind_output``)."""
+
+    def __init__(self, engine: OnnxRuntimeEngine, stream: Any) -> None:
+        ort = import_onnxruntime()
+        self._engine = engine
+        options = {**cuda_provider_options(), "user_compute_stream": str(int(stream))}
+        try:
+            self.session = ort.InferenceSession(
+                str(engine.path), session_options(engine.threads), providers=[(CUDA, options)]
+            )
+        except Exception as exc:
+            raise EngineError(f"{engine.path}: onnxruntime cannot load it: {exc}") from exc
+        if CUDA not in self.session.get_providers():
+            raise EngineUnavailable("onnxruntime's CUDA provider did not load for a stream")
+        self.run_options = ort.RunOptions()
+        self.run_options.add_run_config_entry(NO_SYNC, "1")
+
+    def enqueue(self, batch: int, addresses: Mapping[str, int]) -> None:
+        if self.session is None:
+            raise EngineError(f"{self._engine.path}: the stream runner is closed")
+        binding = self.session.io_binding()
+        for spec in self._engine.inputs:
+            shape = _batch_shape(spec, batch)
+            binding.bind_input(spec.name, "cuda", 0, spec.dtype, shape, int(addresses[spec.name]))
+        for spec in self._engine.outputs:
+            shape = _batch_shape(spec, batch)
+            binding.bind_output(spec.name, "cuda", 0, spec.dtype, shape, int(addresses[spec.name]))
+        try:
+            self.session.run_with_iobinding(binding, self.run_options)
+        except Exception as exc:  # onnxruntime raises its own Fail types
+            raise EngineError(f"onnxruntime failed at batch {batch}: {exc}") from exc
+
+    def close(self) -> None:
+        self.session = None
+
+
+def _batch_shape(spec: TensorSpec, batch: int) -> list[int]:
+    """``spec``'s shape at ``batch`` rows; other dims must be static."""
+    rest = list(spec.shape[1:])
+    if any(not isinstance(d, int) or d < 0 for d in rest):
+        raise EngineError(f"{spec.name!r} has dynamic dims {spec.shape} beyond the batch")
+    return [batch, *rest]
 
 
 def _spec(value: Any) -> TensorSpec:

@@ -27,11 +27,13 @@ from typing import Any
 
 import numpy as np
 
+from m3trt.runtime.cuda_calls import CudaCalls
 from m3trt.runtime.engines.base import (
     Engine,
     EngineError,
     EngineUnavailable,
     SplitTiming,
+    StreamRunner,
     TensorSpec,
 )
 
@@ -78,22 +80,6 @@ def choose_profile(profiles: list[Profile], batch: int) -> Profile:
     return min(fits, key=lambda p: (p.max_batch - p.min_batch, p.index))
 
 
-class _Cuda:
-    """cuda.bindings.runtime with every call's error code checked."""
-
-    def __init__(self, cudart: Any) -> None:
-        self.rt = cudart
-
-    def __call__(self, name: str, *args: Any) -> Any:
-        result = getattr(self.rt, name)(*args)
-        err, values = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
-        if err != self.rt.cudaError_t.cudaSuccess:
-            raise EngineError(f"CUDA {name} failed: {getattr(err, 'name', err)}")
-        if not values:
-            return None
-        return values[0] if len(values) == 1 else values
-
-
 @dataclass
 class _Buffer:
     """A tensor's device buffer and its pinned host mirror, sized for the largest batch."""
@@ -131,7 +117,7 @@ class TensorRTEngine(Engine):
         from cuda.bindings import runtime as cudart
 
         self._trt = trt
-        self._cuda = _Cuda(cudart)
+        self._cuda = CudaCalls(cudart)
         self.note = self._check_compatible(recorded)
         self._closed = False
         try:
@@ -192,6 +178,7 @@ class TensorRTEngine(Engine):
         cuda("cudaStreamSynchronize", self._stream)
         self._allocate()
         self.supports_split_timing = True
+        self.supports_streams = True
         self.description = (
             f"tensorrt {trt.__version__} CUDA, {len(self._profiles)} profile(s), batch "
             f"{self.batch_range[0]}..{self.batch_range[1]} ({self.path.name})"
@@ -291,6 +278,9 @@ class TensorRTEngine(Engine):
         cuda, stream, events = self._cuda, self._stream, self._events
         h2d = cuda.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cuda.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        for name, buffer in self._buffers.items():  # a stream runner may have bound its own
+            if not context.set_tensor_address(name, buffer.device):
+                raise EngineError(f"TensorRT refused the device address of {name!r}")
         for spec in self.inputs:
             value = np.ascontiguousarray(feeds[spec.name])
             if not context.set_input_shape(spec.name, value.shape):
@@ -328,6 +318,28 @@ class TensorRTEngine(Engine):
         ms = [float(cuda("cudaEventElapsedTime", events[i], events[i + 1])) for i in range(3)]
         return outputs, SplitTiming(*ms)
 
+    def stream_runner(self, stream: Any, index: int) -> StreamRunner:
+        """Contexts computing on the caller's ``stream``. TensorRT lets one context at a time
+        hold an optimization profile of a deserialized engine, so runner 0 shares this engine's
+        contexts (``run`` re-binds its own buffers each call) and every further runner
+        deserializes the plan again for contexts of its own (the weights once more on the GPU)."""
+        if self._closed:
+            raise EngineError(f"{self.description}: the engine is closed")
+        if index == 0:
+            return _TensorRTStreamRunner(self, self._contexts, stream, owned=None)
+        engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if engine is None:
+            raise EngineError(f"{self.path}: TensorRT could not deserialize the plan again")
+        contexts = []
+        for profile in self._profiles:
+            context = engine.create_execution_context()
+            if context is None:
+                raise EngineError(f"TensorRT could not create a context for profile {profile}")
+            if not context.set_optimization_profile_async(profile.index, int(stream)):
+                raise EngineError(f"TensorRT refused optimization profile {profile.index}")
+            contexts.append(context)
+        return _TensorRTStreamRunner(self, contexts, stream, owned=engine)
+
     # ------------------------------------------------------------------------------- closing
     def close(self) -> None:
         """Free buffers, events, the stream, contexts and the engine; idempotent. Errors while
@@ -350,6 +362,35 @@ class TensorRTEngine(Engine):
             self._stream = None
         self._contexts.clear()  # contexts before the engine that made them
         self._engine = None
+
+
+class _TensorRTStreamRunner(StreamRunner):
+    """One context per profile, each batch on the tightest profile, enqueued on one stream."""
+
+    def __init__(self, owner: TensorRTEngine, contexts: list[Any], stream: Any, owned: Any):
+        self._owner, self._contexts, self._stream = owner, contexts, stream
+        self._engine = owned  # a deserialized copy this runner frees (None: the owner's)
+
+    def enqueue(self, batch: int, addresses: Mapping[str, int]) -> None:
+        owner = self._owner
+        if owner._closed or self._contexts is None:
+            raise EngineError(f"{owner.description}: the engine is closed")
+        profile = choose_profile(owner._profiles, batch)
+        context = self._contexts[owner._profiles.index(profile)]
+        for spec in owner.inputs:
+            shape = (batch, *spec.shape[1:])
+            if not context.set_input_shape(spec.name, shape):
+                raise EngineError(f"TensorRT refused input shape {shape} for {spec.name!r}")
+        for spec in [*owner.inputs, *owner.outputs]:
+            if not context.set_tensor_address(spec.name, int(addresses[spec.name])):
+                raise EngineError(f"TensorRT refused the device address of {spec.name!r}")
+        if not context.execute_async_v3(int(self._stream)):
+            raise EngineError(f"TensorRT execute_async_v3 failed at batch {batch}")
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._contexts = None  # contexts before the engine that made them
+            self._engine = None
 
 
 def _logger(trt: Any) -> Any:
