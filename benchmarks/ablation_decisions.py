@@ -5,7 +5,8 @@ tags-only models' ``tags-only*-seed<k>.scores.npz`` written by ``ablation_tags_o
 val- and test-split scores and predicted counts are computed once (cached beside the checkpoint
 as ``<ckpt>.scores.npz``) and decoded by each rule below, the same rules for every row:
 
-- ``predicted_k``: the product's decision today, top-k with k the quantity head's count;
+- ``predicted_k``: the paper's decision (the product's before issue 15), top-k with k the
+  quantity head's rounded count;
 - ``threshold 0.5``: every label with p >= 0.5 (possibly none);
 - ``min(k, #p>=t)``: top-k, but never a label below ``t`` (possibly none), for fixed ``t``;
 - ``... t on val``: the same with ``t`` chosen on the validation split (the O-F1-maximising
@@ -35,7 +36,8 @@ GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
 
 
 def checkpoint_scores(ckpt: Path, manifest: Path) -> dict[str, np.ndarray]:
-    """{split_scores, split_k, split_y} for val and test, cached as ``<ckpt>.scores.npz``."""
+    """{split_scores, split_k (round(q)), split_y} for val and test, cached as
+    ``<ckpt>.scores.npz``."""
     cache = ckpt.with_name(ckpt.name + ".scores.npz")
     if cache.is_file():
         return dict(np.load(cache))
@@ -60,7 +62,8 @@ def checkpoint_scores(ckpt: Path, manifest: Path) -> dict[str, np.ndarray]:
             k_max=config.model.k_max,
         )
         out[f"{split}_scores"] = outputs["m"].scores
-        out[f"{split}_k"] = outputs["m"].k
+        # k = round(q) whatever decision the checkpoint carries: the rules below start from it.
+        out[f"{split}_k"] = metrics.decode_quantity(outputs["m"].quantity, config.model.k_max)
         out[f"{split}_y"] = truth
     out["k_max"] = np.array(config.model.k_max)
     np.savez(cache, **out)

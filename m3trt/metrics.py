@@ -362,11 +362,14 @@ def evaluate(
     q: ArrayLike | None = None,
     threshold: float = 0.5,
     fixed_k: int = 3,
+    quantity_k: ArrayLike | None = None,
 ) -> dict[str, Any]:
     """Every metric for one split, as a JSON-ready dict (the ``eval`` command's output).
 
     ``k`` is the predicted label count per image (enables the ``predicted_k`` mode and the
     ``quantity`` block); ``q`` the raw regressed quantity behind it (adds ``mae_raw``).
+    ``quantity_k``: the quantity head's own decoded count, when the decision ``k`` is not it
+    (a decision threshold, see `decide_k`): the ``quantity`` block then scores the head.
     """
     t = _bool_matrix(y_true, "y_true")
     s = _scores_matrix(scores)
@@ -386,7 +389,8 @@ def evaluate(
     modes: dict[str, dict[str, float]] = {}
     if k is not None:
         k_arr = _int_vector(k, n, "k")
-        result["quantity"] = quantity_metrics(k_arr, true_counts, q)
+        head_k = k_arr if quantity_k is None else _int_vector(quantity_k, n, "quantity_k")
+        result["quantity"] = quantity_metrics(head_k, true_counts, q)
         modes["predicted_k"] = label_metrics(t, topk_mask(s, k_arr))
     modes[fixed_mode_name(fixed_k)] = label_metrics(t, topk_mask(s, fixed_k))
     modes["threshold"] = label_metrics(t, threshold_mask(s, threshold))

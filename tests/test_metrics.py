@@ -477,3 +477,15 @@ def test_fit_decision_threshold_maximises_overall_f1() -> None:
     scores = np.array([[0.7, 0.4, 0.1], [0.2, 0.65, 0.3], [0.8, 0.62, 0.35]])
     t, f1 = m.fit_decision_threshold(y, scores, 3)
     assert 0.4 < t <= 0.6 and f1 == 1.0  # every true label above t, every other below
+
+
+def test_quantity_block_scores_the_head_not_the_decision() -> None:
+    y = np.array([[1, 1, 0], [1, 0, 0]], bool)
+    scores = np.array([[0.9, 0.2, 0.1], [0.8, 0.3, 0.2]])
+    q = np.array([2.1, 0.9])
+    k = m.decide_k(scores, q, 3, threshold=0.5)  # [1, 1]
+    head = m.decode_quantity(q, 3)  # [2, 1]: both counts right
+    result = m.evaluate(y, scores, k=k, q=q, quantity_k=head)
+    assert result["quantity"]["acc"] == 1.0
+    assert result["modes"]["predicted_k"]["OP"] == 1.0
+    assert m.evaluate(y, scores, k=k, q=q)["quantity"]["acc"] == 0.5

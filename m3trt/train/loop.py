@@ -259,7 +259,8 @@ def validate(model: M3Net, config: CheckpointConfig, data: RecordSet) -> dict[st
     y_true = data.labels[rows] > 0
     m = config.model
     k = metrics.decide_k(scores, q, m.k_max, m.decision_threshold) if q is not None else None
-    return metrics.evaluate(y_true, scores, k=k, q=q)
+    head_k = metrics.decode_quantity(q, m.k_max) if q is not None else None
+    return metrics.evaluate(y_true, scores, k=k, q=q, quantity_k=head_k)
 
 
 def _manifest_hash(manifest: Manifest) -> str:
