@@ -328,11 +328,11 @@ def _print_import(summary: Any) -> None:
 )
 @click.option(
     "--aux-visual-weight",
-    default=0.0,
+    default=1.0,
     show_default=True,
     type=click.FloatRange(0),
-    help="Weight of a training-only image-only classification loss (not exported); 1 is the "
-    "recipe recommended by the README's ablation.",
+    help="Weight of a training-only image-only classification loss (not exported); 0 turns it "
+    "off (the recipe before issue 15).",
 )
 @click.option(
     "--aux-tags-weight",

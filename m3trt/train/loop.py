@@ -59,10 +59,10 @@ class TrainOptions:
     backbone_weights: str | None = None
     threads: int | None = None
     # Modality balance (issue 15, m3trt/train/balance.py; measured in the README's ablation, where
-    # aux_visual_weight=1 wins; it becomes the default once the CI accuracy gate has been re-run).
+    # aux_visual_weight=1 wins, so it is the default).
     tag_drop_all: float = 0.3
     tag_drop_each: float = 0.0
-    aux_visual_weight: float = 0.0
+    aux_visual_weight: float = 1.0
     aux_tags_weight: float = 0.0
     visual_first_epochs: int = 0
     calibrate_quantity: bool = False
