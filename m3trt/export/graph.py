@@ -60,8 +60,11 @@ class AnnotationGraph(nn.Module):
         if self.threshold is None:
             k = torch.clamp(torch.floor(q + 0.5), 1, self.k_max).to(torch.int32)
         else:
-            above = (scores >= self.threshold).to(torch.int32).sum(dim=1)
-            k = torch.clamp(above, max=self.k_max).to(torch.int32)
+            # Counted in float so that the last op is a real float -> int32 Cast, as in the
+            # round(q) branch: an int -> int32 Cast is a no-op that OpenVINO drops, and the graph
+            # output's name ("k") goes with it.
+            above = (scores >= self.threshold).to(scores.dtype).sum(dim=1)
+            k = torch.clamp(above, max=float(self.k_max)).to(torch.int32)
         topk = torch.topk(scores, self.k_max, dim=1, largest=True, sorted=True).indices
         return scores, q, k, topk.to(torch.int32)
 
