@@ -16,8 +16,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/ablation}
-M3=${M3:-.venv/bin/m3trt}
-PY=${PY:-.venv/bin/python}
+# The checkout's own virtual environment; elsewhere (a git worktree without one) the python on
+# PATH running this checkout's m3trt (python -m from the repository root imports ./m3trt).
+if [ -x .venv/bin/python ]; then PY=${PY:-.venv/bin/python}; else PY=${PY:-python3}; fi
+if [ -x .venv/bin/m3trt ]; then M3=${M3:-.venv/bin/m3trt}; else M3=${M3:-"$PY -m m3trt.cli"}; fi
 SEEDS=${SEEDS:-"0 1"}
 REGIMES=${REGIMES:-"default:48:1000 digits-partial:32:1200"}
 VARIANTS=${VARIANTS:-"full previous-recipe no-tags single-scale"}
@@ -25,8 +27,8 @@ SPLITS=${SPLITS:-0.6,0.1,0.3}
 THREADS=${THREADS:-1}
 TRAIN_ARGS=${TRAIN_ARGS:-"--backbone resnet18 --epochs 8 --batch-size 32 --lr 2e-3 --tag-hidden 512"}
 # The recommended recipe (issue 15) and the one before it (whole-sample tag drop-out only).
-RECIPE=${RECIPE:-"--aux-visual-weight 1 --tag-drop-each 0"}
-PREVIOUS=${PREVIOUS:-"--tag-drop-each 0 --aux-visual-weight 0 --aux-tags-weight 0 --visual-first-epochs 0"}
+RECIPE=${RECIPE:-"--aux-visual-weight 1 --tag-drop-each 0 --tag-skip"}
+PREVIOUS=${PREVIOUS:-"--tag-drop-each 0 --aux-visual-weight 0 --aux-tags-weight 0 --visual-first-epochs 0 --no-tag-skip"}
 OUT=${OUT:-benchmarks/results/ablation_regimes}
 
 names=""
@@ -43,7 +45,9 @@ for entry in $REGIMES; do
         previous-recipe) flags="$PREVIOUS" ;;
         no-tags) flags="--no-tags" ;;
         single-scale) flags="--single-scale $RECIPE" ;;
-        per-tag-drop) flags="--aux-visual-weight 1 --tag-drop-each 0.5" ;;  # a candidate
+        per-tag-drop) flags="--aux-visual-weight 1 --tag-drop-each 0.5 --no-tag-skip" ;;  # a candidate
+        aux-no-skip) flags="--aux-visual-weight 1 --tag-drop-each 0 --no-tag-skip" ;;  # issue 15, step 1
+        skip-no-aux) flags="--aux-visual-weight 0 --tag-drop-each 0 --tag-skip" ;;  # a candidate
         *) echo "unknown variant $variant" >&2; exit 2 ;;
       esac
       ckpt="$RUN/$regime/$variant-seed$seed"

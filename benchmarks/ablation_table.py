@@ -15,20 +15,33 @@ from pathlib import Path
 import numpy as np
 
 ROWS = [
-    ("Full M3, + image-only aux loss (predicted k)", "full", "predicted_k"),
-    ("Full M3, + image-only aux loss, fixed top-3", "full", "top3"),
-    ("Full M3, + image-only aux loss, oracle k (upper bound)", "full", "oracle_k"),
-    ("Full M3, + image-only aux loss, threshold 0.5", "full", "threshold"),
-    ("Full M3, previous recipe = default (predicted k)", "previous-recipe", "predicted_k"),
-    ("Full M3, + aux loss + per-tag drop-out 0.5 (predicted k)", "per-tag-drop", "predicted_k"),
+    ("Full M3 = recipe: aux loss + tag -> label path (predicted k)", "full", "predicted_k"),
+    ("Full M3 = recipe, fixed top-3", "full", "top3"),
+    ("Full M3 = recipe, oracle k (upper bound)", "full", "oracle_k"),
+    ("Full M3 = recipe, threshold 0.5", "full", "threshold"),
+    ("Full M3, aux loss, no tag -> label path (predicted k)", "aux-no-skip", "predicted_k"),
+    ("Full M3, aux loss, no tag -> label path, threshold 0.5", "aux-no-skip", "threshold"),
+    ("Full M3, tag -> label path, no aux loss (predicted k)", "skip-no-aux", "predicted_k"),
+    ("Full M3, previous recipe (predicted k)", "previous-recipe", "predicted_k"),
+    (
+        "Full M3, aux loss + per-tag drop-out 0.5, no path (predicted k)",
+        "per-tag-drop",
+        "predicted_k",
+    ),
     ("Image only: no tags (predicted k)", "no-tags", "predicted_k"),
     ("Tags only: tag MLP (predicted k)", "tags-only", "predicted_k"),
+    ("Tags only: tag MLP + tag -> label path (predicted k)", "tags-only-skip", "predicted_k"),
     ("Tags only: rule, labels named by tags", "tags-rule", "predicted_k"),
-    ("Single scale (predicted k)", "single-scale", "predicted_k"),
+    ("Single scale = recipe (predicted k)", "single-scale", "predicted_k"),
+    (
+        "Single scale, aux loss, no tag -> label path (predicted k)",
+        "single-scale-no-skip",
+        "predicted_k",
+    ),
 ]
 COLUMNS = ["CP", "CR", "CF1", "OP", "OR", "OF1", "mean_class_F1"]
 IMAGE_HALF = ("no-tags",)
-TAG_HALF = ("tags-only", "tags-rule")
+TAG_HALF = ("tags-only", "tags-only-skip", "tags-rule")
 
 
 def collect(folder: Path) -> dict[str, list[dict]]:
@@ -84,6 +97,7 @@ def halves_check(regime: str, runs: dict[str, list[dict]]) -> dict | None:
     """Full M3's mean predicted-k O-F1 against the best image-only and the best tags-only."""
     full = mean_of1(runs, "full")
     prev = mean_of1(runs, "previous-recipe")
+    aux = mean_of1(runs, "aux-no-skip")
     image = max((v for v in (mean_of1(runs, x) for x in IMAGE_HALF) if v is not None), default=None)
     tags = max((v for v in (mean_of1(runs, x) for x in TAG_HALF) if v is not None), default=None)
     if full is None or image is None or tags is None:
@@ -92,6 +106,7 @@ def halves_check(regime: str, runs: dict[str, list[dict]]) -> dict | None:
         "regime": regime,
         "full": full,
         "previous": prev,
+        "aux_no_skip": aux,
         "image_only": image,
         "tags_only": tags,
         "margin": full - max(image, tags),
@@ -133,17 +148,19 @@ def main() -> None:
     if checks:
         print("### Full M3 against its halves (predicted-k O-F1, mean over seeds)\n")
         print(
-            "| regime | full M3 + aux loss | previous recipe | image only | tags only (best of "
-            "MLP, rule) | margin, + aux loss | margin, previous |"
+            "| regime | full M3 (recipe) | aux loss, no tag path | previous recipe | image only "
+            "| tags only (best of MLP, MLP + path, rule) | margin (recipe) | margin, previous |"
         )
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|")
         for c in checks:
             prev = "-" if c["previous"] is None else f"{100 * c['previous']:.1f}"
+            aux = "-" if c["aux_no_skip"] is None else f"{100 * c['aux_no_skip']:.1f}"
             pm = c["previous_margin"]
             prev_margin = "-" if pm is None else f"{100 * pm:+.1f}"
             print(
-                f"| {c['regime']} | {100 * c['full']:.1f} | {prev} | {100 * c['image_only']:.1f} "
-                f"| {100 * c['tags_only']:.1f} | {100 * c['margin']:+.1f} | {prev_margin} |"
+                f"| {c['regime']} | {100 * c['full']:.1f} | {aux} | {prev} "
+                f"| {100 * c['image_only']:.1f} | {100 * c['tags_only']:.1f} "
+                f"| {100 * c['margin']:+.1f} | {prev_margin} |"
             )
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")

@@ -5,7 +5,11 @@ Two baselines, written as ``eval.json``-shaped files beside the image models' re
 - ``tags-only-seed<k>.eval.json``: M3's own tag MLP (same layers as ``M3Net``'s tag branch, no
   whole-sample drop-out since there is no image to fall back on) with the classification and
   quantity heads, trained on the training split's tags with the same loss, best epoch by val mAP,
-  decoded with the predicted k. Cheap: no images are decoded.
+  decoded as ``m3trt train``'s checkpoints are (``--decision val``, the default: the labels
+  scoring at least a threshold fitted on val; ``none``: the predicted k). Cheap: no images are
+  decoded.
+- ``tags-only-skip-seed<k>.eval.json``: the same with M3Net's direct tag -> label path
+  (``--tag-skip``, the default of ``m3trt train``) beside the MLP.
 - ``tags-rule.eval.json``: the rule "labels = the labels the tags name" (by name or synonym,
   ``m3trt.data.synth.tag_label``), so only meaningful on synthetic manifests; no ranking, no mAP.
 
@@ -32,15 +36,24 @@ from m3trt.train.loop import split_records
 
 
 class TagsOnly(nn.Module):
-    def __init__(self, num_tags: int, num_labels: int, hidden: int, k_max: int) -> None:
+    def __init__(
+        self, num_tags: int, num_labels: int, hidden: int, k_max: int, skip: bool = False
+    ) -> None:
         super().__init__()
         self.tags = TagBranch(num_tags, hidden, dropout=0.5, drop_all=0.0)
         self.classifier = nn.Linear(hidden, num_labels)
         self.quantity = QuantityHead(hidden, 256, 0.1, k_max)
+        # M3Net's direct tag -> label path (ModelConfig.tag_skip), zero-initialised.
+        self.tag_skip = nn.Linear(num_tags, num_labels, bias=False) if skip else None
+        if self.tag_skip is not None:
+            nn.init.zeros_(self.tag_skip.weight)
 
     def forward(self, tags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feature = self.tags(tags)
-        return self.classifier(feature), self.quantity(feature)
+        logits = self.classifier(feature)
+        if self.tag_skip is not None:
+            logits = logits + self.tag_skip(tags)
+        return logits, self.quantity(feature)
 
 
 def _predict(model: TagsOnly, tags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -52,8 +65,18 @@ def _predict(model: TagsOnly, tags: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def train_tags_only(
-    manifest_path: Path, seed: int, epochs: int, hidden: int, lr: float
+    manifest_path: Path,
+    seed: int,
+    epochs: int,
+    hidden: int,
+    lr: float,
+    skip_lr_mult: float | None = None,
+    scores_out: Path | None = None,
+    decision: str = "val",
 ) -> dict[str, object]:
+    """``skip_lr_mult``: with the direct tag -> label path, trained at this multiple of ``lr``
+    (as ``m3trt train`` does); None: the tag MLP alone. ``decision``: ``val`` decides k as
+    ``m3trt train`` does by default (a score threshold fitted on val), ``none`` by round(q)."""
     manifest = read_manifest(manifest_path)
     train, val, _ = split_records(manifest, 0.1, seed)
     test = [r for r in manifest.split("test") if r.labels]
@@ -64,8 +87,12 @@ def train_tags_only(
     y = {name: labels.encode_many(r.labels for r in rs) for name, rs in splits.items()}
     k_max = int(y["train"].sum(1).max())
     torch.manual_seed(seed)
-    model = TagsOnly(len(tags), len(labels), hidden, k_max)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    model = TagsOnly(len(tags), len(labels), hidden, k_max, skip=skip_lr_mult is not None)
+    rest = [p for name, p in model.named_parameters() if not name.startswith("tag_skip.")]
+    groups = [{"params": rest}]
+    if model.tag_skip is not None:
+        groups.append({"params": list(model.tag_skip.parameters()), "lr": lr * skip_lr_mult})
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=1e-4)
     rng = np.random.default_rng(seed)
     best, best_state = -1.0, None
     for _ in range(epochs):
@@ -88,8 +115,22 @@ def train_tags_only(
     assert best_state is not None
     model.load_state_dict(best_state)
     scores, q = _predict(model, x["test"])
-    k = metrics.decode_quantity(q, k_max)
-    return metrics.evaluate(y["test"] > 0, scores, k=k, q=q)
+    threshold = None
+    if decision == "val":  # the decision `m3trt train` fits (metrics.decide_k)
+        val_scores, _ = _predict(model, x["val"])
+        threshold, _ = metrics.fit_decision_threshold(y["val"] > 0, val_scores, k_max)
+    k = metrics.decide_k(scores, q, k_max, threshold)
+    if scores_out is not None:  # for benchmarks/ablation_decisions.py
+        saved = {}
+        for split in ("val", "test"):
+            s, qs = _predict(model, x[split])
+            saved |= {f"{split}_scores": s, f"{split}_k": metrics.decode_quantity(qs, k_max)}
+            saved[f"{split}_y"] = y[split] > 0
+        saved["k_max"] = np.array(k_max)
+        np.savez(scores_out, **saved)
+    result = metrics.evaluate(y["test"] > 0, scores, k=k, q=q)
+    result["decision_threshold"] = threshold
+    return result
 
 
 def tags_rule(manifest_path: Path) -> dict[str, object]:
@@ -113,13 +154,27 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--decision", choices=["val", "none"], default="val")
+    parser.add_argument(
+        "--skip-lr-mult", type=float, default=50.0, help="as m3trt train --tag-skip-lr-mult"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
-        result = train_tags_only(args.manifest, seed, args.epochs, args.hidden, args.lr)
-        (args.out / f"tags-only-seed{seed}.eval.json").write_text(json.dumps(result, indent=1))
-        print(f"tags-only seed {seed}: OF1 {100 * result['modes']['predicted_k']['OF1']:.1f}")
+        for name, mult in (("tags-only", None), ("tags-only-skip", args.skip_lr_mult)):
+            result = train_tags_only(
+                args.manifest,
+                seed,
+                args.epochs,
+                args.hidden,
+                args.lr,
+                mult,
+                scores_out=args.out / f"{name}-seed{seed}.scores.npz",
+                decision=args.decision,
+            )
+            (args.out / f"{name}-seed{seed}.eval.json").write_text(json.dumps(result, indent=1))
+            print(f"{name} seed {seed}: OF1 {100 * result['modes']['predicted_k']['OF1']:.1f}")
     rule = tags_rule(args.manifest)
     (args.out / "tags-rule.eval.json").write_text(json.dumps(rule, indent=1))
     print(f"tags rule: OF1 {100 * rule['modes']['predicted_k']['OF1']:.1f}")

@@ -7,7 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/gate}
-M3=${M3:-.venv/bin/m3trt}
+# The checkout's own virtual environment; elsewhere (a git worktree without one) the python on
+# PATH running this checkout's m3trt (python -m from the repository root imports ./m3trt).
+if [ -x .venv/bin/m3trt ]; then M3=${M3:-.venv/bin/m3trt}; else M3=${M3:-"python3 -m m3trt.cli"}; fi
 BASELINE=benchmarks/baselines/accuracy.json
 MAX_DROP=${MAX_DROP:-0.5}
 

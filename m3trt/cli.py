@@ -328,11 +328,11 @@ def _print_import(summary: Any) -> None:
 )
 @click.option(
     "--aux-visual-weight",
-    default=0.0,
+    default=1.0,
     show_default=True,
     type=click.FloatRange(0),
-    help="Weight of a training-only image-only classification loss (not exported); 1 is the "
-    "recipe recommended by the README's ablation.",
+    help="Weight of a training-only image-only classification loss (not exported); 0 turns it "
+    "off (the recipe before issue 15).",
 )
 @click.option(
     "--aux-tags-weight",
@@ -347,6 +347,27 @@ def _print_import(summary: Any) -> None:
     show_default=True,
     type=click.IntRange(0),
     help="Train with tags zeroed for the first N epochs, then jointly.",
+)
+@click.option(
+    "--tag-skip/--no-tag-skip",
+    default=True,
+    show_default=True,
+    help="A direct linear tag -> label path beside the tag MLP (part of the exported model).",
+)
+@click.option(
+    "--tag-skip-lr-mult",
+    default=50.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Learning rate of the tag -> label path, as a multiple of --lr.",
+)
+@click.option(
+    "--decision-threshold",
+    default="val",
+    show_default=True,
+    help="How k is decided: val (fit a score threshold on the val split: an image gets the "
+    "labels scoring at least that, up to K_max, possibly none), none (k = the quantity head's "
+    "rounded count, the paper's decision) or a fixed threshold in (0, 1).",
 )
 @click.option(
     "--calibrate-quantity/--no-calibrate-quantity",
@@ -364,7 +385,7 @@ def _print_import(summary: Any) -> None:
 @click.pass_context
 def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
     """Train an M3 model on MANIFEST and keep the best checkpoint in OUT."""
-    from m3trt.train.loop import TrainOptions, train
+    from m3trt.train.loop import TrainOptions, parse_decision_threshold, train
 
     options = TrainOptions(
         backbone=kw["backbone"],
@@ -390,6 +411,9 @@ def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
         aux_tags_weight=kw["aux_tags_weight"],
         visual_first_epochs=kw["visual_first_epochs"],
         calibrate_quantity=kw["calibrate_quantity"],
+        tag_skip=kw["tag_skip"],
+        tag_skip_lr_mult=kw["tag_skip_lr_mult"],
+        decision_threshold=parse_decision_threshold(kw["decision_threshold"]),
     )
     result = train(manifest, out, options, resume=kw["resume"], reporter=_reporter(ctx))
     skipped = result.counts.get("unlabelled_skipped", 0)

@@ -48,6 +48,14 @@ class ModelConfig:
     quantity_hidden: int = 256
     quantity_dropout: float = 0.1
     k_max: int = 5
+    # A linear tag -> label path beside the tag MLP (issue 15): logits += W tags. Off here so that
+    # a checkpoint saved before it existed (no such key in its config.json) loads as it was
+    # trained; `m3trt train` turns it on (TrainOptions.tag_skip).
+    tag_skip: bool = False
+    # The decision (issue 15): with a threshold t, an image's labels are those scoring >= t (at most
+    # K_max, possibly none) and k = their count; None keeps the paper's k = round(q). `m3trt train`
+    # fits t on the validation split (TrainOptions.decision_threshold); older checkpoints have none.
+    decision_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -57,6 +65,10 @@ class ModelConfig:
         if self.num_labels < 1:
             raise InputError("a model needs at least one label")
         self.k_max = max(1, min(int(self.k_max), self.num_labels))
+        if self.decision_threshold is not None and not 0.0 < self.decision_threshold < 1.0:
+            raise InputError(
+                f"decision_threshold must be between 0 and 1, not {self.decision_threshold}"
+            )
 
     @property
     def feature_dim(self) -> int:

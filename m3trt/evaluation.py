@@ -140,12 +140,16 @@ def score(
 ) -> dict[str, Any]:
     """The metric table of every decoding mode (``metrics.evaluate``)."""
     k = outputs.k if quantity_head else None
+    q = outputs.quantity if k is not None else None
+    k_max = outputs.topk.shape[1] if outputs.topk.ndim == 2 else None
     return metrics.evaluate(
         labels,
         outputs.scores,
         k=k,
-        q=outputs.quantity if k is not None else None,
+        q=q,
         threshold=threshold,
+        # The quantity head's own count, whatever decision k came from (issue 15).
+        quantity_k=metrics.decode_quantity(q, k_max) if q is not None and k_max else None,
     )
 
 

@@ -136,6 +136,35 @@ def decode_quantity(q: ArrayLike, k_max: int) -> NDArray[np.int64]:
     return np.clip(np.floor(q_arr + 0.5), 1, k_max).astype(np.int64)
 
 
+def decide_k(
+    scores: ArrayLike, q: ArrayLike, k_max: int, threshold: float | None = None
+) -> NDArray[np.int64]:
+    """The product's label count per image (what ``predicted_k`` scores): without a decision
+    threshold the paper's ``decode_quantity(q)``; with one, the number of labels scoring >=
+    ``threshold``, at most ``k_max`` and possibly 0 (issue 15: for overall F1, fewer labels when
+    the scores are unsure beats a forced count). The exported graph computes the same k."""
+    if threshold is None:
+        return decode_quantity(q, k_max)
+    counts = (_scores_matrix(scores) >= np.float32(threshold)).sum(axis=1)
+    return np.minimum(counts, k_max).astype(np.int64)
+
+
+def fit_decision_threshold(
+    y_true: ArrayLike, scores: ArrayLike, k_max: int, grid: ArrayLike | None = None
+) -> tuple[float, float]:
+    """The threshold of ``decide_k`` that maximises overall F1 on (validation) data, from a
+    0.05-step grid; ties go to the higher threshold. Returns (threshold, its O-F1)."""
+    y = _bool_matrix(y_true, "y_true")
+    s = _scores_matrix(scores)
+    grid = np.round(np.arange(0.05, 0.951, 0.05), 2) if grid is None else np.asarray(grid)
+    best_t, best = float(grid[-1]), -1.0
+    for t in sorted((float(v) for v in grid), reverse=True):
+        f1 = label_metrics(y, topk_mask(s, decide_k(s, None, k_max, t)))["OF1"]
+        if f1 > best + 1e-12:
+            best_t, best = t, f1
+    return best_t, best
+
+
 def fixed_mode_name(fixed_k: int) -> str:
     """The result key of the fixed top-k mode, e.g. ``"top3"``."""
     return f"top{fixed_k}"
@@ -333,11 +362,14 @@ def evaluate(
     q: ArrayLike | None = None,
     threshold: float = 0.5,
     fixed_k: int = 3,
+    quantity_k: ArrayLike | None = None,
 ) -> dict[str, Any]:
     """Every metric for one split, as a JSON-ready dict (the ``eval`` command's output).
 
     ``k`` is the predicted label count per image (enables the ``predicted_k`` mode and the
     ``quantity`` block); ``q`` the raw regressed quantity behind it (adds ``mae_raw``).
+    ``quantity_k``: the quantity head's own decoded count, when the decision ``k`` is not it
+    (a decision threshold, see `decide_k`): the ``quantity`` block then scores the head.
     """
     t = _bool_matrix(y_true, "y_true")
     s = _scores_matrix(scores)
@@ -357,7 +389,8 @@ def evaluate(
     modes: dict[str, dict[str, float]] = {}
     if k is not None:
         k_arr = _int_vector(k, n, "k")
-        result["quantity"] = quantity_metrics(k_arr, true_counts, q)
+        head_k = k_arr if quantity_k is None else _int_vector(quantity_k, n, "quantity_k")
+        result["quantity"] = quantity_metrics(head_k, true_counts, q)
         modes["predicted_k"] = label_metrics(t, topk_mask(s, k_arr))
     modes[fixed_mode_name(fixed_k)] = label_metrics(t, topk_mask(s, fixed_k))
     modes["threshold"] = label_metrics(t, threshold_mask(s, threshold))

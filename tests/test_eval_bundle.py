@@ -78,5 +78,7 @@ def test_accuracy_gate_fails_a_broken_preprocessing_and_passes_the_good_one(
     failed = gate(broken, "--baseline", str(base))
     assert failed.exit_code == 1
     lines = [x for x in failed.output.splitlines() if x.startswith("regression: ")]
-    assert any(x.startswith("regression: mAP:") for x in lines), failed.output
+    # Which figures fall depends on the model: with the tag -> label path (issue 15) the tiny
+    # model leans on its tags and the broken pixels may cost only the count accuracy.
+    assert lines, failed.output
     assert all("points, allowed -0.5" in x for x in lines)

@@ -49,7 +49,7 @@ def make_checkpoint(folder, **switches):
         {"backbone": "resnet50"},
         {"backbone": "resnet101"},
         {"use_tags": False},
-        {"multi_scale": False},
+        {"multi_scale": False, "tag_skip": True, "decision_threshold": 0.5},
         {"use_tags": False, "multi_scale": False},
         {"quantity_head": False},
     ],
@@ -122,3 +122,12 @@ def test_parity_compare_k_at_rounding_boundary():
     flipped[2][0] = 2
     report = compare(far, flipped)
     assert not report.ok and "k differs" in report.failure
+
+
+def test_parity_compare_k_from_a_decision_threshold():
+    ref = outputs([[0.9, 0.6, 0.50003, 0.1]], [1.0])
+    ref[2][0] = 3  # three scores >= 0.5
+    flipped = [x.copy() for x in ref]
+    flipped[2][0] = 2
+    assert compare(ref, flipped, threshold=0.5).ok  # a score sits on the threshold
+    assert not compare(ref, flipped, threshold=0.4).ok

@@ -45,6 +45,7 @@ def test_fold_bn_matches_layer_then_bn(layer, bn, shape):
         {"multi_scale": False},
         {"quantity_head": False},
         {"backbone": "resnet50"},
+        {"tag_skip": True},
     ],
 )
 def test_fused_model_equals_unfused(switches):
@@ -60,6 +61,8 @@ def test_fused_model_equals_unfused(switches):
     )
     model = M3Net(config)
     randomise_batchnorm(model)
+    if model.tag_skip is not None:  # zero-initialised: give the tag -> label path real weights
+        torch.nn.init.normal_(model.tag_skip.weight)
     model.eval()
     fused = FusedM3(model)
     images, tags = torch.randn(3, 3, 64, 64), (torch.rand(3, 9) < 0.3).float()

@@ -462,3 +462,30 @@ def test_format_table() -> None:
     assert lines[7] == "quantity acc 50.0  MAE 0.500  raw MAE 0.400"
     no_k = m.format_table(m.evaluate(E_TRUE, E_SCORES))
     assert "quantity" not in no_k and "predicted_k" not in no_k
+
+
+def test_decide_k_threshold_counts_scores_capped_at_k_max_and_allows_none() -> None:
+    scores = np.array([[0.9, 0.8, 0.7, 0.1], [0.2, 0.1, 0.3, 0.0], [0.5, 0.4, 0.6, 0.5]])
+    q = np.array([1.2, 2.6, 3.0])
+    assert m.decide_k(scores, q, 3).tolist() == [1, 3, 3]  # no threshold: round(q)
+    assert m.decide_k(scores, q, 2, threshold=0.5).tolist() == [2, 0, 2]
+    assert m.decide_k(scores, None, 4, threshold=0.5).tolist() == [3, 0, 3]
+
+
+def test_fit_decision_threshold_maximises_overall_f1() -> None:
+    y = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0]], bool)
+    scores = np.array([[0.7, 0.4, 0.1], [0.2, 0.65, 0.3], [0.8, 0.62, 0.35]])
+    t, f1 = m.fit_decision_threshold(y, scores, 3)
+    assert 0.4 < t <= 0.6 and f1 == 1.0  # every true label above t, every other below
+
+
+def test_quantity_block_scores_the_head_not_the_decision() -> None:
+    y = np.array([[1, 1, 0], [1, 0, 0]], bool)
+    scores = np.array([[0.9, 0.2, 0.1], [0.8, 0.3, 0.2]])
+    q = np.array([2.1, 0.9])
+    k = m.decide_k(scores, q, 3, threshold=0.5)  # [1, 1]
+    head = m.decode_quantity(q, 3)  # [2, 1]: both counts right
+    result = m.evaluate(y, scores, k=k, q=q, quantity_k=head)
+    assert result["quantity"]["acc"] == 1.0
+    assert result["modes"]["predicted_k"]["OP"] == 1.0
+    assert m.evaluate(y, scores, k=k, q=q)["quantity"]["acc"] == 0.5

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from m3trt.config import ModelConfig
+from m3trt.config import ModelConfig, Preprocessing
 from m3trt.errors import InputError
 from m3trt.model import M3Net, Preprocess, ResNet, load_backbone_weights
 
@@ -154,3 +154,25 @@ def test_load_weights_refuses_wrong_depth_and_code(tmp_path):
 def test_unknown_backbone_is_a_user_error():
     with pytest.raises(InputError, match="unknown backbone"):
         ModelConfig(num_labels=2, num_tags=0, backbone="resnet7")
+
+
+def test_tag_skip_adds_a_linear_tag_to_label_term_and_old_configs_load_without_it():
+    from m3trt.config import CheckpointConfig
+
+    base = dict(num_labels=3, num_tags=4, backbone="resnet18", tag_hidden=8)
+    torch.manual_seed(0)
+    model = M3Net(ModelConfig(**base, tag_skip=True)).eval()
+    assert torch.all(model.tag_skip.weight == 0)  # starts as the plain M3 head
+    with torch.no_grad():
+        model.tag_skip.weight.copy_(torch.randn(3, 4))
+        image, tags = torch.randn(2, 3, 32, 32), (torch.rand(2, 4) < 0.5).float()
+        joint = model.features(image, tags)
+        logits, _ = model(image, tags)
+    torch.testing.assert_close(logits, model.classifier(joint) + tags @ model.tag_skip.weight.T)
+    # A config.json written before the option existed has no "tag_skip": the model it describes.
+    old = CheckpointConfig(
+        ModelConfig(**base), Preprocessing(image_size=32), list("abc"), list("wxyz")
+    )
+    data = old.to_json()
+    del data["model"]["tag_skip"]
+    assert M3Net(CheckpointConfig.from_json(data).model).tag_skip is None

@@ -115,3 +115,28 @@ def test_lr_schedule_warms_up_then_decays():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
     assert lrs[-1] == pytest.approx(0.01, abs=1e-3)
+
+
+def test_tag_skip_trains_in_its_own_group_at_a_multiple_of_the_rate():
+    from m3trt.config import ModelConfig
+    from m3trt.model import M3Net
+
+    options = TrainOptions(lr=1e-3, tag_skip_lr_mult=50.0)
+    model = M3Net(ModelConfig(num_labels=3, num_tags=4, backbone="resnet18", tag_skip=True))
+    groups = loop.make_optimizer(model, options).param_groups
+    skip = [g for g in groups if any(p is model.tag_skip.weight for p in g["params"])]
+    assert len(skip) == 1 and len(skip[0]["params"]) == 1 and skip[0]["lr_mult"] == 50.0
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    plain = M3Net(ModelConfig(num_labels=3, num_tags=4, backbone="resnet18"))
+    assert len(loop.make_optimizer(plain, options).param_groups) == 2
+
+
+def test_training_fits_the_decision_threshold_on_val(tiny_checkpoint):
+    _, config = load_checkpoint(tiny_checkpoint[0])
+    assert 0 < config.model.decision_threshold < 1
+    fitted = config.training["decision_threshold"]
+    assert fitted["threshold"] == config.model.decision_threshold
+    assert fitted["source"] == "fitted on val"
+    assert loop.parse_decision_threshold("0.4") == "0.4"
+    with pytest.raises(InputError, match="decision-threshold"):
+        loop.parse_decision_threshold("1.5")

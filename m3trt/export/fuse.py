@@ -118,7 +118,11 @@ class FusedM3(nn.Module):
     def forward(
         self, images: torch.Tensor, tags: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        logits, hidden = self.heads(self.body.features(images, tags))
+        joint, seen = self.body.encode(images, tags)
+        logits, hidden = self.heads(joint)
+        skip = self.body.skip_logits(seen)  # the direct tag -> label path, when the model has it
+        if skip is not None:
+            logits = logits + skip
         if self.quantity_fc2 is None:
             return logits, None
         z = self.quantity_fc2(torch.relu(hidden)).squeeze(1)

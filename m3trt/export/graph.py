@@ -33,10 +33,12 @@ class CenterPixels(nn.Module):
 
 
 class AnnotationGraph(nn.Module):
-    """Preprocess -> M3 (fused or not) -> sigmoid scores, q, k = clamp(round(q), 1, K_max), top-K.
+    """Preprocess -> M3 (fused or not) -> sigmoid scores, q, k, top-K.
 
-    Rounding is floor(q + 0.5), the same as ``metrics.decode_quantity``. Without a quantity head
-    k is the constant min(3, K_max) and ``quantity`` reports it.
+    k is ``metrics.decide_k``: with the checkpoint's decision threshold t, the number of scores
+    >= t (at most K_max, possibly 0); without one (older checkpoints), clamp(round(q), 1, K_max)
+    with rounding floor(q + 0.5), as ``metrics.decode_quantity``. Without a quantity head q (and,
+    without a threshold, k) is the constant min(3, K_max).
     """
 
     def __init__(
@@ -48,13 +50,21 @@ class AnnotationGraph(nn.Module):
         self.model = model
         self.k_max = config.model.k_max
         self.uses_tags = config.model.use_tags and config.model.num_tags > 0
+        self.threshold = config.model.decision_threshold
 
     def forward(self, image: torch.Tensor, tags: torch.Tensor | None = None):
         logits, q = self.model(self.preprocess(image), tags if self.uses_tags else None)
         scores = torch.sigmoid(logits)
         if q is None:
             q = torch.full_like(scores[:, 0], float(min(FALLBACK_K, self.k_max)))
-        k = torch.clamp(torch.floor(q + 0.5), 1, self.k_max).to(torch.int32)
+        if self.threshold is None:
+            k = torch.clamp(torch.floor(q + 0.5), 1, self.k_max).to(torch.int32)
+        else:
+            # Counted in float so that the last op is a real float -> int32 Cast, as in the
+            # round(q) branch: an int -> int32 Cast is a no-op that OpenVINO drops, and the graph
+            # output's name ("k") goes with it.
+            above = (scores >= self.threshold).to(scores.dtype).sum(dim=1)
+            k = torch.clamp(above, max=float(self.k_max)).to(torch.int32)
         topk = torch.topk(scores, self.k_max, dim=1, largest=True, sorted=True).indices
         return scores, q, k, topk.to(torch.int32)
 

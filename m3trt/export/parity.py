@@ -1,8 +1,9 @@
 """Export parity: ONNX Runtime against PyTorch on real and random inputs (DESIGN §3.3).
 
 Passes when max |delta scores| <= atol, k is identical and label sets are identical, except
-where the reference itself is undecided: a score tie at the k-th label or a quantity within
-``atol`` of a rounding boundary (x.5). A failure names the output and the size of the difference.
+where the reference itself is undecided: a score tie at the k-th label, a quantity within
+``atol`` of a rounding boundary (x.5), or, with a decision threshold, a score within ``atol`` of
+it. A failure names the output and the size of the difference.
 """
 
 from __future__ import annotations
@@ -97,7 +98,10 @@ def run_onnx(session, config: CheckpointConfig, images, tags) -> list[np.ndarray
 
 
 def compare(
-    reference: list[np.ndarray], candidate: list[np.ndarray], atol: float = SCORE_ATOL
+    reference: list[np.ndarray],
+    candidate: list[np.ndarray],
+    atol: float = SCORE_ATOL,
+    threshold: float | None = None,
 ) -> ParityReport:
     """Compare (scores, quantity, k, topk) of a candidate with the reference."""
     s_ref, q_ref, k_ref, top_ref = reference
@@ -107,7 +111,12 @@ def compare(
     k_bad = label_bad = excused = 0
     for b in range(len(s_ref)):
         if k_ref[b] != k_new[b]:
-            if abs((q_ref[b] % 1.0) - 0.5) <= atol:
+            undecided = (
+                abs((q_ref[b] % 1.0) - 0.5) <= atol
+                if threshold is None
+                else bool(np.any(np.abs(s_ref[b] - threshold) <= atol))
+            )
+            if undecided:
                 excused += 1
                 continue
             k_bad += 1
@@ -149,4 +158,4 @@ def check_parity(
     images, tags = parity_inputs(config, n_real)
     reference = run_torch(torch_graph, config, images, tags)
     candidate = run_onnx(cpu_session(onnx_model), config, images, tags)
-    return compare(reference, candidate, atol)
+    return compare(reference, candidate, atol, config.model.decision_threshold)

@@ -77,11 +77,15 @@ class TagBranch(nn.Module):
             nn.ReLU(inplace=True),
         )
 
-    def forward(self, tags: torch.Tensor) -> torch.Tensor:
+    def drop(self, tags: torch.Tensor) -> torch.Tensor:
+        """The whole-sample drop-out (training only): the tags the rest of the model sees."""
         if self.training and self.drop_all > 0:
             keep = torch.rand(tags.shape[0], 1, device=tags.device) >= self.drop_all
             tags = tags * keep.to(tags.dtype)
-        return self.mlp(tags)
+        return tags
+
+    def forward(self, tags: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.drop(tags))
 
 
 class QuantityHead(nn.Module):
@@ -125,28 +129,57 @@ class M3Net(nn.Module):
             )
             joint += config.tag_hidden
         self.classifier = nn.Linear(joint, config.num_labels)
+        # Direct tag -> label evidence (issue 15): tag words name labels, often by synonyms, and
+        # with few images per synonym the MLP learns that sparse near-identity map slowly. A
+        # linear path learns it in a few steps (it trains with a larger learning rate, see
+        # TrainOptions.tag_skip_lr_mult). Zero-initialised: it starts as the plain M3 head.
+        self.tag_skip = None
+        if config.tag_skip and self.tags is not None:
+            self.tag_skip = nn.Linear(config.num_tags, config.num_labels, bias=False)
+            nn.init.zeros_(self.tag_skip.weight)
         self.quantity = (
             QuantityHead(joint, config.quantity_hidden, config.quantity_dropout, config.k_max)
             if config.quantity_head
             else None
         )
 
-    def features(self, images: torch.Tensor, tags: torch.Tensor | None) -> torch.Tensor:
-        """The joint feature: concat(visual, textual)."""
+    def encode(
+        self, images: torch.Tensor, tags: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The joint feature concat(visual, textual), and the tags the model saw (after the
+        training-time whole-sample drop-out; None without a tag branch)."""
         taps = self.backbone(images)
         fused = self.fusion(taps) if self.fusion is not None else taps[-1]
         parts = [self.visual(fused)]
-        if self.tags is not None:
-            if tags is None:
-                tags = images.new_zeros(images.shape[0], self.config.num_tags)
-            parts.append(self.tags(tags))
-        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        if self.tags is None:
+            return parts[0], None
+        if tags is None:
+            tags = images.new_zeros(images.shape[0], self.config.num_tags)
+        tags = self.tags.drop(tags)
+        parts.append(self.tags.mlp(tags))
+        return torch.cat(parts, dim=1), tags
+
+    def features(self, images: torch.Tensor, tags: torch.Tensor | None) -> torch.Tensor:
+        """The joint feature: concat(visual, textual)."""
+        return self.encode(images, tags)[0]
+
+    def skip_logits(self, tags: torch.Tensor | None) -> torch.Tensor | None:
+        """The direct tag -> label term added to the classifier's logits (None when absent)."""
+        if self.tag_skip is None or tags is None:
+            return None
+        return self.tag_skip(tags)
+
+    def logits(self, joint: torch.Tensor, tags: torch.Tensor | None) -> torch.Tensor:
+        """Classification logits from the joint feature and the tags ``encode`` returned."""
+        logits = self.classifier(joint)
+        skip = self.skip_logits(tags)
+        return logits if skip is None else logits + skip
 
     def forward(
         self, images: torch.Tensor, tags: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        joint = self.features(images, tags)
-        logits = self.classifier(joint)
+        joint, seen = self.encode(images, tags)
+        logits = self.logits(joint, seen)
         quantity = self.quantity(joint) if self.quantity is not None else None
         return logits, quantity
 

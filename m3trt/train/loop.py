@@ -59,13 +59,21 @@ class TrainOptions:
     backbone_weights: str | None = None
     threads: int | None = None
     # Modality balance (issue 15, m3trt/train/balance.py; measured in the README's ablation, where
-    # aux_visual_weight=1 wins; it becomes the default once the CI accuracy gate has been re-run).
+    # aux_visual_weight=1 wins, so it is the default).
     tag_drop_all: float = 0.3
     tag_drop_each: float = 0.0
-    aux_visual_weight: float = 0.0
+    aux_visual_weight: float = 1.0
     aux_tags_weight: float = 0.0
     visual_first_epochs: int = 0
     calibrate_quantity: bool = False
+    # The direct tag -> label path (ModelConfig.tag_skip) and its learning rate, as a multiple of
+    # ``lr``: a sparse linear map trained with Adam moves each weight by about lr per step, too
+    # slowly for a few hundred steps to reach the logits a word that names a label deserves.
+    tag_skip: bool = True
+    tag_skip_lr_mult: float = 50.0
+    # The decision (ModelConfig.decision_threshold): "val" fits it on the validation split after
+    # training (the O-F1-maximising threshold), "none" keeps k = round(q), a number fixes it.
+    decision_threshold: str = "val"
 
 
 @dataclass
@@ -133,6 +141,7 @@ def build_config(
         tag_hidden=options.tag_hidden,
         tag_drop_all=options.tag_drop_all,
         k_max=k_max,
+        tag_skip=options.tag_skip and options.use_tags and bool(tag_vocab),
     )
     return CheckpointConfig(
         model=model,
@@ -151,13 +160,25 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, options: TrainOptions) -> torch.optim.AdamW:
-    """No weight decay on biases and BatchNorm parameters (1-D tensors)."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    """No weight decay on biases and BatchNorm parameters (1-D tensors); the direct tag ->
+    label path (``tag_skip``) in its own group at ``tag_skip_lr_mult`` times the rate."""
+    skip = {id(p) for name, p in model.named_parameters() if name.endswith("tag_skip.weight")}
+    rest = [p for p in model.parameters() if id(p) not in skip]
+    decay = [p for p in rest if p.ndim > 1]
+    no_decay = [p for p in rest if p.ndim <= 1]
     groups = [
-        {"params": decay, "weight_decay": options.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": options.weight_decay, "lr_mult": 1.0},
+        {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},
     ]
+    if skip:
+        params = [p for p in model.parameters() if id(p) in skip]
+        groups.append(
+            {
+                "params": params,
+                "weight_decay": options.weight_decay,
+                "lr_mult": options.tag_skip_lr_mult,
+            }
+        )
     return torch.optim.AdamW(groups, lr=options.lr)
 
 
@@ -207,13 +228,13 @@ def run_epoch(
             options.lr,
         )
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)
         images = preprocess(torch.from_numpy(_flip(batch.images, rng)))
         tags = torch.from_numpy(batch.tags)
         tags = tags * 0 if tags_off else drop_each_tag(tags, drop_each)
         targets = torch.from_numpy(batch.labels)
-        joint = model.features(images, tags)
-        logits = model.classifier(joint)
+        joint, tags_seen = model.encode(images, tags)
+        logits = model.logits(joint, tags_seen)
         q = model.quantity(joint) if model.quantity is not None else None
         bce = F.binary_cross_entropy_with_logits(logits, targets)
         qty = F.smooth_l1_loss(q, counts[batch.indices]) if q is not None else torch.zeros(())
@@ -236,8 +257,10 @@ def run_epoch(
 def validate(model: M3Net, config: CheckpointConfig, data: RecordSet) -> dict[str, Any]:
     scores, q, rows = predict(model, preprocess_for(config), data)
     y_true = data.labels[rows] > 0
-    k = metrics.decode_quantity(q, config.model.k_max) if q is not None else None
-    return metrics.evaluate(y_true, scores, k=k, q=q)
+    m = config.model
+    k = metrics.decide_k(scores, q, m.k_max, m.decision_threshold) if q is not None else None
+    head_k = metrics.decode_quantity(q, m.k_max) if q is not None else None
+    return metrics.evaluate(y_true, scores, k=k, q=q, quantity_k=head_k)
 
 
 def _manifest_hash(manifest: Manifest) -> str:
@@ -357,7 +380,83 @@ def train(
         )
     else:
         final.save(out_dir / "config.json")
+    if options.decision_threshold != "none":
+        best_model, _ = load_checkpoint(out_dir)
+        fitted = _set_decision_threshold(best_model, final, val_set, options.decision_threshold)
+        final.training["decision_threshold"] = fitted
+        best["val"] = validate(best_model, final, val_set)
+        final.save(out_dir / "config.json")
+        reporter.log(
+            f"decision threshold {fitted['threshold']:g} ({fitted['source']}): val O-F1 "
+            f"{100 * fitted['val_OF1_round_q']:.1f} with k = round(q) -> "
+            f"{100 * best['val']['modes']['predicted_k']['OF1']:.1f}"
+            if "predicted_k" in best["val"]["modes"]
+            else f"decision threshold {fitted['threshold']:g} ({fitted['source']})"
+        )
     return TrainResult(out_dir, best["epoch"], best["val"], history, counts)
+
+
+def parse_decision_threshold(value: str) -> str:
+    """``val``, ``none`` or a number in (0, 1), as ``--decision-threshold`` takes it."""
+    value = str(value).strip().lower()
+    if value in ("val", "none"):
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not 0.0 < number < 1.0:
+        raise InputError(
+            f"--decision-threshold must be val, none or a number in (0, 1), not {value}"
+        )
+    return repr(number)
+
+
+def fit_decision(
+    checkpoint: str | Path, manifest_path: str | Path, how: str = "val"
+) -> dict[str, Any]:
+    """Give an existing checkpoint (one trained before the decision threshold existed, or with
+    ``--decision-threshold none``) the decision ``m3trt train`` fits now: on the validation split
+    it was trained with (the manifest's ``val`` records, else the seeded hold-out of train).
+    Rewrites its ``config.json``; returns what was fitted."""
+    model, config = load_checkpoint(checkpoint)
+    options = TrainOptions(**config.training.get("options", {}))
+    _, val_records, _ = split_records(
+        read_manifest(manifest_path), options.val_fraction, options.seed
+    )
+    val_set = RecordSet(
+        val_records,
+        Vocab(config.label_names),
+        Vocab(config.tag_vocab),
+        config.preprocessing.image_size,
+    )
+    fitted = _set_decision_threshold(model, config, val_set, parse_decision_threshold(how))
+    config.training["decision_threshold"] = fitted
+    config.save(Path(checkpoint) / "config.json")
+    return fitted
+
+
+def _set_decision_threshold(
+    model: M3Net, config: CheckpointConfig, val_set: RecordSet, how: str
+) -> dict[str, Any]:
+    """Sets ``config.model.decision_threshold`` (fitted on val, or the fixed value ``how``)."""
+    scores, q, rows = predict(model, preprocess_for(config), val_set)
+    y_true = val_set.labels[rows] > 0
+    k_max = config.model.k_max
+    before = None
+    if q is not None:
+        k = metrics.decode_quantity(q, k_max)
+        before = metrics.label_metrics(y_true, metrics.topk_mask(scores, k))["OF1"]
+    if how == "val":
+        threshold, _ = metrics.fit_decision_threshold(y_true, scores, k_max)
+    else:
+        threshold = float(how)
+    config.model.decision_threshold = threshold
+    return {
+        "threshold": threshold,
+        "source": "fitted on val" if how == "val" else "fixed",
+        "val_OF1_round_q": before,
+    }
 
 
 def _calibrate_quantity(

@@ -63,6 +63,7 @@ def torch_runner(checkpoint, threads: int | None = None) -> Callable:
     model.eval()
     pre = preprocess_for(config)
     k_max = config.model.k_max
+    threshold = config.model.decision_threshold
     uses_tags = config.model.use_tags and config.model.num_tags > 0
 
     @torch.inference_mode()
@@ -72,7 +73,7 @@ def torch_runner(checkpoint, threads: int | None = None) -> Callable:
         scores = torch.sigmoid(logits)
         topk = torch.topk(scores, k_max, dim=1).indices.to(torch.int32).numpy()
         quantity = q.numpy() if q is not None else np.full(len(images), min(3, k_max), np.float32)
-        k = metrics.decode_quantity(quantity, k_max)
+        k = metrics.decide_k(scores.numpy(), quantity, k_max, threshold).astype(np.int32)
         return {"scores": scores.numpy(), "quantity": quantity, "k": k, "topk": topk}
 
     return run
@@ -87,6 +88,7 @@ def torch_predictor(model: M3Net, config: CheckpointConfig):
     model.eval()
     pre = preprocess_for(config)
     k_max = config.model.k_max
+    threshold = config.model.decision_threshold
 
     @torch.inference_mode()
     def predict_batch(images: np.ndarray, tags: np.ndarray) -> Outputs:
@@ -94,7 +96,7 @@ def torch_predictor(model: M3Net, config: CheckpointConfig):
         scores = torch.sigmoid(logits)
         topk = torch.topk(scores, k_max, dim=1).indices.to(torch.int32).numpy()
         quantity = q.numpy() if q is not None else np.full(len(images), min(3, k_max), np.float32)
-        k = metrics.decode_quantity(quantity, k_max).astype(np.int32)
+        k = metrics.decide_k(scores.numpy(), quantity, k_max, threshold).astype(np.int32)
         return Outputs(scores.numpy(), quantity, k, topk)
 
     return predict_batch

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from m3trt.runtime.engines.base import Engine, EngineError, EngineUnavailable, TensorSpec
+from m3trt.runtime.model_io import OUTPUT_NAMES
 
 INSTALL = "pip install 'm3trt[cpu]' (or pip install openvino)"
 _DEVICES = {"cpu": "CPU"}
@@ -66,8 +67,8 @@ class OpenVinoEngine(Engine):
             raise EngineError(f"{self.path}: OpenVINO cannot load it: {_first_line(exc)}") from exc
         self.request = self.compiled.create_infer_request()
         self.inputs = [_spec(port) for port in self.compiled.inputs]
-        self.outputs = [_spec(port) for port in self.compiled.outputs]
-        self._ports = [self.compiled.output(spec.name) for spec in self.outputs]
+        self.outputs = [_spec(port, OUTPUT_NAMES) for port in self.compiled.outputs]
+        self._ports = list(self.compiled.outputs)
         self.description = f"openvino {ov.get_version().split('-')[0]} CPU ({self.path.name})"
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -83,12 +84,17 @@ class OpenVinoEngine(Engine):
         self.compiled = None
 
 
-def _spec(port: Any) -> TensorSpec:
+def _spec(port: Any, preferred: tuple[str, ...] = ()) -> TensorSpec:
+    """The port's shape and type, named by the graph's own output name when the port has it
+    among its names: OpenVINO fuses an output's producer (e.g. quantity's Mul + Add) and the
+    fused port can answer ``get_any_name()`` with an internal name."""
     dims: list[int | None] = []
     for dim in port.get_partial_shape():
         dims.append(dim.get_length() if dim.is_static else None)
     dtype = np.dtype(port.get_element_type().to_dtype())
-    return TensorSpec(port.get_any_name(), dtype, tuple(dims))
+    names = port.get_names()
+    name = next((n for n in preferred if n in names), port.get_any_name())
+    return TensorSpec(name, dtype, tuple(dims))
 
 
 def _first_line(exc: BaseException) -> str:
