@@ -17,7 +17,7 @@ rm -rf "$RUN"
 $M3 -q data synth "$RUN/data" --n 800 --size 64 --seed 7
 $M3 -q train "$RUN/data/manifest.jsonl" -o "$RUN/ckpt" --backbone resnet18 --image-size 64 \
   --epochs 10 --batch-size 32 --lr 2e-3 --tag-hidden 128 --seed 0 --threads 2
-$M3 -q build "$RUN/ckpt" -o "$RUN/gate.m3" --precision int8 --target cpu \
+$M3 -q build "$RUN/ckpt" -o "$RUN/gate.m3" --precision int8 --target cpu --engine onnxruntime \
   --calib "$RUN/data/manifest.jsonl"
 if [ "${1:-}" = "--update" ]; then
   $M3 -q eval "$RUN/gate.m3" "$RUN/data/manifest.jsonl" --split test --json "$BASELINE"
