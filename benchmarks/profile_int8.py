@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import openvino as ov
 
@@ -35,6 +36,30 @@ from m3trt.runtime.engines.openvino_engine import compile_config
 from m3trt.runtime.model_io import IMAGE, TAGS, make_feeds
 
 CONV = {"Conv", "QLinearConv", "Convolution", "FusedConv", "ConvInteger"}
+
+
+def multiply_accumulates(path: Path) -> int:
+    """Multiply-accumulates per image of a graph's convolutions and GEMMs (shapes inferred at
+    batch 1): over the time each engine spends in them, the rate its INT8 kernels reach."""
+    model = onnx.load(str(path))
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].dim_value:
+            dims[0].dim_value = 1
+    model = onnx.shape_inference.infer_shapes(model)
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*model.graph.value_info, *model.graph.output]
+    }
+    weights = {t.name: list(t.dims) for t in model.graph.initializer}
+    total = 0
+    for node in model.graph.node:
+        w = weights.get(node.input[1]) if len(node.input) > 1 else None
+        if node.op_type == "Conv" and w and shapes.get(node.output[0]):
+            total += int(np.prod(shapes[node.output[0]])) * int(np.prod(w[1:]))
+        elif node.op_type in ("Gemm", "MatMul") and w:
+            total += int(np.prod(w))
+    return total
 
 
 def cpu_flags() -> list[str]:
@@ -139,6 +164,9 @@ def main() -> None:
             ),
         }
     ort_conv = profiles["ort_int8_m3trt"]["conv_ms"]
+    macs = multiply_accumulates(bundle.artifact_path("reference")) * args.batch
+    for profile in profiles.values():  # INT8 multiply-accumulates per second per thread
+        profile["conv_gmac_per_s_per_thread"] = macs / (profile["conv_ms"] * 1e6) / args.threads
     ov_wall = profiles["ov_int8_plain"]["wall_ms"]
     result = {
         "bundle": str(args.bundle),
@@ -150,6 +178,7 @@ def main() -> None:
         "onnxruntime": ort.__version__,
         "openvino": ov.get_version(),
         "load_average_at_end": os.getloadavg(),
+        "gmac_per_batch": macs / 1e9,
         "profiles": profiles,
         "measured_ratio": ov_wall / profiles["ort_int8_m3trt"]["wall_ms"],
         "bound_if_only_convs_left": ov_wall / ort_conv,
@@ -168,15 +197,23 @@ def markdown(r: dict) -> str:
         f"CPU flags: {' '.join(r['cpu_flags'])}; onnxruntime {r['onnxruntime']}, "
         f"openvino {r['openvino'].split('-')[0]}.",
         "",
-        "| engine / graph | wall ms | kernel ms | convolutions ms | conv share |",
-        "|---|---|---|---|---|",
+        "| engine / graph | wall ms | kernel ms | convolutions ms | conv share | "
+        "conv GMAC/s per thread |",
+        "|---|---|---|---|---|---|",
     ]
     for name, p in r["profiles"].items():
         lines.append(
             f"| {name} | {p['wall_ms']:.1f} | {p['kernel_total_ms']:.1f} | {p['conv_ms']:.1f} | "
-            f"{100 * p['conv_share']:.1f}% |"
+            f"{100 * p['conv_share']:.1f}% | {p['conv_gmac_per_s_per_thread']:.1f} |"
         )
-    lines += ["", "Time by layer type (ms per batch):", ""]
+    lines += [
+        "",
+        f"{r['gmac_per_batch']:.1f} GMAC per batch in convolutions and GEMMs (from the FP32 "
+        "graph's shapes); the last column is that over the convolution time and threads.",
+        "",
+        "Time by layer type (ms per batch):",
+        "",
+    ]
     for name, p in r["profiles"].items():
         top = ", ".join(f"{k} {v:.1f}" for k, v in list(p["by_type_ms"].items())[:8])
         lines.append(f"- {name}: {top}")
