@@ -16,12 +16,15 @@ Ray is imported only inside the functions here (``m3trt[ray]``); nothing else in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import queue
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -194,34 +197,81 @@ def _bundle_files(bundle: Bundle) -> tuple[str, dict[str, bytes]]:
     return bundle.path.name, files
 
 
-def _put_blocks(ray: Any, items: Iterable[Found], rows: int) -> list[Any]:
-    """The file list as Arrow tables of ``rows`` paths in the object store, in walk order."""
+def _file_table(block: list[Found], first: int) -> Any:
+    """``block`` as an Arrow table of walk index, path and walk error."""
     import pyarrow as pa
 
-    refs = []
-    block: list[Found] = []
-    index = 0
+    return pa.table(
+        {
+            "index": pa.array(range(first, first + len(block)), pa.int64()),
+            "path": pa.array([f.path for f in block], pa.string()),
+            "error": pa.array([f.error or "" for f in block], pa.string()),
+        }
+    )
 
-    def put() -> None:
-        nonlocal index
-        table = pa.table(
-            {
-                "index": pa.array(range(index, index + len(block)), pa.int64()),
-                "path": pa.array([f.path for f in block], pa.string()),
-                "error": pa.array([f.error or "" for f in block], pa.string()),
-            }
+
+class _WalkAhead:
+    """The walk, cut into blocks of ``rows`` paths, in a thread that starts before Ray does, so
+    that walking the folders overlaps Ray's start-up (seconds: a local instance starts several
+    processes). At most ``max_waiting`` blocks wait in memory for Ray (then the walk waits), so
+    the driver's memory stays bounded. Ray itself starts on the main thread: its driver does
+    not survive ``ray.init`` from another thread."""
+
+    _END = object()
+
+    def __init__(self, items: Iterable[Found], rows: int, max_waiting: int = 64) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(max_waiting)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._walk, args=(items, rows), name="m3trt-walk", daemon=True
         )
-        refs.append(ray.put(table))
-        index += len(block)
-        block.clear()
+        self._thread.start()
 
-    for item in items:
-        block.append(item)
-        if len(block) >= rows:
-            put()
-    if block:
-        put()
-    return refs
+    def _walk(self, items: Iterable[Found], rows: int) -> None:
+        index = 0
+        block: list[Found] = []
+        try:
+            for item in items:
+                block.append(item)
+                if len(block) >= rows:
+                    self._hand_over(_file_table(block, index))
+                    index += len(block)
+                    block = []
+            if block:
+                self._hand_over(_file_table(block, index))
+            self._hand_over(self._END)
+        except _Stopped:
+            pass
+        except BaseException as exc:  # raised again by the thread that takes the blocks
+            with contextlib.suppress(_Stopped):
+                self._hand_over(exc)
+
+    def _hand_over(self, value: Any) -> None:
+        while True:
+            if self._stop.is_set():
+                raise _Stopped
+            try:
+                self._queue.put(value, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def put_all(self, ray: Any) -> list[Any]:
+        """Every block, into Ray's object store in walk order (waits for the walk to end)."""
+        refs = []
+        while (value := self._queue.get()) is not self._END:
+            if isinstance(value, BaseException):
+                raise value
+            refs.append(ray.put(value))
+        return refs
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class _Stopped(Exception):
+    """The walk was told to stop (the job ended early)."""
 
 
 class _Cluster:
@@ -303,9 +353,13 @@ def run_folder_ray(
     ray = import_ray()
     summary = Summary(bundle.name, "", str(options.output), str(errors_path(options.output)))
     start = time.perf_counter()
-    cluster = _Cluster(ray, ray_options)  # Ray's start-up counts in the job's time
+    rows = _block_rows(options.batch_size, ray_options.block_rows)
+    walk = _Todo(iter_images(roots, options.extensions), done)
+    ahead = _WalkAhead(walk, rows)  # walks while Ray starts
+    cluster = None
     report = None
     try:
+        cluster = _Cluster(ray, ray_options)  # Ray's start-up counts in the job's time
         writer = ResultWriter(
             options.output, fmt, resume=options.resume, overwrite=options.overwrite
         )
@@ -320,9 +374,7 @@ def run_folder_ray(
                 ray_options.bundle_via == "auto" and not cluster.local
             ):
                 source = [ray.put(_bundle_files(bundle))]
-            rows = _block_rows(options.batch_size, ray_options.block_rows)
-            walk = _Todo(iter_images(roots, options.extensions), done)
-            blocks = _put_blocks(ray, walk, rows)  # one pass: also the count for the bar
+            blocks = ahead.put_all(ray)  # the walk's end: also the count for the bar
             summary.skipped = walk.skipped
             n_workers = min(cluster.workers(ray_options), max(1, len(blocks)))  # idle otherwise
             summary.engine = _describe(cluster, n_workers, ray_options)
@@ -350,7 +402,9 @@ def run_folder_ray(
         summary.images_per_s = summary.annotated / summary.elapsed_s if summary.elapsed_s else 0.0
         if report is not None:
             report.close(_report_summary(summary, _ReportInfo(bundle)))
-        cluster.close()
+        ahead.close()
+        if cluster is not None:
+            cluster.close()
     return summary
 
 
