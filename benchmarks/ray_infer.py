@@ -9,7 +9,8 @@ included), alternating local, ray, ray, local for ``--rounds 2``:
 - the local engine: `m3trt infer BUNDLE FOLDER` (decoding threads + ONNX Runtime, all cores);
 - Ray Data: `m3trt infer BUNDLE FOLDER --executor ray` (a local Ray instance with the machine's
   CPUs, one actor per CPU, one engine thread per actor).
-Then the rows are compared (the same paths in the same order, label sets, k, scores), and a last
+Then both on a folder holding one of the images (what start-up and shut-down cost alone), then
+the rows are compared (the same paths in the same order, label sets, k, scores), and a last
 Ray run in this process kills one actor (SIGKILL) after the first block comes back and checks
 that the output still holds each image exactly once, with the local engine's rows.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -33,8 +35,11 @@ ROOT = Path(__file__).resolve().parent.parent
 M3TRT = [sys.executable, "-m", "m3trt.cli"]
 
 
-def run_infer(bundle: Path, folder: Path, out: Path, ray: bool, batch: int) -> dict[str, Any]:
-    """One `m3trt infer` process; wall time from before its start to after its exit."""
+def run_infer(
+    bundle: Path, folder: Path, out: Path, ray: bool, batch: int, address: str | None = None
+) -> dict[str, Any]:
+    """One `m3trt infer` process; wall time from before its start to after its exit. With
+    ``address``, the Ray run joins that running instance instead of starting its own."""
     summary = out.with_suffix(".summary.json")
     for stale in (out, out.with_name(f"{out.stem}.errors.jsonl"), summary):
         stale.unlink(missing_ok=True)  # this script's own outputs from an earlier run
@@ -42,13 +47,15 @@ def run_infer(bundle: Path, folder: Path, out: Path, ray: bool, batch: int) -> d
     cmd += ["--batch-size", str(batch), "--summary-json", str(summary)]
     if ray:
         cmd += ["--executor", "ray"]
+    if address:
+        cmd += ["--address", address]
     load = os.getloadavg()[0]
     start = time.perf_counter()
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - start
     data = json.loads(summary.read_text())
     return {
-        "executor": "ray" if ray else "local",
+        "executor": ("ray, joined" if address else "ray") if ray else "local",
         "wall_s": round(wall, 2),
         "job_s": round(data["elapsed_s"], 2),
         "annotated": data["annotated"],
@@ -116,6 +123,30 @@ def killed_actor_run(bundle: Path, folder: Path, out: Path, batch: int) -> dict[
     }
 
 
+def joined_rounds(args: argparse.Namespace, rounds: int) -> list[dict[str, Any]]:
+    """Local and Ray alternated again, the Ray runs joining a Ray instance started beforehand
+    (`ray start --head`, as on a cluster that is already up): Ray Data's own per-job cost
+    without the instance's start-up. The instance is stopped at the end (`ray stop`)."""
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    port = "6391"
+    start = [ray_cli, "start", "--head", "--port", port]
+    start += ["--num-cpus", str(os.cpu_count() or 1), "--include-dashboard", "false"]
+    subprocess.run(start, check=True, env=env, capture_output=True)
+    runs = []
+    try:
+        for r in range(rounds):
+            for ray in (False, True) if r % 2 == 0 else (True, False):
+                name = f"{'joined' if ray else 'local'}-j{r}.jsonl"
+                out = args.work / name
+                address = "auto" if ray else None  # the instance started above
+                runs.append(run_infer(args.bundle, args.folder, out, ray, args.batch_size, address))
+                print(json.dumps(runs[-1]), flush=True)
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True)
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("bundle", type=Path)
@@ -124,6 +155,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ray_infer")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--joined-rounds",
+        type=int,
+        default=0,
+        help="Also alternate local with Ray runs that join an instance started beforehand.",
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     n_files = sum(1 for p in args.folder.rglob("*") if p.is_file())
@@ -140,6 +177,20 @@ def main() -> None:
             print(json.dumps(runs[-1]), flush=True)
     local_rows = read_rows(args.work / "local-0.jsonl")
     agreement = compare(local_rows, read_rows(args.work / "ray-0.jsonl"))
+    # Start-up and shut-down alone: the same command on a folder of one of the images.
+    one = args.work / "one-image"
+    shutil.rmtree(one, ignore_errors=True)
+    one.mkdir()
+    first = min(p for p in args.folder.rglob("*") if p.is_file())
+    shutil.copyfile(first, one / first.name)
+    fixed = {
+        ("ray" if ray else "local"): run_infer(
+            args.bundle, one, args.work / f"one-{ray}.jsonl", ray, args.batch_size
+        )["wall_s"]
+        for ray in (False, True)
+    }
+    print(json.dumps({"one_image_wall_s": fixed}), flush=True)
+    joined = joined_rounds(args, args.joined_rounds) if args.joined_rounds else []
     killed = killed_actor_run(args.bundle, args.folder, args.work / "killed.jsonl", args.batch_size)
     killed["agreement"] = compare(local_rows, read_rows(args.work / "killed.jsonl"))
     print(json.dumps(killed), flush=True)
@@ -155,6 +206,8 @@ def main() -> None:
         "runs": runs,
         "median_wall_s": {"local": round(local_wall, 2), "ray": round(ray_wall, 2)},
         "ray_over_local": round(ray_wall / local_wall, 3),
+        "one_image_wall_s": fixed,
+        "joined_runs": joined,
         "agreement_ray_vs_local": agreement,
         "killed_actor_run": killed,
     }
@@ -189,6 +242,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"- Median wall time: local {result['median_wall_s']['local']} s, Ray "
         f"{result['median_wall_s']['ray']} s: **Ray / local = {result['ray_over_local']}x** "
         "(target: at most 1.4x).",
+        *joined_lines(result["joined_runs"]),
+        f"- The same command on one image (start-up and shut-down alone): local "
+        f"{result['one_image_wall_s']['local']} s, Ray {result['one_image_wall_s']['ray']} s.",
         f"- Rows, Ray vs local: {a['rows']} rows, {a['unique_paths']} distinct paths, same paths "
         f"in the same order: {a['same_paths_same_order']}; label sets equal on "
         f"{a['label_sets_equal']}, k equal on {a['k_equal']}; max |d score| "
@@ -202,6 +258,19 @@ def markdown(result: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def joined_lines(runs: list[dict[str, Any]]) -> list[str]:
+    if not runs:
+        return []
+    local = statistics.median(x["wall_s"] for x in runs if x["executor"] == "local")
+    joined = statistics.median(x["wall_s"] for x in runs if x["executor"] != "local")
+    walls = ", ".join(f"{x['executor']} {x['wall_s']} s" for x in runs)
+    return [
+        f"- Joining a Ray instance started beforehand (`--address`, as on a running cluster; "
+        f"alternated with local again: {walls}): median local {local} s, Ray {joined} s: "
+        f"**{joined / local:.3f}x**."
+    ]
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,50 @@ def test_without_ray_the_option_says_how_to_install(tmp_path, int8_bundle, folde
 def test_ray_options_need_the_ray_executor(tmp_path, int8_bundle, folder):
     code, output = infer(int8_bundle, folder, "-o", tmp_path / "o.jsonl", "--num-workers", "2")
     assert code == 2 and "--num-workers only apply with --executor ray" in output
+
+
+class _FakeRay:
+    """``put`` keeps the value itself: enough for the walk-ahead's object-store side."""
+
+    @staticmethod
+    def put(value):
+        return value
+
+
+def test_walk_ahead_hands_over_blocks_in_order_and_bounded():
+    from m3trt.runtime.ray_executor import _WalkAhead
+    from m3trt.runtime.walk import Found
+
+    walked = []
+
+    def walk(n):
+        for i in range(n):
+            walked.append(i)
+            yield Found(f"img{i}.jpg", "bad" if i == 3 else None)
+
+    tables = _WalkAhead(walk(10), rows=4).put_all(_FakeRay)
+    assert [t.num_rows for t in tables] == [4, 4, 2]
+    assert [i for t in tables for i in t["index"].to_pylist()] == list(range(10))
+    assert tables[0]["error"].to_pylist() == ["", "", "", "bad"]
+
+    # Nothing takes the blocks: the walk stops after 2 waiting + 1 in hand, and close() ends it.
+    walked.clear()
+    ahead = _WalkAhead(walk(1000), rows=1, max_waiting=2)
+    deadline = time.monotonic() + 10
+    while len(walked) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert len(walked) == 3
+    ahead.close()
+    assert not ahead._thread.is_alive()
+
+
+def test_walk_ahead_raises_the_walks_error_where_blocks_are_taken():
+    from m3trt.runtime.ray_executor import _WalkAhead
+
+    def broken():
+        yield from ()
+        raise PermissionError("cannot list /x")
+
+    with pytest.raises(PermissionError, match="cannot list"):
+        _WalkAhead(broken(), rows=4).put_all(_FakeRay)
