@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from m3trt import __version__
 from m3trt.errors import ImageDecodeError
 from m3trt.serve.batcher import QueueFull
-from m3trt.serve.limits import LimitError, Limits, check_content_length, read_body
+from m3trt.serve.limits import LimitError, Limits, check_content_length, drain, read_body
 from m3trt.serve.metrics import Metrics
 from m3trt.serve.model import VERSION, ServedModel
 from m3trt.serve.protocol import (
@@ -193,7 +193,13 @@ def _room(state: ServerState, model: ServedModel) -> None:
 
 
 async def _body(request: Request, limits: Limits) -> bytes:
-    check_content_length(request.headers.get("content-length"), limits.max_body_bytes)
+    length = request.headers.get("content-length")
+    try:
+        check_content_length(length, limits.max_body_bytes)
+    except LimitError as exc:
+        if exc.status == 413:
+            await drain(request.stream(), length)
+        raise
     return await read_body(
         request.stream(), limits.max_body_bytes, request.headers.get("content-encoding")
     )

@@ -58,6 +58,25 @@ def check_content_length(value: str | None, limit: int) -> None:
         raise LimitError(413, f"request body of {length} bytes is over the limit of {limit}")
 
 
+DRAIN_BYTES = 8 << 20
+
+
+async def drain(chunks: AsyncIterator[bytes], length: str | None) -> None:
+    """Read and drop the body of a request refused for its size, if it is at most DRAIN_BYTES,
+    so that a client still sending reads the 413: a connection closed with unread data is reset,
+    and the client sees the reset instead. Bigger bodies are not read (that may happen then)."""
+    try:
+        if length is None or int(length) > DRAIN_BYTES:
+            return
+    except ValueError:
+        return
+    seen = 0
+    async for chunk in chunks:
+        seen += len(chunk)
+        if seen > DRAIN_BYTES:
+            return
+
+
 async def read_body(chunks: AsyncIterator[bytes], limit: int, encoding: str | None = None) -> bytes:
     """Read a request body, inflating ``gzip``/``deflate``, never holding more than ``limit``."""
     encoding = (encoding or "identity").strip().lower()
