@@ -1,0 +1,73 @@
+"""The late fusion fitted on val (issue 15, m3trt/train/late_fusion.py): a learned tag lexicon,
+unimodal regressions, weights fitted on held-out data, all folded into the graph's weights."""
+
+import torch
+
+from m3trt.config import ModelConfig
+from m3trt.model import M3Net
+from m3trt.train import late_fusion
+from m3trt.train.checkpoint import load_checkpoint
+
+
+def test_lexicon_links_a_word_to_the_one_label_it_names():
+    gen = torch.Generator().manual_seed(0)
+    n = 200
+    labels = (torch.rand(n, 3, generator=gen) < 0.3).double()
+    tags = torch.zeros(n, 3, dtype=torch.float64)
+    tags[:, 0] = labels[:, 1] * (torch.rand(n, generator=gen) < 0.6)  # names label 1
+    tags[:, 1] = (torch.rand(n, generator=gen) < 0.3).double()  # a camera word: names nothing
+    tags[:3, 2] = 1.0  # a rare word on three images
+    labels[:3, 2] = 1.0  # that always comes with label 2: a synonym seen three times
+    lexicon = late_fusion.fit_lexicon(tags, labels)
+    assert lexicon.tolist() == [[0, 1, 0], [0, 0, 0], [0, 0, 1]]
+
+
+def test_the_fitted_fusion_is_exactly_what_the_folded_weights_compute():
+    torch.manual_seed(0)
+    config = ModelConfig(
+        num_labels=4,
+        num_tags=5,
+        backbone="resnet18",
+        tag_hidden=8,
+        visual_dim=16,
+        quantity_hidden=8,
+        k_max=3,
+        tag_skip=True,
+    )
+    model = M3Net(config).eval()
+    torch.nn.init.normal_(model.tag_skip.weight)
+    images = torch.randn(6, 3, 32, 32)
+    tags = (torch.rand(6, 5) < 0.4).float()
+    with torch.no_grad():
+        joint, seen = model.encode(images, tags)
+        z = model.logits(joint, seen).double()
+        q = model.quantity(joint)
+    visual, x = joint[:, :16].double(), tags.double()
+    wt, bt = torch.randn(5, 4).double(), torch.randn(4).double()
+    wv, bv = torch.randn(16, 4).double(), torch.randn(4).double()
+    lexicon = torch.eye(5, 4).double()
+    prior = torch.randn(4).double()
+    s = torch.tensor([0.3, 0.7, 0.4, 2.5, -0.2]).double()
+    expected = late_fusion._fuse(
+        [x @ wt + bt - prior, visual @ wv + bv - prior, z, x @ lexicon], prior, s
+    )
+    late_fusion._fold(model, s, wt, bt, wv, bv, lexicon, prior)
+    with torch.no_grad():
+        logits, q_after = model(images, tags)
+    torch.testing.assert_close(logits.double(), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(q_after, q)  # the quantity head is untouched
+
+
+def test_training_ends_with_the_fusion_and_it_only_improves_val(tiny_checkpoint):
+    _, config = load_checkpoint(tiny_checkpoint[0])
+    fused = config.training["late_fusion"]
+    assert fused["val_bce_after"] <= fused["val_bce_before"] + 1e-9
+    assert fused["tags_l2"] in late_fusion.TAG_L2_GRID
+    assert fused["visual_l2"] in late_fusion.VISUAL_L2_GRID
+    assert all(label in config.label_names for label in fused["lexicon"].values())
+    assert 0 < config.model.decision_threshold < 1
+
+
+def test_without_the_tag_path_nothing_is_fitted():
+    config = ModelConfig(num_labels=3, num_tags=4, backbone="resnet18", tag_skip=False)
+    assert late_fusion.fit_late_fusion(M3Net(config), None, [], []) is None
