@@ -1,12 +1,15 @@
 """The late fusion fitted on val (issue 15, m3trt/train/late_fusion.py): a learned tag lexicon,
 unimodal regressions, weights fitted on held-out data, all folded into the graph's weights."""
 
+import pytest
 import torch
 
 from m3trt.config import ModelConfig
+from m3trt.errors import InputError
 from m3trt.model import M3Net
 from m3trt.train import late_fusion
 from m3trt.train.checkpoint import load_checkpoint
+from m3trt.train.loop import apply_late_fusion
 
 
 def test_lexicon_links_a_word_to_the_one_label_it_names():
@@ -58,7 +61,7 @@ def test_the_fitted_fusion_is_exactly_what_the_folded_weights_compute():
     torch.testing.assert_close(q_after, q)  # the quantity head is untouched
 
 
-def test_training_ends_with_the_fusion_and_it_only_improves_val(tiny_checkpoint):
+def test_training_ends_with_the_fusion_and_it_only_improves_val(tiny_checkpoint, tiny_data):
     _, config = load_checkpoint(tiny_checkpoint[0])
     fused = config.training["late_fusion"]
     assert fused["val_bce_after"] <= fused["val_bce_before"] + 1e-9
@@ -66,6 +69,8 @@ def test_training_ends_with_the_fusion_and_it_only_improves_val(tiny_checkpoint)
     assert fused["visual_l2"] in late_fusion.VISUAL_L2_GRID
     assert all(label in config.label_names for label in fused["lexicon"].values())
     assert 0 < config.model.decision_threshold < 1
+    with pytest.raises(InputError, match="already has the late fusion"):
+        apply_late_fusion(tiny_checkpoint[0], tiny_data)
 
 
 def test_without_the_tag_path_nothing_is_fitted():

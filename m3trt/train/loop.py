@@ -477,6 +477,8 @@ def apply_late_fusion(
     train and val splits it was trained with. Rewrites the checkpoint; returns the fusion (None
     when the model has no tag -> label path, in which case nothing is written)."""
     model, config = load_checkpoint(checkpoint)
+    if "late_fusion" in config.training:
+        raise InputError(f"{checkpoint}: already has the late fusion; it would apply twice")
     options = TrainOptions(**config.training.get("options", {}))
     train_records, val_records, _ = split_records(
         read_manifest(manifest_path), options.val_fraction, options.seed
