@@ -1,11 +1,15 @@
 """The late fusion fitted on val (issue 15, m3trt/train/late_fusion.py): a learned tag lexicon,
 unimodal regressions, weights fitted on held-out data, all folded into the graph's weights."""
 
+import shutil
+
+import onnx
 import pytest
 import torch
 
 from m3trt.config import ModelConfig
 from m3trt.errors import InputError
+from m3trt.export.onnx_export import export_checkpoint
 from m3trt.model import M3Net
 from m3trt.train import late_fusion
 from m3trt.train.checkpoint import load_checkpoint
@@ -61,16 +65,31 @@ def test_the_fitted_fusion_is_exactly_what_the_folded_weights_compute():
     torch.testing.assert_close(q_after, q)  # the quantity head is untouched
 
 
-def test_training_ends_with_the_fusion_and_it_only_improves_val(tiny_checkpoint, tiny_data):
-    _, config = load_checkpoint(tiny_checkpoint[0])
-    fused = config.training["late_fusion"]
-    assert fused["val_bce_after"] <= fused["val_bce_before"] + 1e-9
-    assert fused["tags_l2"] in late_fusion.TAG_L2_GRID
-    assert fused["visual_l2"] in late_fusion.VISUAL_L2_GRID
-    assert all(label in config.label_names for label in fused["lexicon"].values())
+@pytest.fixture(scope="module")
+def fused(tmp_path_factory, tiny_checkpoint, tiny_data):
+    """A copy of the tiny checkpoint given the late fusion, as `m3trt train` ends by default."""
+    out = tmp_path_factory.mktemp("fused") / "ckpt"
+    out.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copyfile(tiny_checkpoint[0] / name, out / name)
+    apply_late_fusion(out, tiny_data)
+    return out
+
+
+def test_the_fusion_only_improves_val_and_exports_with_parity(fused, tiny_data, tmp_path):
+    _, config = load_checkpoint(fused)
+    fitted = config.training["late_fusion"]
+    assert fitted["val_bce_after"] <= fitted["val_bce_before"] + 1e-9
+    assert fitted["tags_l2"] in late_fusion.TAG_L2_GRID
+    assert fitted["visual_l2"] in late_fusion.VISUAL_L2_GRID
+    assert all(label in config.label_names for label in fitted["lexicon"].values())
     assert 0 < config.model.decision_threshold < 1
     with pytest.raises(InputError, match="already has the late fusion"):
-        apply_late_fusion(tiny_checkpoint[0], tiny_data)
+        apply_late_fusion(fused, tiny_data)
+    # the same graph contract, and export's parity check against PyTorch passes
+    export_checkpoint(fused, tmp_path / "model.onnx", parity_images=2)
+    graph = onnx.load(tmp_path / "model.onnx")
+    assert [o.name for o in graph.graph.output] == ["scores", "quantity", "k", "topk"]
 
 
 def test_without_the_tag_path_nothing_is_fitted():
