@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The ablation of the README, per data regime, measured with m3trt's own commands: for each
 # regime of `m3trt data synth --regime` (REGIMES: name:image-size:images) and each training seed,
-# full M3 with the recommended recipe (RECIPE: the auxiliary image-only loss), full M3 with the
-# previous recipe (today's default: no auxiliary loss),
+# full M3 with the recommended recipe (RECIPE: the auxiliary image-only loss, the direct tag ->
+# label path and the late fusion fitted on val), the same without the late fusion, full M3 with
+# the recipe before issue 15,
 # image only (--no-tags), single scale, and the tags-only baselines
-# (benchmarks/ablation_tags_only.py: M3's tag MLP trained on tags alone, and the rule "labels =
-# the labels the tags name"); all on the test split.
+# (benchmarks/ablation_tags_only.py: M3's tag MLP trained on tags alone, the rule "labels =
+# the labels the tags name", the same rule with a lexicon learned on train, and the late fusion
+# without the image); all on the test split.
 #   bash benchmarks/ablation.sh [RUN_DIR]
 # Sized for a shared 2-core CPU (5-15 minutes per model at one thread); every setting can be
 # overridden from the environment (VARIANTS=per-tag-drop SEEDS=0 adds the per-tag drop-out
@@ -22,13 +24,13 @@ if [ -x .venv/bin/python ]; then PY=${PY:-.venv/bin/python}; else PY=${PY:-pytho
 if [ -x .venv/bin/m3trt ]; then M3=${M3:-.venv/bin/m3trt}; else M3=${M3:-"$PY -m m3trt.cli"}; fi
 SEEDS=${SEEDS:-"0 1"}
 REGIMES=${REGIMES:-"default:48:1000 digits-partial:32:1200"}
-VARIANTS=${VARIANTS:-"full previous-recipe no-tags single-scale"}
+VARIANTS=${VARIANTS:-"full no-late-fusion previous-recipe no-tags single-scale"}
 SPLITS=${SPLITS:-0.6,0.1,0.3}
 THREADS=${THREADS:-1}
 TRAIN_ARGS=${TRAIN_ARGS:-"--backbone resnet18 --epochs 8 --batch-size 32 --lr 2e-3 --tag-hidden 512"}
 # The recommended recipe (issue 15) and the one before it (whole-sample tag drop-out only).
-RECIPE=${RECIPE:-"--aux-visual-weight 1 --tag-drop-each 0 --tag-skip"}
-PREVIOUS=${PREVIOUS:-"--tag-drop-each 0 --aux-visual-weight 0 --aux-tags-weight 0 --visual-first-epochs 0 --no-tag-skip"}
+RECIPE=${RECIPE:-"--aux-visual-weight 1 --tag-drop-each 0 --tag-skip --late-fusion"}
+PREVIOUS=${PREVIOUS:-"--tag-drop-each 0 --aux-visual-weight 0 --aux-tags-weight 0 --visual-first-epochs 0 --no-tag-skip --no-late-fusion"}
 OUT=${OUT:-benchmarks/results/ablation_regimes}
 
 names=""
@@ -42,12 +44,14 @@ for entry in $REGIMES; do
     for variant in $VARIANTS; do
       case $variant in
         full) flags="$RECIPE" ;;
+        no-late-fusion) flags="$RECIPE --no-late-fusion" ;;  # the recipe of issue 15, round 2
+        shift) flags="$RECIPE --augment-shift 0.125" ;;  # a candidate (random translation)
         previous-recipe) flags="$PREVIOUS" ;;
         no-tags) flags="--no-tags" ;;
         single-scale) flags="--single-scale $RECIPE" ;;
         per-tag-drop) flags="--aux-visual-weight 1 --tag-drop-each 0.5 --no-tag-skip" ;;  # a candidate
         aux-no-skip) flags="--aux-visual-weight 1 --tag-drop-each 0 --no-tag-skip" ;;  # issue 15, step 1
-        skip-no-aux) flags="--aux-visual-weight 0 --tag-drop-each 0 --tag-skip" ;;  # a candidate
+        skip-no-aux) flags="--aux-visual-weight 0 --tag-drop-each 0 --tag-skip --late-fusion" ;;  # a candidate
         *) echo "unknown variant $variant" >&2; exit 2 ;;
       esac
       ckpt="$RUN/$regime/$variant-seed$seed"
@@ -62,7 +66,7 @@ for entry in $REGIMES; do
       fi
     done
   done
-  [ -f "$RUN/$regime/tags-rule.eval.json" ] ||
+  [ -f "$RUN/$regime/tags-fused.eval.json" ] ||
     # shellcheck disable=SC2086
     $PY benchmarks/ablation_tags_only.py "$data/manifest.jsonl" "$RUN/$regime" --seeds $SEEDS
 done

@@ -15,13 +15,28 @@ from pathlib import Path
 import numpy as np
 
 ROWS = [
-    ("Full M3 = recipe: aux loss + tag -> label path (predicted k)", "full", "predicted_k"),
+    (
+        "Full M3 = recipe: aux loss + tag -> label path + late fusion (predicted k)",
+        "full",
+        "predicted_k",
+    ),
     ("Full M3 = recipe, fixed top-3", "full", "top3"),
     ("Full M3 = recipe, oracle k (upper bound)", "full", "oracle_k"),
     ("Full M3 = recipe, threshold 0.5", "full", "threshold"),
+    (
+        "Full M3, recipe without late fusion (round 2) (predicted k)",
+        "no-late-fusion",
+        "predicted_k",
+    ),
+    ("Full M3, recipe without late fusion, threshold 0.5", "no-late-fusion", "threshold"),
+    ("Full M3 = recipe + random shift 0.125 (predicted k)", "shift", "predicted_k"),
     ("Full M3, aux loss, no tag -> label path (predicted k)", "aux-no-skip", "predicted_k"),
     ("Full M3, aux loss, no tag -> label path, threshold 0.5", "aux-no-skip", "threshold"),
-    ("Full M3, tag -> label path, no aux loss (predicted k)", "skip-no-aux", "predicted_k"),
+    (
+        "Full M3, tag -> label path + late fusion, no aux loss (predicted k)",
+        "skip-no-aux",
+        "predicted_k",
+    ),
     ("Full M3, previous recipe (predicted k)", "previous-recipe", "predicted_k"),
     (
         "Full M3, aux loss + per-tag drop-out 0.5, no path (predicted k)",
@@ -32,6 +47,8 @@ ROWS = [
     ("Tags only: tag MLP (predicted k)", "tags-only", "predicted_k"),
     ("Tags only: tag MLP + tag -> label path (predicted k)", "tags-only-skip", "predicted_k"),
     ("Tags only: rule, labels named by tags", "tags-rule", "predicted_k"),
+    ("Tags only: rule with the lexicon learned on train", "tags-lexicon", "predicted_k"),
+    ("Tags only: late fusion without the image (predicted k)", "tags-fused", "predicted_k"),
     ("Single scale = recipe (predicted k)", "single-scale", "predicted_k"),
     (
         "Single scale, aux loss, no tag -> label path (predicted k)",
@@ -41,7 +58,8 @@ ROWS = [
 ]
 COLUMNS = ["CP", "CR", "CF1", "OP", "OR", "OF1", "mean_class_F1"]
 IMAGE_HALF = ("no-tags",)
-TAG_HALF = ("tags-only", "tags-only-skip", "tags-rule")
+TAG_HALF = ("tags-only", "tags-only-skip", "tags-rule", "tags-lexicon", "tags-fused")
+SINGLE_FILES = ("tags-rule", "tags-lexicon", "tags-fused")  # deterministic: one file, no seed
 
 
 def collect(folder: Path) -> dict[str, list[dict]]:
@@ -49,9 +67,10 @@ def collect(folder: Path) -> dict[str, list[dict]]:
     for path in sorted(folder.glob("*-seed*.eval.json")):
         variant = path.name.split("-seed")[0]
         runs.setdefault(variant, []).append(json.loads(path.read_text()))
-    rule = folder / "tags-rule.eval.json"
-    if rule.is_file():
-        runs["tags-rule"] = [json.loads(rule.read_text())]
+    for name in SINGLE_FILES:
+        path = folder / f"{name}.eval.json"
+        if path.is_file():
+            runs[name] = [json.loads(path.read_text())]
     return runs
 
 
@@ -96,6 +115,7 @@ def regime_table(runs: dict[str, list[dict]]) -> tuple[list[str], list[dict]]:
 def halves_check(regime: str, runs: dict[str, list[dict]]) -> dict | None:
     """Full M3's mean predicted-k O-F1 against the best image-only and the best tags-only."""
     full = mean_of1(runs, "full")
+    before = mean_of1(runs, "no-late-fusion")
     prev = mean_of1(runs, "previous-recipe")
     aux = mean_of1(runs, "aux-no-skip")
     image = max((v for v in (mean_of1(runs, x) for x in IMAGE_HALF) if v is not None), default=None)
@@ -105,11 +125,15 @@ def halves_check(regime: str, runs: dict[str, list[dict]]) -> dict | None:
     return {
         "regime": regime,
         "full": full,
+        "no_late_fusion": before,
         "previous": prev,
         "aux_no_skip": aux,
         "image_only": image,
         "tags_only": tags,
         "margin": full - max(image, tags),
+        "margin_image": full - image,
+        "margin_tags": full - tags,
+        "no_late_fusion_margin": None if before is None else before - max(image, tags),
         "previous_margin": None if prev is None else prev - max(image, tags),
     }
 
@@ -148,19 +172,25 @@ def main() -> None:
     if checks:
         print("### Full M3 against its halves (predicted-k O-F1, mean over seeds)\n")
         print(
-            "| regime | full M3 (recipe) | aux loss, no tag path | previous recipe | image only "
-            "| tags only (best of MLP, MLP + path, rule) | margin (recipe) | margin, previous |"
+            "| regime | full M3 (recipe) | without late fusion (round 2) | aux loss, no tag path "
+            "| previous recipe | image only | tags only (best of MLP, MLP + path, rule, learned "
+            "lexicon, fused) | margin over image | margin over tags | margin, round 2 "
+            "| margin, previous |"
         )
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+
+        def pct(value: float | None, sign: bool = False) -> str:
+            if value is None:
+                return "-"
+            return f"{100 * value:+.1f}" if sign else f"{100 * value:.1f}"
+
         for c in checks:
-            prev = "-" if c["previous"] is None else f"{100 * c['previous']:.1f}"
-            aux = "-" if c["aux_no_skip"] is None else f"{100 * c['aux_no_skip']:.1f}"
-            pm = c["previous_margin"]
-            prev_margin = "-" if pm is None else f"{100 * pm:+.1f}"
             print(
-                f"| {c['regime']} | {100 * c['full']:.1f} | {aux} | {prev} "
-                f"| {100 * c['image_only']:.1f} | {100 * c['tags_only']:.1f} "
-                f"| {100 * c['margin']:+.1f} | {prev_margin} |"
+                f"| {c['regime']} | {pct(c['full'])} | {pct(c['no_late_fusion'])} "
+                f"| {pct(c['aux_no_skip'])} | {pct(c['previous'])} | {pct(c['image_only'])} "
+                f"| {pct(c['tags_only'])} | {pct(c['margin_image'], True)} "
+                f"| {pct(c['margin_tags'], True)} | {pct(c['no_late_fusion_margin'], True)} "
+                f"| {pct(c['previous_margin'], True)} |"
             )
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")

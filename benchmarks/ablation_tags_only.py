@@ -12,6 +12,11 @@ Two baselines, written as ``eval.json``-shaped files beside the image models' re
   (``--tag-skip``, the default of ``m3trt train``) beside the MLP.
 - ``tags-rule.eval.json``: the rule "labels = the labels the tags name" (by name or synonym,
   ``m3trt.data.synth.tag_label``), so only meaningful on synthetic manifests; no ranking, no mAP.
+- ``tags-lexicon.eval.json``: the same rule with the lexicon *learned* from the training split's
+  co-occurrence, as ``m3trt train``'s late fusion learns it (``m3trt.train.late_fusion``); no
+  ranking, no mAP.
+- ``tags-fused.eval.json``: the late fusion of ``m3trt train`` without the image: a logistic
+  regression on the tags and the learned lexicon, weighted on val, threshold fitted on val.
 
     .venv/bin/python benchmarks/ablation_tags_only.py DATA/manifest.jsonl OUT_DIR --seeds 0 1
 """
@@ -32,6 +37,7 @@ from m3trt.data.manifest import read_manifest
 from m3trt.data.synth import tag_label
 from m3trt.data.vocab import Vocab, build_tag_vocab
 from m3trt.model.m3net import QuantityHead, TagBranch
+from m3trt.train import late_fusion
 from m3trt.train.loop import split_records
 
 
@@ -146,11 +152,74 @@ def tags_rule(manifest_path: Path) -> dict[str, object]:
     }
 
 
+def _splits(manifest_path: Path):
+    manifest = read_manifest(manifest_path)
+    train, val, _ = split_records(manifest, 0.1, 0)
+    test = [r for r in manifest.split("test") if r.labels]
+    labels = Vocab(manifest.label_names)
+    tags = Vocab(build_tag_vocab(r.tags for r in train))
+    splits = {"train": train, "val": val, "test": test}
+    x = {
+        k: torch.from_numpy(tags.encode_many(r.tags for r in rs)).double()
+        for k, rs in splits.items()
+    }
+    y = {
+        k: torch.from_numpy(labels.encode_many(r.labels for r in rs)).double()
+        for k, rs in splits.items()
+    }
+    return x, y
+
+
+def tags_lexicon(manifest_path: Path) -> dict[str, object]:
+    """The rule with the lexicon learned from the training split (``late_fusion.fit_lexicon``)."""
+    x, y = _splits(manifest_path)
+    lexicon = late_fusion.fit_lexicon(x["train"], y["train"])
+    named = (x["test"] @ lexicon).numpy() > 0
+    return {
+        "n_images": len(named),
+        "mAP": None,
+        "lexicon_words": int(lexicon.sum()),
+        "modes": {"predicted_k": metrics.label_metrics(y["test"].numpy() > 0, named)},
+    }
+
+
+def tags_fused(manifest_path: Path) -> dict[str, object]:
+    """``m3trt train``'s late fusion with the tags alone: logistic regression (L2 chosen on val)
+    and the learned lexicon, weighted on val by BCE; the threshold fitted on val."""
+    x, y = _splits(manifest_path)
+    rate = y["train"].mean(0).clamp(1e-3, 1 - 1e-3)
+    prior = torch.log(rate / (1 - rate))
+    best = None
+    for l2 in late_fusion.TAG_L2_GRID:
+        w, b = late_fusion.fit_logistic(x["train"], y["train"], l2, prior)
+        loss = float(late_fusion._bce(x["val"] @ w + b, y["val"]))
+        if best is None or loss < best[0] - 1e-12:
+            best = (loss, w, b)
+    assert best is not None
+    _, w, b = best
+    lexicon = late_fusion.fit_lexicon(x["train"], y["train"])
+
+    def features(split: str) -> list[torch.Tensor]:
+        return [x[split] @ w + b - prior, x[split] @ lexicon]
+
+    s, _ = late_fusion.fit_scalars(features("val"), [1.0, 0.0], prior, y["val"])
+    k_max = int(y["train"].sum(1).max())
+    val_scores = torch.sigmoid(late_fusion._fuse(features("val"), prior, s)).numpy()
+    scores = torch.sigmoid(late_fusion._fuse(features("test"), prior, s)).numpy()
+    threshold, _ = metrics.fit_decision_threshold(y["val"].numpy() > 0, val_scores, k_max)
+    k = metrics.decide_k(scores, None, k_max, threshold)
+    result = metrics.evaluate(y["test"].numpy() > 0, scores, k=k)
+    result.pop("quantity")  # no quantity head: it would score the decided k
+    result["decision_threshold"] = threshold
+    result["fusion"] = [float(v) for v in s]
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("manifest", type=Path)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1])
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -175,9 +244,14 @@ def main() -> None:
             )
             (args.out / f"{name}-seed{seed}.eval.json").write_text(json.dumps(result, indent=1))
             print(f"{name} seed {seed}: OF1 {100 * result['modes']['predicted_k']['OF1']:.1f}")
-    rule = tags_rule(args.manifest)
-    (args.out / "tags-rule.eval.json").write_text(json.dumps(rule, indent=1))
-    print(f"tags rule: OF1 {100 * rule['modes']['predicted_k']['OF1']:.1f}")
+    for name, fn in (
+        ("tags-rule", tags_rule),
+        ("tags-lexicon", tags_lexicon),
+        ("tags-fused", tags_fused),
+    ):
+        result = fn(args.manifest)
+        (args.out / f"{name}.eval.json").write_text(json.dumps(result, indent=1))
+        print(f"{name}: OF1 {100 * result['modes']['predicted_k']['OF1']:.1f}")
 
 
 if __name__ == "__main__":

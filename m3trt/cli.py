@@ -375,6 +375,20 @@ def _print_import(summary: Any) -> None:
     show_default=True,
     help="Fit the quantity head's scale and shift for exact counts on the val split.",
 )
+@click.option(
+    "--augment-shift",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 0.5),
+    help="Random translation of training images, up to this fraction of the side (0: flips only).",
+)
+@click.option(
+    "--late-fusion/--no-late-fusion",
+    default=True,
+    show_default=True,
+    help="After training, refit on the val split how much the tags, the image and the joint "
+    "model are trusted (folded into the exported weights; needs --tag-skip).",
+)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in the same -o folder.")
 @click.option(
     "--threads",
@@ -414,6 +428,8 @@ def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
         tag_skip=kw["tag_skip"],
         tag_skip_lr_mult=kw["tag_skip_lr_mult"],
         decision_threshold=parse_decision_threshold(kw["decision_threshold"]),
+        augment_shift=kw["augment_shift"],
+        late_fusion=kw["late_fusion"],
     )
     result = train(manifest, out, options, resume=kw["resume"], reporter=_reporter(ctx))
     skipped = result.counts.get("unlabelled_skipped", 0)

@@ -140,3 +140,15 @@ def test_training_fits_the_decision_threshold_on_val(tiny_checkpoint):
     assert loop.parse_decision_threshold("0.4") == "0.4"
     with pytest.raises(InputError, match="decision-threshold"):
         loop.parse_decision_threshold("1.5")
+
+
+def test_shift_augmentation_translates_and_draws_nothing_when_off():
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    images[:, 3:5, 3:5] = 255
+    rng = np.random.default_rng(0)
+    assert loop._shift(images, 0.0, rng) is images
+    assert rng.random() == np.random.default_rng(0).random()  # no random number was drawn
+    shifted = loop._shift(images, 0.25, np.random.default_rng(1))
+    assert shifted.shape == images.shape and shifted.dtype == np.uint8
+    assert all((s == 255).sum() == 12 for s in shifted)  # the square moved, whole
+    assert any(not np.array_equal(s, i) for s, i in zip(shifted, images, strict=True))

@@ -33,6 +33,8 @@ from m3trt.train.checkpoint import (
     save_checkpoint,
     save_training_state,
 )
+from m3trt.train.late_fusion import describe as describe_fusion
+from m3trt.train.late_fusion import fit_late_fusion
 from m3trt.train.predict import predict, preprocess_for
 from m3trt.train.quantity import QuantityCalibration, apply_calibration, fit_calibration
 
@@ -74,6 +76,14 @@ class TrainOptions:
     # The decision (ModelConfig.decision_threshold): "val" fits it on the validation split after
     # training (the O-F1-maximising threshold), "none" keeps k = round(q), a number fixes it.
     decision_threshold: str = "val"
+    # Random translation (issue 15): each training image is shifted by up to this fraction of
+    # its side in x and y (edge pixels repeated), on top of the horizontal flips; 0 = flips only.
+    augment_shift: float = 0.0
+    # Late fusion fitted on val (m3trt/train/late_fusion.py): after training, the trust in the
+    # tags, the image and the joint model is refitted on the validation split and folded into
+    # the classifier and the tag -> label path (same graph). Needs tag_skip. Measured in the
+    # README's ablation (issue 15, third round), where it wins in every regime: the default.
+    late_fusion: bool = True
 
 
 @dataclass
@@ -191,6 +201,20 @@ def _flip(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def _shift(images: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Translate each image of a uint8 NHWC batch by a random offset of up to ``fraction`` of
+    its side, repeating the edge pixels (no random numbers drawn when ``fraction`` is 0)."""
+    pad = round(fraction * images.shape[1])
+    if pad <= 0:
+        return images
+    offsets = rng.integers(0, 2 * pad + 1, size=(len(images), 2))
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+    h, w = images.shape[1:3]
+    return np.stack(
+        [padded[i, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())]
+    )
+
+
 @dataclass(frozen=True)
 class Schedule:
     steps_per_epoch: int
@@ -229,7 +253,8 @@ def run_epoch(
         )
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)
-        images = preprocess(torch.from_numpy(_flip(batch.images, rng)))
+        images = _shift(_flip(batch.images, rng), options.augment_shift, rng)
+        images = preprocess(torch.from_numpy(images))
         tags = torch.from_numpy(batch.tags)
         tags = tags * 0 if tags_off else drop_each_tag(tags, drop_each)
         targets = torch.from_numpy(batch.labels)
@@ -380,6 +405,14 @@ def train(
         )
     else:
         final.save(out_dir / "config.json")
+    if options.late_fusion and final.model.tag_skip:
+        best_model, _ = load_checkpoint(out_dir)
+        fused = fit_late_fusion(best_model, final, train_set, val_set)
+        if fused is not None:
+            final.training["late_fusion"] = fused
+            best["val"] = validate(best_model, final, val_set)
+            save_checkpoint(out_dir, best_model, final)
+            reporter.log(describe_fusion(fused))
     if options.decision_threshold != "none":
         best_model, _ = load_checkpoint(out_dir)
         fitted = _set_decision_threshold(best_model, final, val_set, options.decision_threshold)
@@ -434,6 +467,40 @@ def fit_decision(
     config.training["decision_threshold"] = fitted
     config.save(Path(checkpoint) / "config.json")
     return fitted
+
+
+def apply_late_fusion(
+    checkpoint: str | Path, manifest_path: str | Path, how: str = "val"
+) -> dict[str, Any] | None:
+    """Give an existing checkpoint the late fusion ``m3trt train --late-fusion`` ends with, then
+    refit its decision threshold (``how``, as ``fit_decision``) on the new scores: the same
+    train and val splits it was trained with. Rewrites the checkpoint; returns the fusion (None
+    when the model has no tag -> label path, in which case nothing is written)."""
+    model, config = load_checkpoint(checkpoint)
+    if "late_fusion" in config.training:
+        raise InputError(f"{checkpoint}: already has the late fusion; it would apply twice")
+    options = TrainOptions(**config.training.get("options", {}))
+    train_records, val_records, _ = split_records(
+        read_manifest(manifest_path), options.val_fraction, options.seed
+    )
+    labels, tags = Vocab(config.label_names), Vocab(config.tag_vocab)
+    size = config.preprocessing.image_size
+    fused = fit_late_fusion(
+        model,
+        config,
+        RecordSet(train_records, labels, tags, size),
+        RecordSet(val_records, labels, tags, size),
+    )
+    if fused is None:
+        return None
+    config.training["late_fusion"] = fused
+    if how != "none":
+        val_set = RecordSet(val_records, labels, tags, size)
+        config.training["decision_threshold"] = _set_decision_threshold(
+            model, config, val_set, parse_decision_threshold(how)
+        )
+    save_checkpoint(checkpoint, model, config)
+    return fused
 
 
 def _set_decision_threshold(
