@@ -393,6 +393,7 @@ def train(
     # Keep the history of every epoch in the best checkpoint's summary.
     final = CheckpointConfig.load(out_dir / "config.json")
     final.training = _summary(options, counts, manifest, best, history, started)
+    best_model = None  # the best epoch's weights, loaded once for the steps fitted on val
     if options.calibrate_quantity and final.model.quantity_head:
         best_model, _ = load_checkpoint(out_dir)
         calibration = _calibrate_quantity(best_model, final, val_set)
@@ -406,15 +407,18 @@ def train(
     else:
         final.save(out_dir / "config.json")
     if options.late_fusion and final.model.tag_skip:
-        best_model, _ = load_checkpoint(out_dir)
+        if best_model is None:
+            best_model, _ = load_checkpoint(out_dir)
         fused = fit_late_fusion(best_model, final, train_set, val_set)
         if fused is not None:
             final.training["late_fusion"] = fused
-            best["val"] = validate(best_model, final, val_set)
+            if options.decision_threshold == "none":  # else validated after the threshold
+                best["val"] = validate(best_model, final, val_set)
             save_checkpoint(out_dir, best_model, final)
             reporter.log(describe_fusion(fused))
     if options.decision_threshold != "none":
-        best_model, _ = load_checkpoint(out_dir)
+        if best_model is None:
+            best_model, _ = load_checkpoint(out_dir)
         fitted = _set_decision_threshold(best_model, final, val_set, options.decision_threshold)
         final.training["decision_threshold"] = fitted
         best["val"] = validate(best_model, final, val_set)
