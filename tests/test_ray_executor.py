@@ -177,7 +177,7 @@ def test_walk_ahead_hands_over_blocks_in_order_and_bounded():
     tables = _WalkAhead(walk(10), rows=4).put_all(_FakeRay)
     assert [t.num_rows for t in tables] == [4, 4, 2]
     assert [i for t in tables for i in t["index"].to_pylist()] == list(range(10))
-    assert tables[0]["error"].to_pylist() == ["", "", "", "bad"]
+    assert tables[0]["error"].to_pylist() == [b"", b"", b"", b"bad"]
 
     # Nothing takes the blocks: the walk stops after 2 waiting + 1 in hand, and close() ends it.
     walked.clear()
@@ -200,3 +200,22 @@ def test_walk_ahead_raises_the_walks_error_where_blocks_are_taken():
 
     with pytest.raises(PermissionError, match="cannot list"):
         _WalkAhead(broken(), rows=4).put_all(_FakeRay)
+
+
+def test_non_utf8_file_names_go_through_ray(tmp_path, int8_bundle, test_images, ray_session):
+    """File names are bytes: Ray's Arrow blocks carry them as bytes, and the rows name them as
+    the local engine does (surrogate-escaped)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    source = sorted(p for p in test_images.iterdir() if p.suffix == ".jpg")[0]
+    name = os.fsdecode(b"caf\xe9-" + os.fsencode(source.name))  # Latin-1, not UTF-8
+    shutil.copyfile(source, folder / name)
+    (folder / os.fsdecode(b"bad\xff.jpg")).write_bytes(b"not a jpeg")
+    local, out = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    code, output = infer(int8_bundle, folder, "-o", local, "--batch-size", "8", "--threads", "1")
+    assert code == 0, output
+    options = InferOptions(output=out, batch_size=8)
+    summary = run_folder_ray(int8_bundle, [folder], options, RayOptions(num_workers=1))
+    assert (summary.annotated, summary.failed) == (1, 1)
+    assert out.read_bytes() == local.read_bytes()
+    assert errors_path(out).read_bytes() == errors_path(local).read_bytes()

@@ -139,7 +139,7 @@ class BatchAnnotator:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         found = [
-            Found(str(p), str(e) or None)
+            Found(os.fsdecode(p), os.fsdecode(e) or None)
             for p, e in zip(batch["path"], batch["error"], strict=True)
         ]
         local = found if self.cwd is None else [self._here(f) for f in found]
@@ -159,9 +159,9 @@ class BatchAnnotator:
                 chunk = []
         return {
             "index": np.asarray(batch["index"], dtype=np.int64),
-            "path": np.asarray([f.path for f in found], dtype=object),
+            "path": np.asarray([os.fsencode(f.path) for f in found], dtype=object),
             "row": np.asarray(rows, dtype=object),
-            "error": np.asarray([d.error or "" for d in decoded], dtype=object),
+            "error": np.asarray([os.fsencode(d.error or "") for d in decoded], dtype=object),
             "pid": np.full(len(found), self.pid, dtype=np.int64),
             "engine": np.full(len(found), self.annotator.description, dtype=object),
         }
@@ -204,8 +204,9 @@ def _file_table(block: list[Found], first: int) -> Any:
     return pa.table(
         {
             "index": pa.array(range(first, first + len(block)), pa.int64()),
-            "path": pa.array([f.path for f in block], pa.string()),
-            "error": pa.array([f.error or "" for f in block], pa.string()),
+            # Bytes, not text: file names need not be UTF-8 (surrogate-escaped in Python).
+            "path": pa.array([os.fsencode(f.path) for f in block], pa.binary()),
+            "error": pa.array([os.fsencode(f.error or "") for f in block], pa.binary()),
         }
     )
 
@@ -496,13 +497,13 @@ class _Job:
                     continue
                 if index > expected:
                     raise M3Error(
-                        f"Ray returned {path} (file {index}) right after {last} (file "
+                        f"Ray returned {os.fsdecode(path)} (file {index}) right after {last} (file "
                         f"{expected - 1}): rows were lost; rerun with --resume"
                     )
                 expected += 1
                 done += 1
-                last = str(path)
-                self._write(last, str(row), str(error))
+                last = os.fsdecode(path)
+                self._write(last, str(row), os.fsdecode(error))
             self.writer.flush()
             bar.advance(done, failed=self.summary.failed)
             if ray_options.on_block is not None:
