@@ -16,7 +16,6 @@ from typing import Any
 import click
 
 from m3trt import __version__
-from m3trt.constants import QUANTITY_LOSSES
 from m3trt.errors import M3Error, OutputFailure
 from m3trt.progress import Reporter
 
@@ -302,13 +301,6 @@ def _print_import(summary: Any) -> None:
 @click.option("--single-scale", is_flag=True, help="Ablation: no fusion branch.")
 @click.option("--no-quantity-head", is_flag=True, help="Ablation: no label-quantity head.")
 @click.option("--quantity-weight", default=1.0, show_default=True, help="lambda of the count loss.")
-@click.option(
-    "--quantity-loss",
-    type=click.Choice(QUANTITY_LOSSES),
-    default=QUANTITY_LOSSES[0],
-    show_default=True,
-    help="count loss: smoothl1 on q (the paper's) or ordinal (cut points at round(q)'s).",
-)
 @click.option("--tag-min-count", default=2, show_default=True, type=click.IntRange(1))
 @click.option("--tag-max-size", default=1000, show_default=True, type=click.IntRange(1))
 @click.option("--tag-hidden", default=2048, show_default=True, type=click.IntRange(1))
@@ -421,7 +413,6 @@ def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
         multi_scale=not kw["single_scale"],
         quantity_head=not kw["no_quantity_head"],
         quantity_weight=kw["quantity_weight"],
-        quantity_loss=kw["quantity_loss"],
         tag_min_count=kw["tag_min_count"],
         tag_max_size=kw["tag_max_size"],
         tag_hidden=kw["tag_hidden"],

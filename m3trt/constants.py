@@ -9,5 +9,3 @@ ENGINE_KINDS = ("onnxruntime", "openvino", "tensorrt")  # what runs it (--engine
 # Batch buckets of GPU optimization profiles / CUDA graphs: (1], (1, 8], (8, 32], (32, 64].
 BATCH_BUCKETS = (1, 8, 32)
 MAX_BATCH = 64
-# The quantity head's training loss (m3trt/train/count_loss.py); the first is the default.
-QUANTITY_LOSSES = ("smoothl1", "ordinal")

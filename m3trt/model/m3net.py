@@ -99,12 +99,9 @@ class QuantityHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.fc2 = nn.Linear(hidden, 1)
 
-    def logit(self, joint: torch.Tensor) -> torch.Tensor:
-        """The pre-sigmoid z of q (what the ordinal count loss reads)."""
-        return self.fc2(self.dropout(self.relu(self.fc1(joint)))).squeeze(1)
-
     def forward(self, joint: torch.Tensor) -> torch.Tensor:
-        return 1.0 + (self.k_max - 1) * torch.sigmoid(self.logit(joint))
+        z = self.fc2(self.dropout(self.relu(self.fc1(joint)))).squeeze(1)
+        return 1.0 + (self.k_max - 1) * torch.sigmoid(z)
 
 
 class M3Net(nn.Module):

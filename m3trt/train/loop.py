@@ -19,7 +19,6 @@ import torch.nn.functional as F
 
 from m3trt import metrics
 from m3trt.config import CheckpointConfig, ModelConfig, Preprocessing
-from m3trt.constants import QUANTITY_LOSSES
 from m3trt.data.batches import RecordSet
 from m3trt.data.manifest import Manifest, Record, read_manifest
 from m3trt.data.vocab import Vocab, build_tag_vocab
@@ -34,7 +33,6 @@ from m3trt.train.checkpoint import (
     save_checkpoint,
     save_training_state,
 )
-from m3trt.train.count_loss import quantity_loss
 from m3trt.train.late_fusion import describe as describe_fusion
 from m3trt.train.late_fusion import fit_late_fusion
 from m3trt.train.predict import predict, preprocess_for
@@ -54,9 +52,6 @@ class TrainOptions:
     multi_scale: bool = True
     quantity_head: bool = True
     quantity_weight: float = 1.0
-    # The count loss (m3trt/train/count_loss.py): "smoothl1" on q (the paper's), or "ordinal",
-    # a cumulative-link likelihood whose cut points are round(q)'s (issue 15).
-    quantity_loss: str = QUANTITY_LOSSES[0]
     tag_min_count: int = 2
     tag_max_size: int = 1000
     tag_hidden: int = 2048
@@ -265,14 +260,9 @@ def run_epoch(
         targets = torch.from_numpy(batch.labels)
         joint, tags_seen = model.encode(images, tags)
         logits = model.logits(joint, tags_seen)
+        q = model.quantity(joint) if model.quantity is not None else None
         bce = F.binary_cross_entropy_with_logits(logits, targets)
-        qty = torch.zeros(())
-        if model.quantity is not None:
-            z = model.quantity.logit(joint)
-            q = 1.0 + (model.quantity.k_max - 1) * torch.sigmoid(z)
-            qty = quantity_loss(
-                options.quantity_loss, z, q, counts[batch.indices], model.quantity.k_max
-            )
+        qty = F.smooth_l1_loss(q, counts[batch.indices]) if q is not None else torch.zeros(())
         loss = bce + options.quantity_weight * qty
         extra = aux.losses(joint, targets) if aux else {}
         weights = {"aux_visual": options.aux_visual_weight, "aux_tags": options.aux_tags_weight}
