@@ -1,4 +1,4 @@
-"""Export: one self-describing graph with parity against PyTorch, for every depth and switch."""
+"""Export: one self-describing graph with parity against PyTorch, for each block type and switch."""
 
 import numpy as np
 import onnx
@@ -46,8 +46,9 @@ def make_checkpoint(folder, **switches):
     [
         {"backbone": "resnet18"},
         {"backbone": "resnet34"},
+        # ResNet-101 is ResNet-50 with more stage-3 blocks (same code path): left out, its
+        # export took ~40 s of the CI budget (tests/test_model.py still builds it).
         {"backbone": "resnet50"},
-        {"backbone": "resnet101"},
         {"use_tags": False},
         {"multi_scale": False, "tag_skip": True, "decision_threshold": 0.5},
         {"use_tags": False, "multi_scale": False},

@@ -25,7 +25,7 @@ from m3trt.data.vocab import Vocab, build_tag_vocab
 from m3trt.errors import InputError
 from m3trt.model import M3Net, load_backbone_weights
 from m3trt.progress import SILENT, Reporter
-from m3trt.train.balance import AuxHeads, drop_each_tag
+from m3trt.train.balance import AuxHeads, count_from_image, drop_each_tag
 from m3trt.train.checkpoint import (
     load_checkpoint,
     read_training_state,
@@ -68,6 +68,9 @@ class TrainOptions:
     aux_tags_weight: float = 0.0
     visual_first_epochs: int = 0
     calibrate_quantity: bool = False
+    # Where the quantity head reads the count (balance.count_from_image): "image", the visual part
+    # of the joint feature only, or "joint", the paper's whole joint feature.
+    quantity_from: str = "image"
     # The direct tag -> label path (ModelConfig.tag_skip) and its learning rate, as a multiple of
     # ``lr``: a sparse linear map trained with Adam moves each weight by about lr per step, too
     # slowly for a few hundred steps to reach the logits a word that names a label deserves.
@@ -93,6 +96,13 @@ class TrainResult:
     best_val: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+
+
+def resumed_options(saved: dict[str, Any]) -> TrainOptions:
+    """The options of an interrupted run. An option added since keeps the behaviour the run
+    started with, not the new default: a run from before ``quantity_from`` counted from the
+    joint feature, and zeroing its trained weights halfway would break it."""
+    return TrainOptions(**{"quantity_from": "joint", **saved})
 
 
 def split_records(
@@ -310,7 +320,7 @@ def train(
         state = read_training_state(out_dir)
         if state.get("manifest_hash") != manifest_hash:
             raise InputError(f"{out_dir}: was trained on a different manifest; cannot resume")
-        options = TrainOptions(**state["options"])
+        options = resumed_options(state["options"])
         start_epoch, history, best = state["epoch"], state["history"], state["best"]
     elif (out_dir / "config.json").exists():
         raise InputError(f"{out_dir}: already holds a checkpoint; use --resume or another -o")
@@ -323,6 +333,8 @@ def train(
     torch.set_num_threads(options.threads or os.cpu_count() or 1)
     torch.manual_seed(options.seed)
     model = M3Net(config.model)
+    if options.quantity_from == "image":
+        count_from_image(model)
     aux = AuxHeads(model, options.aux_visual_weight > 0, options.aux_tags_weight > 0)
     optimizer = make_optimizer(torch.nn.ModuleList([model, aux]), options)
     if state is not None:
@@ -367,6 +379,8 @@ def train(
             "val_mAP": val["mAP"],
             "val_OF1": val["modes"].get("predicted_k", val["modes"]["top3"])["OF1"],
         }
+        if "quantity" in val:  # when the count is learnt varies with the seed: keep the curve
+            row["val_count_acc"] = val["quantity"]["acc"]
         history.append(row)
         reporter.log(
             f"epoch {epoch + 1}: loss {row['loss']:.4f}  val mAP {100 * val['mAP']:.1f}  "
