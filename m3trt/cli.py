@@ -376,14 +376,6 @@ def _print_import(summary: Any) -> None:
     help="Fit the quantity head's scale and shift for exact counts on the val split.",
 )
 @click.option(
-    "--quantity-from",
-    type=click.Choice(["image", "joint"]),
-    default="image",
-    show_default=True,
-    help="What the quantity head counts from: the image feature alone, or the whole joint "
-    "(image + tags) feature as in the paper.",
-)
-@click.option(
     "--augment-shift",
     default=0.0,
     show_default=True,
@@ -433,7 +425,6 @@ def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
         aux_tags_weight=kw["aux_tags_weight"],
         visual_first_epochs=kw["visual_first_epochs"],
         calibrate_quantity=kw["calibrate_quantity"],
-        quantity_from=kw["quantity_from"],
         tag_skip=kw["tag_skip"],
         tag_skip_lr_mult=kw["tag_skip_lr_mult"],
         decision_threshold=parse_decision_threshold(kw["decision_threshold"]),

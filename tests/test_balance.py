@@ -9,9 +9,9 @@ from safetensors.torch import load_file
 from m3trt.config import ModelConfig
 from m3trt.export.onnx_export import export_checkpoint
 from m3trt.model import M3Net
-from m3trt.train.balance import AuxHeads, count_from_image, drop_each_tag
+from m3trt.train.balance import AuxHeads, drop_each_tag
 from m3trt.train.checkpoint import AUX_FILE, LAST_DIR, WEIGHTS_FILE, load_config
-from m3trt.train.loop import TrainOptions, resumed_options, train
+from m3trt.train.loop import TrainOptions, train
 from m3trt.train.quantity import apply_calibration, fit_calibration
 
 
@@ -64,49 +64,12 @@ def test_aux_heads_read_their_own_slice_of_the_joint_feature():
     assert not AuxHeads(_model(use_tags=False), visual=True, tags=True)
 
 
-def test_count_from_image_keeps_the_tag_weights_at_zero_through_adamw():
-    model = _model()
-    assert count_from_image(model)
-    fc1 = model.quantity.fc1
-    width = model.config.visual_width
-    visual_before = fc1.weight[:, :width].detach().clone()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
-    torch.manual_seed(1)
-    for _ in range(3):
-        _, q = model(torch.randn(4, 3, 32, 32), torch.bernoulli(torch.full((4, 6), 0.5)))
-        optimizer.zero_grad()
-        ((q - 3.0) ** 2).mean().backward()
-        optimizer.step()
-    assert bool((fc1.weight[:, width:] == 0).all())
-    assert not torch.equal(fc1.weight[:, :width], visual_before)
-    # so the count no longer depends on the tags, while the scores still do
-    model.eval()
-    images = torch.randn(3, 3, 32, 32)
-    with torch.no_grad():
-        logits_a, q_a = model(images, torch.zeros(3, 6))
-        logits_b, q_b = model(images, torch.ones(3, 6))
-    torch.testing.assert_close(q_a, q_b)
-    assert not torch.allclose(logits_a, logits_b)
-    # nothing to do without a tag branch
-    assert not count_from_image(_model(use_tags=False))
-
-
-def test_trained_checkpoint_counts_from_the_image(tiny_checkpoint):
-    folder, _ = tiny_checkpoint
-    weights = load_file(folder / WEIGHTS_FILE)
-    config = load_config(folder)
-    assert config.training["options"]["quantity_from"] == "image"
-    fc1 = weights["quantity.fc1.weight"]
-    assert bool((fc1[:, config.model.visual_width :] == 0).all())
-    assert bool((fc1[:, : config.model.visual_width] != 0).any())
-    # the history keeps the val count accuracy of every epoch
-    assert all(0 <= row["val_count_acc"] <= 1 for row in config.training["history"])
-
-
-def test_a_resumed_run_keeps_how_it_started_counting():
-    assert resumed_options({"epochs": 2}).quantity_from == "joint"  # saved before the option
-    assert resumed_options({"quantity_from": "image"}).quantity_from == "image"
-    assert TrainOptions().quantity_from == "image"
+def test_training_history_keeps_the_val_count_accuracy_of_every_epoch(tiny_checkpoint):
+    # when the count is learnt varies with the seed (README, issue 15): the curve shows it
+    config = load_config(tiny_checkpoint[0])
+    history = config.training["history"]
+    assert len(history) == config.training["options"]["epochs"]
+    assert all(0 <= row["val_count_acc"] <= 1 for row in history)
 
 
 def test_quantity_calibration_fixes_a_shared_bias_and_folds_into_the_head():

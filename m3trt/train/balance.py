@@ -15,11 +15,7 @@ image-only head):
   signal whatever the tag branch does. They read slices of the joint feature, live outside
   ``M3Net`` and are never saved in the checkpoint, so the exported graph (DESIGN §3.3) is
   unchanged;
-- **visual-first schedule**: tags zeroed for the first epochs, then joint training;
-- **the count read from the image**: the quantity head's first layer gets zero, frozen weights on
-  the tag part of the joint feature. In the joint model the tag feature explains part of the count
-  early (how many labels the tags name), the head leans on it, and whether the visual branch ever
-  learns to count then depends on the seed; the image-only model counts better and steadily.
+- **visual-first schedule**: tags zeroed for the first epochs, then joint training.
 """
 
 from __future__ import annotations
@@ -66,19 +62,3 @@ class AuxHeads(nn.Module):
             logits = self.tags(joint[:, self.visual_width :])
             out["aux_tags"] = F.binary_cross_entropy_with_logits(logits, targets)
         return out
-
-
-def count_from_image(model: M3Net) -> bool:
-    """Zero the quantity head's weights on the tag part of the joint feature and keep them zero
-    (their gradient is masked; with zero gradients Adam's step and AdamW's decay leave a zero
-    weight at exactly zero). The layer keeps its shape, so the exported graph is unchanged.
-    Returns whether there was anything to do (a tag branch and a quantity head)."""
-    if model.quantity is None or model.tags is None:
-        return False
-    weight = model.quantity.fc1.weight
-    mask = torch.zeros_like(weight)
-    mask[:, : model.config.visual_width] = 1.0
-    with torch.no_grad():
-        weight.mul_(mask)
-    weight.register_hook(lambda grad: grad * mask)
-    return True

@@ -25,7 +25,7 @@ from m3trt.data.vocab import Vocab, build_tag_vocab
 from m3trt.errors import InputError
 from m3trt.model import M3Net, load_backbone_weights
 from m3trt.progress import SILENT, Reporter
-from m3trt.train.balance import AuxHeads, count_from_image, drop_each_tag
+from m3trt.train.balance import AuxHeads, drop_each_tag
 from m3trt.train.checkpoint import (
     load_checkpoint,
     read_training_state,
@@ -68,9 +68,6 @@ class TrainOptions:
     aux_tags_weight: float = 0.0
     visual_first_epochs: int = 0
     calibrate_quantity: bool = False
-    # Where the quantity head reads the count (balance.count_from_image): "image", the visual part
-    # of the joint feature only, or "joint", the paper's whole joint feature.
-    quantity_from: str = "image"
     # The direct tag -> label path (ModelConfig.tag_skip) and its learning rate, as a multiple of
     # ``lr``: a sparse linear map trained with Adam moves each weight by about lr per step, too
     # slowly for a few hundred steps to reach the logits a word that names a label deserves.
@@ -96,13 +93,6 @@ class TrainResult:
     best_val: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
-
-
-def resumed_options(saved: dict[str, Any]) -> TrainOptions:
-    """The options of an interrupted run. An option added since keeps the behaviour the run
-    started with, not the new default: a run from before ``quantity_from`` counted from the
-    joint feature, and zeroing its trained weights halfway would break it."""
-    return TrainOptions(**{"quantity_from": "joint", **saved})
 
 
 def split_records(
@@ -320,7 +310,7 @@ def train(
         state = read_training_state(out_dir)
         if state.get("manifest_hash") != manifest_hash:
             raise InputError(f"{out_dir}: was trained on a different manifest; cannot resume")
-        options = resumed_options(state["options"])
+        options = TrainOptions(**state["options"])
         start_epoch, history, best = state["epoch"], state["history"], state["best"]
     elif (out_dir / "config.json").exists():
         raise InputError(f"{out_dir}: already holds a checkpoint; use --resume or another -o")
@@ -333,8 +323,6 @@ def train(
     torch.set_num_threads(options.threads or os.cpu_count() or 1)
     torch.manual_seed(options.seed)
     model = M3Net(config.model)
-    if options.quantity_from == "image":
-        count_from_image(model)
     aux = AuxHeads(model, options.aux_visual_weight > 0, options.aux_tags_weight > 0)
     optimizer = make_optimizer(torch.nn.ModuleList([model, aux]), options)
     if state is not None:
