@@ -67,8 +67,13 @@ def _forward(model, config, records) -> dict[str, np.ndarray]:
     }
 
 
+def _quantity(z: np.ndarray, k_max: int) -> np.ndarray:
+    """The head's q from its pre-sigmoid output, as the graph computes it."""
+    return 1.0 + (k_max - 1) / (1.0 + np.exp(-z))
+
+
 def _head_counts(z: np.ndarray, k_max: int) -> np.ndarray:
-    return metrics.decode_quantity(1.0 + (k_max - 1) / (1.0 + np.exp(-z)), k_max)
+    return metrics.decode_quantity(_quantity(z, k_max), k_max)
 
 
 def _probe(train: dict, val: dict, test: dict, k_max: int) -> tuple[float, float]:
@@ -119,12 +124,11 @@ def measure(manifest_path: str, checkpoint: str) -> dict:
     }
     k_max = config.model.k_max
     test, val = parts["test"], parts["val"]
-    q_val = 1.0 + (k_max - 1) / (1.0 + np.exp(-val["z"]))
-    cal = fit_calibration(q_val, val["count"], k_max)
+    cal = fit_calibration(_quantity(val["z"], k_max), val["count"], k_max)
     probe_acc, probe_l2 = _probe(parts["train"], val, test, k_max)
     k_test = metrics.decide_k(
         test["p"],
-        1.0 + (k_max - 1) / (1.0 + np.exp(-test["z"])),
+        _quantity(test["z"], k_max),
         k_max,
         config.model.decision_threshold,
     )
