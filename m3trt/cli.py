@@ -6,6 +6,7 @@ shows the traceback).
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import sys
@@ -1026,7 +1027,12 @@ def _infer_on_ray(
         gpus_per_worker=kw["gpus_per_worker"],
         bundle_via=kw["bundle_via"],
     )
-    return run_folder_ray(bundle, paths, options, ray_options, load_kwargs, reporter)
+    summary = run_folder_ray(bundle, paths, options, ray_options, load_kwargs, reporter)
+    # Ray is stopped and the outputs are closed; what is left is the exit, where Python's last
+    # collections walk every object of the modules Ray and Ray Data loaded (0.3-0.4 s on this
+    # host, measured). Frozen objects are not walked; the process ends right after.
+    gc.freeze()
+    return summary
 
 
 def _infer_line(summary: Any) -> str:

@@ -155,14 +155,6 @@ def test_ray_options_need_the_ray_executor(tmp_path, int8_bundle, folder):
     assert code == 2 and "--num-workers only apply with --executor ray" in output
 
 
-class _FakeRay:
-    """``put`` keeps the value itself: enough for the walk-ahead's object-store side."""
-
-    @staticmethod
-    def put(value):
-        return value
-
-
 def test_walk_ahead_hands_over_blocks_in_order_and_bounded():
     from m3trt.runtime.ray_executor import _WalkAhead
     from m3trt.runtime.walk import Found
@@ -174,7 +166,7 @@ def test_walk_ahead_hands_over_blocks_in_order_and_bounded():
             walked.append(i)
             yield Found(f"img{i}.jpg", "bad" if i == 3 else None)
 
-    tables = _WalkAhead(walk(10), rows=4).put_all(_FakeRay)
+    tables = _WalkAhead(walk(10), rows=4).take_all()
     assert [t.num_rows for t in tables] == [4, 4, 2]
     assert [i for t in tables for i in t["index"].to_pylist()] == list(range(10))
     assert tables[0]["error"].to_pylist() == [b"", b"", b"", b"bad"]
@@ -199,7 +191,43 @@ def test_walk_ahead_raises_the_walks_error_where_blocks_are_taken():
         raise PermissionError("cannot list /x")
 
     with pytest.raises(PermissionError, match="cannot list"):
-        _WalkAhead(broken(), rows=4).put_all(_FakeRay)
+        _WalkAhead(broken(), rows=4).take_all()
+
+
+def _tables(sizes):
+    from m3trt.runtime.ray_executor import _file_table
+    from m3trt.runtime.walk import Found
+
+    tables, first = [], 0
+    for n in sizes:
+        tables.append(_file_table([Found(f"img{first + i}.jpg", None) for i in range(n)], first))
+        first += n
+    return tables
+
+
+def test_dataset_keeps_the_walks_blocks(ray_session):
+    """Built on the driver (no metadata task, hence no extra worker process), block for block."""
+    from m3trt.runtime.ray_executor import _dataset
+
+    dataset = _dataset(ray_session, _tables([4, 4, 2]))
+    assert dataset.num_blocks() == 3
+    blocks = list(dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
+    assert [b.num_rows for b in blocks] == [4, 4, 2]
+    assert [i for b in blocks for i in b["index"].to_pylist()] == list(range(10))
+
+
+def test_dataset_falls_back_to_object_refs_without_from_blocks():
+    from types import SimpleNamespace
+
+    from m3trt.runtime.ray_executor import _dataset
+
+    calls = []
+    fake = SimpleNamespace(
+        put=lambda table: ("ref", table.num_rows),
+        data=SimpleNamespace(from_arrow_refs=lambda refs: calls.append(refs) or "dataset"),
+    )
+    assert _dataset(fake, _tables([4, 2])) == "dataset"
+    assert calls == [[("ref", 4), ("ref", 2)]]
 
 
 def test_non_utf8_file_names_go_through_ray(tmp_path, int8_bundle, test_images, ray_session):
