@@ -1029,7 +1029,7 @@ def _infer_on_ray(
     )
     summary = run_folder_ray(bundle, paths, options, ray_options, load_kwargs, reporter)
     # Ray is stopped and the outputs are closed; what is left is the exit, where Python's last
-    # collections walk every object of the modules Ray and Ray Data loaded (0.3-0.4 s on this
+    # collections walk every object of the modules Ray and Ray Data loaded (0.35-0.45 s on this
     # host, measured). Frozen objects are not walked; the process ends right after.
     gc.freeze()
     return summary
