@@ -23,13 +23,10 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from process_cpu import busy_seconds
+
 M3TRT = [sys.executable, "-m", "m3trt.cli"]
-
-
-def busy_seconds() -> float:
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def split(folder: Path, parts: int, work: Path) -> list[Path]:
