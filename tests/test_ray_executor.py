@@ -69,7 +69,10 @@ def test_cli_ray_run_gives_the_local_rows_in_walk_order(tmp_path, int8_bundle, f
         "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
         "assert not bad, bad\n"
     )
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=600)  # a hang guard
+    # A RAY_ADDRESS (or a /tmp/ray address file) naming another instance, here a dead one, must
+    # not stop the job from starting its own.
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9"}
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=600, env=env)  # hang guard
     assert jsonl(out) == jsonl(local_rows)  # same rows, same (walk) order
     assert jsonl(errors_path(out)) == jsonl(errors_path(local_rows))
     counts = json.loads(summary.read_text())
@@ -87,6 +90,7 @@ def ray_session():
     """One Ray instance for the API tests (starting one costs seconds): m3trt uses it as is."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(
+        address="local",  # its own, whatever RAY_ADDRESS or /tmp/ray say
         num_cpus=2,
         include_dashboard=False,
         object_store_memory=OBJECT_STORE,

@@ -293,6 +293,9 @@ class _Cluster:
         }
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         if self.local:
+            # "local": a new instance even where RAY_ADDRESS is set or /tmp/ray names a running
+            # (or dead) one; ray.init() without an address would join that, and refuse num_cpus.
+            kwargs["address"] = "local"
             # A local instance talks to itself on loopback, and sends no usage statistics.
             kwargs["_node_ip_address"] = "127.0.0.1"
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
