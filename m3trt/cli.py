@@ -979,8 +979,6 @@ def infer_cmd(ctx: click.Context, bundle: Path, paths: tuple[Path, ...], **kw: A
         if kw["profile"] or kw["decode"] == "gpu":
             raise click.UsageError("--profile and --decode gpu apply to --executor local")
         summary = _infer_on_ray(bundle, paths, options, load_kwargs, kw, reporter)
-        if kw["summary_json"]:
-            _write_json(kw["summary_json"], summary.to_json())
     else:
         annotator = Annotator.load(bundle, **load_kwargs)
         reporter.log(annotator.description)

@@ -146,6 +146,23 @@ def test_tampered_bundle_fails_before_ray_starts(tmp_path, int8_bundle, folder):
     assert code == 2 and "sha256" in output and not (tmp_path / "x.csv").exists()
 
 
+def test_outputs_are_guarded_as_locally_before_ray_starts(tmp_path, int8_bundle, folder):
+    """A user's file named as an output is refused untouched, and a second run on an output
+    that another run holds is refused: the local pipeline's checks and lock, not Ray's start."""
+    from m3trt.runtime.outputs import output_lock
+
+    mine = tmp_path / "mine.json"
+    mine.write_text("my notes")
+    out = tmp_path / "o.jsonl"
+    ray_run = ("-o", out, "--executor", "ray")
+    code, output = infer(int8_bundle, folder, *ray_run, "--summary-json", mine)
+    assert code == 2 and f"{mine} exists" in output
+    assert mine.read_text() == "my notes" and not out.exists()
+    with output_lock(out):
+        code, output = infer(int8_bundle, folder, *ray_run)
+    assert code == 2 and "another m3trt run is writing it" in output and not out.exists()
+
+
 def test_without_ray_the_option_says_how_to_install(tmp_path, int8_bundle, folder, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     monkeypatch.setitem(sys.modules, "ray.data", None)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -165,6 +165,19 @@ def run_folder(
         raise InputError(f"--batch-size must be at least 1, not {options.batch_size}")
     roots = check_roots(paths)
     fmt = format_for(options.output, options.fmt)
+    with guarded_outputs(options, roots) as protected:
+        gpu = _gpu_plan(annotator, options, reporter)
+        summary = _run_locked(annotator, roots, fmt, options, reporter, protected, gpu)
+    if options.summary_json is not None:
+        _write_summary(options.summary_json, summary)
+    return summary
+
+
+@contextmanager
+def guarded_outputs(options: InferOptions, roots: list[Path]) -> Iterator[list[Path]]:
+    """Every executor's gate to writing: the outputs checked (``check_outputs``: no input, no
+    user file without ``--overwrite``), then locked for the run's whole length. Yields what a
+    sidecar must never replace: the outputs and the lock."""
     outputs = {
         "results": options.output,
         "errors": errors_path(options.output),
@@ -178,13 +191,8 @@ def run_folder(
         overwrite=options.overwrite,
         resume=options.resume,
     )
-    gpu = _gpu_plan(annotator, options, reporter)
     with output_lock(options.output) as lock:
-        protected = [p for p in outputs.values() if p is not None] + [lock]
-        summary = _run_locked(annotator, roots, fmt, options, reporter, protected, gpu)
-    if options.summary_json is not None:
-        _write_summary(options.summary_json, summary)
-    return summary
+        yield [p for p in outputs.values() if p is not None] + [lock]
 
 
 def _gpu_plan(annotator: Annotator, options: InferOptions, reporter: Reporter) -> Any:

@@ -47,7 +47,9 @@ from m3trt.runtime.pipeline import (
     _open_report,
     _report_summary,
     _tag_source,
+    _write_summary,
     decoder,
+    guarded_outputs,
 )
 from m3trt.runtime.results import ResultWriter, done_paths, errors_path, format_for
 from m3trt.runtime.walk import Found, check_roots, iter_images
@@ -357,9 +359,30 @@ def run_folder_ray(
     bundle = load_bundle(bundle_path, verify=True)
     roots = check_roots(paths)
     fmt = format_for(options.output, options.fmt)
+    ray = import_ray()
+    with guarded_outputs(options, roots) as protected:
+        summary = _run_locked(
+            ray, bundle, roots, fmt, options, ray_options, load_kwargs, reporter, protected
+        )
+    if options.summary_json is not None:
+        _write_summary(options.summary_json, summary)
+    return summary
+
+
+def _run_locked(
+    ray: Any,
+    bundle: Bundle,
+    roots: list[Path],
+    fmt: str,
+    options: InferOptions,
+    ray_options: RayOptions,
+    load_kwargs: dict[str, Any],
+    reporter: Reporter,
+    protected: list[Path],
+) -> Summary:
+    """The job itself, while ``guarded_outputs`` holds the output lock; Ray starts here."""
     tags_for = _tag_source(options)  # a tag manifest is read and checked here, once
     done = done_paths(options.output, fmt) if options.resume else set()
-    ray = import_ray()
     summary = Summary(bundle.name, "", str(options.output), str(errors_path(options.output)))
     start = time.perf_counter()
     rows = _block_rows(options.batch_size, ray_options.block_rows)
@@ -388,9 +411,8 @@ def run_folder_ray(
             n_workers = min(cluster.workers(ray_options), max(1, len(blocks)))  # idle otherwise
             summary.engine = _describe(cluster, n_workers, ray_options)
             reporter.log(summary.engine)
-            job = _Job(
-                ray, writer, Sidecars(options.write_xmp, options.write_txt, options.overwrite)
-            )
+            sidecars = Sidecars(options.write_xmp, options.write_txt, options.overwrite, protected)
+            job = _Job(ray, writer, sidecars)
             job.summary, job.report, job.image_size = summary, report, bundle.model.image_size
             actor_args = {
                 "bundle": source,
