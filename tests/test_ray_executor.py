@@ -251,6 +251,51 @@ def test_dataset_falls_back_to_object_refs_without_from_blocks():
     assert calls == [[("ref", 4), ("ref", 2)]]
 
 
+class _RecordingRay:
+    """Just enough of ``ray`` for ``_Cluster``: records what a start would get."""
+
+    def __init__(self) -> None:
+        self.inits: list[tuple[dict, dict]] = []
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, **kwargs) -> None:
+        self.inits.append((kwargs, dict(os.environ)))
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_own_local_instance_gets_m3trts_ray_settings_unless_the_user_set_them(monkeypatch):
+    from m3trt.runtime.ray_executor import LOCAL_INSTANCE_ENV, _Cluster
+
+    for name in LOCAL_INSTANCE_ENV:  # set, then removed: restored after the test
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("RAY_raylet_client_connect_timeout_milliseconds", "250")  # the user's
+    fake = _RecordingRay()
+    _Cluster(fake, RayOptions(num_workers=3))
+    ((kwargs, env),) = fake.inits
+    assert kwargs["address"] == "local" and kwargs["num_cpus"] >= 3
+    assert env["RAY_raylet_client_connect_timeout_milliseconds"] == "250"
+    assert env["RAY_raylet_client_num_connect_attempts"] == "100"
+    assert env["RAY_prestart_worker_first_driver"] == "0"
+
+
+def test_a_cluster_address_gets_no_local_settings(monkeypatch):
+    from m3trt.runtime.ray_executor import LOCAL_INSTANCE_ENV, _Cluster
+
+    for name in LOCAL_INSTANCE_ENV:  # set, then removed: restored after the test
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    fake = _RecordingRay()
+    _Cluster(fake, RayOptions(address="10.0.0.1:6379"))
+    ((kwargs, env),) = fake.inits
+    assert kwargs["address"] == "10.0.0.1:6379" and "num_cpus" not in kwargs
+    assert not set(LOCAL_INSTANCE_ENV) & set(env)
+
+
 def test_non_utf8_file_names_go_through_ray(tmp_path, int8_bundle, test_images, ray_session):
     """File names are bytes: Ray's Arrow blocks carry them as bytes, and the rows name them as
     the local engine does (surrogate-escaped)."""
