@@ -296,6 +296,34 @@ def test_a_cluster_address_gets_no_local_settings(monkeypatch):
     assert not set(LOCAL_INSTANCE_ENV) & set(env)
 
 
+def test_shutdown_kills_a_local_instances_autoscaler_monitor_first():
+    from types import SimpleNamespace
+
+    from m3trt.runtime.ray_executor import _stop_autoscaler_monitor
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    monitor, other = subprocess.Popen(sleeper), subprocess.Popen(sleeper)
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    try:
+        node = SimpleNamespace(
+            all_processes={
+                "monitor": [SimpleNamespace(process=monitor), SimpleNamespace(process=done)],
+                "gcs_server": [SimpleNamespace(process=other)],
+            }
+        )
+        _stop_autoscaler_monitor(node)
+        assert monitor.poll() == -signal.SIGKILL  # killed and reaped
+        assert other.poll() is None  # Ray's shutdown stops the rest, in its own order
+    finally:
+        for process in (monitor, other):
+            process.kill()
+            process.wait()
+    # Ray's private state moved or missing: nothing happens, Ray's shutdown does it all.
+    for node in (None, SimpleNamespace(), SimpleNamespace(all_processes={"monitor": [object()]})):
+        _stop_autoscaler_monitor(node)
+
+
 def test_non_utf8_file_names_go_through_ray(tmp_path, int8_bundle, test_images, ray_session):
     """File names are bytes: Ray's Arrow blocks carry them as bytes, and the rows name them as
     the local engine does (surrogate-escaped)."""

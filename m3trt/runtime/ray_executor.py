@@ -23,6 +23,7 @@ import math
 import os
 import queue
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -347,7 +348,39 @@ class _Cluster:
 
     def close(self) -> None:
         if self.owned:
+            if self.local:
+                _stop_autoscaler_monitor(_ray_node())
             self.ray.shutdown()
+
+
+def _ray_node() -> Any:
+    """The node ``ray.init`` started in this process (Ray's private state: None if it moved)."""
+    try:
+        from ray._private import worker
+    except ImportError:
+        return None
+    return getattr(worker, "_global_node", None)
+
+
+def _stop_autoscaler_monitor(node: Any) -> None:
+    """Kill a local instance's autoscaler monitor before ``ray.shutdown``.
+
+    Ray's shutdown stops the GCS before the monitor; the monitor's SIGTERM handler then writes
+    to the dead GCS and hangs until Ray kills it one second later: a second of every run
+    (measured: shutdown 1.4 s, 0.6 s without it). A local instance has no nodes to scale, so
+    the monitor holds nothing a graceful stop would save, and Ray would kill it anyway. Where
+    Ray's private state is not as expected, nothing happens and Ray's shutdown stops it.
+    """
+    processes = getattr(node, "all_processes", None)
+    if not isinstance(processes, dict):
+        return
+    for info in processes.get("monitor", []):
+        process = getattr(info, "process", None)
+        if process is None or not hasattr(process, "kill") or process.poll() is not None:
+            continue
+        process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=1)
 
 
 def run_folder_ray(
