@@ -349,7 +349,10 @@ class _Cluster:
     def close(self) -> None:
         if self.owned:
             if self.local:
-                _stop_autoscaler_monitor(_ray_node())
+                # A shortcut only: whatever it meets, Ray's own shutdown runs next, and the
+                # job's outputs (all written by now) stand.
+                with contextlib.suppress(Exception):
+                    _stop_autoscaler_monitor(_ray_node())
             self.ray.shutdown()
 
 
