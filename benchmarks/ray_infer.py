@@ -268,7 +268,7 @@ def joined_lines(runs: list[dict[str, Any]]) -> list[str]:
     walls = ", ".join(f"{x['executor']} {x['wall_s']} s" for x in runs)
     return [
         f"- Joining a Ray instance started beforehand (`--address`, as on a running cluster; "
-        f"alternated with local again: {walls}): median local {local} s, Ray {joined} s: "
+        f"alternated with local again: {walls}): median local {local:.2f} s, Ray {joined:.2f} s: "
         f"**{joined / local:.3f}x**."
     ]
 
