@@ -78,6 +78,7 @@ def test_cli_ray_run_gives_the_local_rows_in_walk_order(tmp_path, int8_bundle, f
     counts = json.loads(summary.read_text())
     assert (counts["annotated"], counts["failed"], counts["skipped"]) == (72, 2, 0)
     assert counts["sidecars_written"] == 72 and "ray: 1 actor" in counts["engine"]  # one block
+    assert "; each actor: device cpu, engine onnxruntime" in counts["engine"]
     first = jsonl(out)[0]
     txt = Path(first["path"]).with_suffix(".txt")
     assert txt.read_text().strip() == ", ".join(first["labels"])
