@@ -296,7 +296,7 @@ LOCAL_INSTANCE_ENV = {
     "RAY_prestart_worker_first_driver": "0",
     # The raylet connects to its own object store, which a thread of it starts at the same
     # moment; when the socket is not up yet, the retry came 1 s later (Ray's default), and
-    # ray.init took ~1 s longer in 3 of 10 starts measured here. Retries every 0.1 s, with as
+    # ray.init took ~1 s longer in 5 of 18 starts measured here. Retries every 0.1 s, with as
     # many more of them, keep the 10 s Ray allows for a connection.
     "RAY_raylet_client_connect_timeout_milliseconds": "100",
     "RAY_raylet_client_num_connect_attempts": "100",
