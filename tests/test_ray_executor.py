@@ -61,7 +61,7 @@ def test_cli_ray_run_gives_the_local_rows_in_walk_order(tmp_path, int8_bundle, f
         "import sys\n"
         "from m3trt.cli import main\n"
         "try:\n"
-        f"    main(['-q', 'infer', *{list(map(str, args))!r}])\n"
+        f"    main(['infer', *{list(map(str, args))!r}])\n"
         "except SystemExit as exit:\n"
         "    assert exit.code in (0, None), exit.code\n"
         "import ray\n"
@@ -72,7 +72,20 @@ def test_cli_ray_run_gives_the_local_rows_in_walk_order(tmp_path, int8_bundle, f
     # A RAY_ADDRESS (or a /tmp/ray address file) naming another instance, here a dead one, must
     # not stop the job from starting its own.
     env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9"}
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=600, env=env)  # hang guard
+    run = subprocess.run(  # timeout: a hang guard
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert run.returncode == 0, run.stderr
+    # What the user sees: Ray's start announced before the seconds it takes, then the job.
+    lines = run.stderr.splitlines()
+    starting = lines.index(
+        "ray: starting a local Ray instance for this job (seconds; stopped at the end)"
+    )
+    after = lines[starting + 1 :]
+    assert any(
+        line.startswith("ray: 1 actor (1 CPU each) on a local Ray instance") for line in after
+    )
+    assert any(line.startswith("annotate") for line in after)
     assert jsonl(out) == jsonl(local_rows)  # same rows, same (walk) order
     assert jsonl(errors_path(out)) == jsonl(errors_path(local_rows))
     counts = json.loads(summary.read_text())

@@ -448,6 +448,8 @@ def _run_locked(
     cluster = None
     report = None
     try:
+        if not ray.is_initialized():  # seconds before the first row: say what is going on
+            reporter.log(_starting(ray_options))
         cluster = _Cluster(ray, ray_options)  # Ray's start-up counts in the job's time
         writer = ResultWriter(
             options.output, fmt, resume=options.resume, overwrite=options.overwrite
@@ -513,6 +515,12 @@ def _dataset(ray: Any, tables: list[Any]) -> Any:
 def _block_rows(batch_size: int, wanted: int) -> int:
     """Rows per Ray block: a whole number of engine batches, about ``wanted``."""
     return max(batch_size, wanted // batch_size * batch_size)
+
+
+def _starting(ray_options: RayOptions) -> str:
+    if ray_options.address is None:
+        return "ray: starting a local Ray instance for this job (seconds; stopped at the end)"
+    return f"ray: joining Ray at {ray_options.address}"
 
 
 def _describe(cluster: _Cluster, n_workers: int, ray_options: RayOptions) -> str:
