@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import click
 
 from m3trt import __version__
-from m3trt.errors import M3Error, OutputFailure
+from m3trt.errors import InputError, M3Error, OutputFailure
 from m3trt.progress import Reporter
 
 EXIT_FAILURE = 1
@@ -119,6 +120,25 @@ def _write_json(path: Path, data: Any) -> None:
     from m3trt.atomic import write_json
 
     write_json(path, data)
+
+
+def _check_new_files(outputs: dict[str, Path | None], overwrite: bool) -> None:
+    """Refuse an output that is another output, is not a regular file, or exists without
+    ``--overwrite``: m3trt never replaces a file it was not told to."""
+    seen: dict[str, str] = {}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        key = os.path.join(os.path.realpath(path.parent), path.name)
+        if key in seen:
+            raise InputError(f"{path}: named by both {seen[key]} and {option}")
+        seen[key] = option
+        if not (path.exists() or path.is_symlink()):
+            continue
+        if not path.is_file():
+            raise InputError(f"{path} ({option}) exists and is not a regular file")
+        if not overwrite:
+            raise InputError(f"{path} ({option}) exists: replace it with --overwrite")
 
 
 _ENGINE_OPTION = dict(
@@ -598,12 +618,19 @@ def _accuracy_gate(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the export report (node counts, parity) as JSON.",
 )
+@click.option("--overwrite", is_flag=True, help="Replace an existing -o or --json file.")
 @quiet_option
 @click.pass_context
 def export_cmd(
-    ctx: click.Context, checkpoint: Path, out: Path, opset: int, json_path: Path | None
+    ctx: click.Context,
+    checkpoint: Path,
+    out: Path,
+    opset: int,
+    json_path: Path | None,
+    overwrite: bool,
 ) -> None:
     """Export CHECKPOINT to one fused, self-describing ONNX graph, verified against PyTorch."""
+    _check_new_files({"-o": out, "--json": json_path}, overwrite)  # before the export's seconds
     from m3trt.export.onnx_export import export_checkpoint
 
     report = export_checkpoint(checkpoint, out, opset=opset, reporter=_reporter(ctx))

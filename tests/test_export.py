@@ -1,5 +1,8 @@
 """Export: one self-describing graph with parity against PyTorch, for each block type and switch."""
 
+import json
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -11,7 +14,7 @@ from m3trt.export.onnx_export import export_checkpoint
 from m3trt.export.parity import compare
 from m3trt.model import M3Net
 from m3trt.runtime.model_io import ModelInfo
-from m3trt.train.checkpoint import save_checkpoint
+from m3trt.train.checkpoint import load_checkpoint, save_checkpoint
 from tests.test_fusion import randomise_batchnorm
 
 LABELS = [f"label{i}" for i in range(7)]
@@ -73,9 +76,18 @@ def test_export_parity(tmp_path, switches):
     assert [o.name for o in model.graph.output] == ["scores", "quantity", "k", "topk"]
     info = ModelInfo.from_onnx_metadata({p.key: p.value for p in model.metadata_props})
     assert info.label_names == LABELS and info.k_max == 4
-    assert report.fused.batchnorms == 0 and report.unfused.batchnorms > 0
-    assert report.fused.gemms < report.unfused.gemms or not switches.get("quantity_head", True)
-    assert report.fused.nodes < report.unfused.nodes
+    # Fusion, counted on the graph written against the unfused PyTorch model: every BatchNorm
+    # folded, one GEMM per Linear layer but the quantity head's first, merged into the classifier.
+    model, _ = load_checkpoint(ckpt)
+    batchnorms = sum(
+        isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d) for m in model.modules()
+    )
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert report.fused.batchnorms == 0 and report.bn_folded == batchnorms > 0
+    assert report.gemms_merged == (1 if switches.get("quantity_head", True) else 0)
+    assert report.fused.gemms == linears - report.gemms_merged
+    assert report.fused.nodes < report.raw.nodes  # and onnxscript's optimizer simplified it
+    assert f"{report.bn_folded} BatchNorms folded" in report.summary()
 
 
 def test_export_refuses_bad_output_name(tmp_path):
@@ -132,3 +144,42 @@ def test_parity_compare_k_from_a_decision_threshold():
     flipped[2][0] = 2
     assert compare(ref, flipped, threshold=0.5).ok  # a score sits on the threshold
     assert not compare(ref, flipped, threshold=0.4).ok
+
+
+def export_cli(*args):
+    from click.testing import CliRunner
+
+    from m3trt.cli import main
+
+    result = CliRunner().invoke(main, ["-q", "export", *map(str, args)])
+    return result.exit_code, result.output
+
+
+def test_export_cli_never_replaces_a_file_it_was_not_told_to(tmp_path):
+    """Checked before the export's seconds: an existing -o or --json, a FIFO, one path named
+    twice; with --overwrite both files are replaced and the report says what fusion did."""
+    ckpt = make_checkpoint(tmp_path / "ckpt", quantity_head=False)
+    onnx_path, report = tmp_path / "model.onnx", tmp_path / "export.json"
+    onnx_path.write_bytes(b"a user's file")
+    report.write_text("a user's notes")
+    code, output = export_cli(ckpt, "-o", onnx_path)
+    assert code == 2 and output.strip() == (
+        f"error: {onnx_path} (-o) exists: replace it with --overwrite"
+    )
+    code, output = export_cli(ckpt, "-o", tmp_path / "new.onnx", "--json", report)
+    assert code == 2 and f"{report} (--json) exists: replace it with --overwrite" in output
+    assert not (tmp_path / "new.onnx").exists()
+    code, output = export_cli(ckpt, "-o", tmp_path / "new.onnx", "--json", tmp_path / "new.onnx")
+    assert code == 2 and "named by both -o and --json" in output
+    os.mkfifo(tmp_path / "fifo.json")
+    code, output = export_cli(ckpt, "-o", tmp_path / "new.onnx", "--json", tmp_path / "fifo.json")
+    assert code == 2 and "(--json) exists and is not a regular file" in output
+    assert onnx_path.read_bytes() == b"a user's file" and report.read_text() == "a user's notes"
+
+    code, output = export_cli(ckpt, "-o", onnx_path, "--json", report, "--overwrite")
+    assert code == 0, output
+    assert "(0 merged into the head GEMM)" in output  # no quantity head: nothing to merge
+    onnx.checker.check_model(onnx.load(str(onnx_path)), full_check=True)
+    data = json.loads(report.read_text())
+    assert data["fused"]["batchnorms"] == 0 and data["bn_folded"] > 0
+    assert data["gemms_merged"] == 0 and data["raw"]["nodes"] > data["fused"]["nodes"]

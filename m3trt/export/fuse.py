@@ -88,6 +88,7 @@ class MergedHeads(nn.Module):
         super().__init__()
         self.num_labels = classifier.out_features
         layers = [classifier] + ([quantity_fc1] if quantity_fc1 is not None else [])
+        self.merged = len(layers) - 1  # GEMMs this one replaces, beyond itself
         self.gemm = nn.Linear(classifier.in_features, sum(layer.out_features for layer in layers))
         with torch.no_grad():
             self.gemm.weight.copy_(torch.cat([layer.weight for layer in layers]))
