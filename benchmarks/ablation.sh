@@ -62,7 +62,8 @@ for entry in $REGIMES; do
         $M3 -q train "$data/manifest.jsonl" -o "$ckpt" $TRAIN_ARGS --image-size "$size" \
           --threads "$THREADS" --seed "$seed" $flags
         echo "$regime $variant seed $seed trained in $(( $(date +%s) - start )) s"
-        $M3 -q eval "$ckpt" "$data/manifest.jsonl" --split test --json "$ckpt.eval.json" >/dev/null
+        $M3 -q eval "$ckpt" "$data/manifest.jsonl" --split test --json "$ckpt.eval.json" \
+          --overwrite >/dev/null
       fi
     done
   done

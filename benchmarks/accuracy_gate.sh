@@ -20,7 +20,8 @@ $M3 -q train "$RUN/data/manifest.jsonl" -o "$RUN/ckpt" --backbone resnet18 --ima
 $M3 -q build "$RUN/ckpt" -o "$RUN/gate.m3" --precision int8 --target cpu --engine onnxruntime \
   --calib "$RUN/data/manifest.jsonl"
 if [ "${1:-}" = "--update" ]; then
-  $M3 -q eval "$RUN/gate.m3" "$RUN/data/manifest.jsonl" --split test --json "$BASELINE"
+  $M3 -q eval "$RUN/gate.m3" "$RUN/data/manifest.jsonl" --split test --json "$BASELINE" \
+    --overwrite
   echo "baseline written to $BASELINE"
 else
   $M3 -q eval "$RUN/gate.m3" "$RUN/data/manifest.jsonl" --split test --json "$RUN/eval.json" \

@@ -12,12 +12,13 @@ for model in resnet18 resnet50; do
   # Ratio baselines: INT8 bundle against its own FP32 reference graph, in one process.
   $M3 -q bench "$B/$model-int8.m3" --batch-sizes 1,16 --warmup 1 --duration 6 \
     --against onnx-fp32 --json "benchmarks/baselines/speed_${model}_int8.json" \
-    --plot "$OUT/${model}_int8.png"
+    --plot "$OUT/${model}_int8.png" --overwrite
   # The FP32 bundle alone and the INT8 bundle against PyTorch eager, as in cpu_engines.py.
   $M3 -q bench "$B/$model-fp32.m3" --batch-sizes 1,16 --warmup 1 --duration 6 \
-    --json "$OUT/${model}_fp32.json"
+    --json "$OUT/${model}_fp32.json" --overwrite
   OMP_WAIT_POLICY=PASSIVE $M3 -q bench "$B/$model-int8.m3" --batch-sizes 16 --warmup 1 \
-    --duration 8 --against torch --json "$OUT/${model}_int8_vs_torch.json"
+    --duration 8 --against torch --json "$OUT/${model}_int8_vs_torch.json" \
+    --overwrite
 done
 .venv/bin/python benchmarks/bench_check.py > "$OUT/check.md"
 cat "$OUT/check.md"

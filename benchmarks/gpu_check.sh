@@ -42,11 +42,11 @@ cp "$WORK/cuda-fp16.m3/bundle.json" "$OUT/cuda-fp16.bundle.json" 2>/dev/null
 
 step "m3trt bench --device cuda"
 run timeout 300 $M3 bench "$WORK/cuda-fp16.m3" --device cuda --batch-sizes 1,16,64,256 \
-  --warmup 1 --duration 3 --json "$OUT/bench_cuda_fp16.json"
+  --warmup 1 --duration 3 --json "$OUT/bench_cuda_fp16.json" --overwrite
 
 step "m3trt eval (agreement with the FP32 reference)"
 run timeout 300 $M3 eval "$WORK/cuda-fp16.m3" "$WORK/data/manifest.jsonl" --split test \
-  --device cuda --json "$OUT/eval_cuda_fp16.json"
+  --device cuda --json "$OUT/eval_cuda_fp16.json" --overwrite
 
 step "benchmarks/gpu_engines.py"
 run timeout 900 python3 benchmarks/gpu_engines.py "$WORK/ckpt" --data "$WORK/data/manifest.jsonl" \

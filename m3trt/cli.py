@@ -516,6 +516,7 @@ def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
     type=click.FloatRange(0),
     help="Allowed drop per figure, in metric points.",
 )
+@click.option("--overwrite", is_flag=True, help="Replace an existing --json file.")
 @verify_key_option
 @quiet_option
 @click.pass_context
@@ -534,6 +535,7 @@ def eval_cmd(
     baseline: Path | None,
     max_drop: float,
     verify_key: Path | None,
+    overwrite: bool,
 ) -> None:
     """Score MODEL (a checkpoint folder or a NAME.m3 bundle) on a MANIFEST split, in every
     decoding mode; a bundle is also compared with its FP32 reference."""
@@ -541,6 +543,9 @@ def eval_cmd(
 
     if split not in ("train", "val", "test", "all"):
         raise click.BadParameter("choose train, val, test or all", param_hint="--split")
+    _check_new_files({"--json": json_path}, overwrite)
+    # Read before the run: a bad baseline fails first, and --json may then replace it.
+    reference = _load_baseline(baseline)
     if (model / "bundle.json").is_file() or model.name == "bundle.json":
         from m3trt.bench.evaluate import evaluate_bundle, format_agreement
 
@@ -561,7 +566,7 @@ def eval_cmd(
         click.echo(format_agreement(result["agreement"]))
         if json_path:
             _write_json(json_path, result)
-        _accuracy_gate(ctx, result, baseline, max_drop)
+        _accuracy_gate(ctx, result, baseline, reference, max_drop)
         return
     if verify_key is not None:
         raise M3Error(f"{model}: --verify-key checks bundles; this is not one (no bundle.json)")
@@ -583,17 +588,29 @@ def eval_cmd(
         )
     if json_path:
         _write_json(json_path, result)
-    _accuracy_gate(ctx, result, baseline, max_drop)
+    _accuracy_gate(ctx, result, baseline, reference, max_drop)
+
+
+def _load_baseline(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    from m3trt.bench.regression import load_baseline
+
+    return load_baseline(path)
 
 
 def _accuracy_gate(
-    ctx: click.Context, result: dict[str, Any], baseline: Path | None, max_drop: float
+    ctx: click.Context,
+    result: dict[str, Any],
+    baseline: Path | None,
+    reference: dict[str, Any] | None,
+    max_drop: float,
 ) -> None:
-    if baseline is None:
+    if baseline is None or reference is None:
         return
-    from m3trt.bench.regression import compare_accuracy, load_baseline
+    from m3trt.bench.regression import compare_accuracy
 
-    lines = compare_accuracy(result, load_baseline(baseline), max_drop)
+    lines = compare_accuracy(result, reference, max_drop)
     for line in lines:
         click.echo(f"regression: {line}", err=True)
     if lines:
@@ -1144,10 +1161,12 @@ def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tu
     help="An earlier --json: exit 1 if a ratio fell by more than --max-slowdown.",
 )
 @click.option("--max-slowdown", default=1.10, show_default=True, type=click.FloatRange(1.0))
+@click.option("--overwrite", is_flag=True, help="Replace an existing --json or --plot file.")
 @quiet_option
 @click.pass_context
 def bench_cmd(ctx: click.Context, bundle: Path, **kw: Any) -> None:
     """Latency and throughput of BUNDLE per batch size, as trtexec reports them."""
+    _check_new_files({"--json": kw["json_path"], "--plot": kw["plot"]}, kw["overwrite"])
     from m3trt.bench.latency import BenchOptions, compare_speed, run_bench
     from m3trt.bench.report import format_bench
 

@@ -86,6 +86,25 @@ def test_bench_plot_is_a_png(bench_json):
         assert img.format == "PNG" and img.size[0] > 800
 
 
+def test_bench_never_replaces_a_file_unasked(tmp_path, bench_json, int8_bundle):
+    """An existing --json or --plot is refused before the run, and kept as it was."""
+    plot = bench_json / "b.png"
+    before = plot.read_bytes()
+    args = ["bench", int8_bundle, "--batch-sizes", "1", "--warmup", "0", "--duration", "0.1"]
+    code, output = cli(*args, "--json", tmp_path / "new.json", "--plot", plot)
+    assert (
+        code == 2
+        and output.strip() == f"error: {plot} (--plot) exists: replace it with --overwrite"
+    )
+    assert plot.read_bytes() == before and not (tmp_path / "new.json").exists()
+    code, output = cli(*args, "--json", tmp_path / "same", "--plot", tmp_path / "same")
+    assert code == 2 and "named by both --json and --plot" in output
+    copy = tmp_path / "copy.json"
+    copy.write_text("an earlier report")
+    assert cli(*args, "--json", copy, "--overwrite")[0] == 0
+    assert json.loads(copy.read_text())["results"][0]["batch_size"] == 1
+
+
 def test_bench_baseline_exit_codes(tmp_path, bench_json, int8_bundle):
     base = json.loads((bench_json / "b.json").read_text())
     args = ["bench", int8_bundle, "--batch-sizes", "4", "--warmup", "0", "--duration", "0.2"]

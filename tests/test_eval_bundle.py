@@ -82,3 +82,15 @@ def test_accuracy_gate_fails_a_broken_preprocessing_and_passes_the_good_one(
     # model leans on its tags and the broken pixels may cost only the count accuracy.
     assert lines, failed.output
     assert all("points, allowed -0.5" in x for x in lines)
+
+    # --json never replaces a file unasked, and says so before the run. With --overwrite it may
+    # replace the very baseline it is compared with: that one is read first, not the new file.
+    refused = gate(good, "--json", str(base))
+    assert refused.exit_code == 2
+    assert refused.output.strip() == f"error: {base} (--json) exists: replace it with --overwrite"
+    higher = json.loads(base.read_text())
+    higher["mAP"] = min(1.0, higher["mAP"] + 0.2)
+    base.write_text(json.dumps(higher))
+    updated = gate(good, "--json", str(base), "--baseline", str(base), "--overwrite")
+    assert updated.exit_code == 1 and "regression: mAP:" in updated.output
+    assert json.loads(base.read_text())["mAP"] < higher["mAP"]  # now this run's figures
