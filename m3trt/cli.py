@@ -9,7 +9,6 @@ from __future__ import annotations
 import gc
 import json
 import math
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import click
 
 from m3trt import __version__
-from m3trt.errors import InputError, M3Error, OutputFailure
+from m3trt.errors import M3Error, OutputFailure
 from m3trt.progress import Reporter
 
 EXIT_FAILURE = 1
@@ -123,22 +122,9 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _check_new_files(outputs: dict[str, Path | None], overwrite: bool) -> None:
-    """Refuse an output that is another output, is not a regular file, or exists without
-    ``--overwrite``: m3trt never replaces a file it was not told to."""
-    seen: dict[str, str] = {}
-    for option, path in outputs.items():
-        if path is None:
-            continue
-        key = os.path.join(os.path.realpath(path.parent), path.name)
-        if key in seen:
-            raise InputError(f"{path}: named by both {seen[key]} and {option}")
-        seen[key] = option
-        if not (path.exists() or path.is_symlink()):
-            continue
-        if not path.is_file():
-            raise InputError(f"{path} ({option}) exists and is not a regular file")
-        if not overwrite:
-            raise InputError(f"{path} ({option}) exists: replace it with --overwrite")
+    from m3trt.runtime.outputs import check_new_files
+
+    check_new_files(outputs, overwrite=overwrite)
 
 
 _ENGINE_OPTION = dict(
@@ -606,7 +592,7 @@ def _accuracy_gate(
     reference: dict[str, Any] | None,
     max_drop: float,
 ) -> None:
-    if baseline is None or reference is None:
+    if reference is None:  # no --baseline
         return
     from m3trt.bench.regression import compare_accuracy
 

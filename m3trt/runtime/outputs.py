@@ -1,4 +1,5 @@
-"""What ``m3trt infer`` may write, checked before it writes anything, and the lock on it.
+"""What ``m3trt infer`` (and, more simply, the other commands) may write, checked before it
+writes anything, and the lock on it.
 
 Rules (README, "Annotating folders"): no output may be an input (a PATH given, or a file the walk
 would pick up) or another output; an existing output is replaced only with ``--overwrite``
@@ -96,6 +97,26 @@ def check_outputs(
                 f"{path} exists: replace it with --overwrite or choose another --{what}"
                 + ("" if what == "report" else "-json")
             )
+
+
+def check_new_files(outputs: dict[str, Path | None], *, overwrite: bool) -> None:
+    """The same rule for the other commands' outputs (``export -o``, ``--json``, ``--plot``):
+    refuse one that another option names too, that is not a regular file, or that exists
+    without ``--overwrite``. ``outputs`` maps an option's name to its path."""
+    seen: dict[str, str] = {}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        key = _key(path)
+        if key in seen:
+            raise InputError(f"{path}: named by both {seen[key]} and {option}")
+        seen[key] = option
+        if not (path.exists() or path.is_symlink()):
+            continue
+        if not path.is_file():
+            raise InputError(f"{path} ({option}) exists and is not a regular file")
+        if not overwrite:
+            raise InputError(f"{path} ({option}) exists: replace it with --overwrite")
 
 
 def _holder_text(path: Path) -> str:
