@@ -121,10 +121,11 @@ def _write_json(path: Path, data: Any) -> None:
     write_json(path, data)
 
 
-def _check_new_files(outputs: dict[str, Path | None], overwrite: bool) -> None:
-    from m3trt.runtime.outputs import check_new_files
+def _claim(ctx: click.Context, outputs: dict[str, Path | None], overwrite: bool) -> None:
+    """Check the command's output files and lock them until it ends (before its long run)."""
+    from m3trt.runtime.outputs import claimed_files
 
-    check_new_files(outputs, overwrite=overwrite)
+    ctx.with_resource(claimed_files(outputs, overwrite=overwrite))
 
 
 _ENGINE_OPTION = dict(
@@ -529,7 +530,7 @@ def eval_cmd(
 
     if split not in ("train", "val", "test", "all"):
         raise click.BadParameter("choose train, val, test or all", param_hint="--split")
-    _check_new_files({"--json": json_path}, overwrite)
+    _claim(ctx, {"--json": json_path}, overwrite)
     # Read before the run: a bad baseline fails first, and --json may then replace it.
     reference = _load_baseline(baseline)
     if (model / "bundle.json").is_file() or model.name == "bundle.json":
@@ -633,7 +634,7 @@ def export_cmd(
     overwrite: bool,
 ) -> None:
     """Export CHECKPOINT to one fused, self-describing ONNX graph, verified against PyTorch."""
-    _check_new_files({"-o": out, "--json": json_path}, overwrite)  # before the export's seconds
+    _claim(ctx, {"-o": out, "--json": json_path}, overwrite)
     from m3trt.export.onnx_export import export_checkpoint
 
     report = export_checkpoint(checkpoint, out, opset=opset, reporter=_reporter(ctx))
@@ -1152,7 +1153,7 @@ def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tu
 @click.pass_context
 def bench_cmd(ctx: click.Context, bundle: Path, **kw: Any) -> None:
     """Latency and throughput of BUNDLE per batch size, as trtexec reports them."""
-    _check_new_files({"--json": kw["json_path"], "--plot": kw["plot"]}, kw["overwrite"])
+    _claim(ctx, {"--json": kw["json_path"], "--plot": kw["plot"]}, kw["overwrite"])
     from m3trt.bench.latency import BenchOptions, compare_speed, run_bench
     from m3trt.bench.report import format_bench
 

@@ -14,6 +14,7 @@ from m3trt.export.onnx_export import export_checkpoint
 from m3trt.export.parity import compare
 from m3trt.model import M3Net
 from m3trt.runtime.model_io import ModelInfo
+from m3trt.runtime.outputs import output_lock
 from m3trt.train.checkpoint import load_checkpoint, save_checkpoint
 from tests.test_fusion import randomise_batchnorm
 
@@ -175,6 +176,9 @@ def test_export_cli_never_replaces_a_file_it_was_not_told_to(tmp_path):
     code, output = export_cli(ckpt, "-o", tmp_path / "new.onnx", "--json", tmp_path / "fifo.json")
     assert code == 2 and "(--json) exists and is not a regular file" in output
     assert onnx_path.read_bytes() == b"a user's file" and report.read_text() == "a user's notes"
+    with output_lock(tmp_path / "new.onnx"):  # another run is writing it
+        code, output = export_cli(ckpt, "-o", tmp_path / "new.onnx")
+    assert code == 2 and "another m3trt run is writing it" in output
 
     code, output = export_cli(ckpt, "-o", onnx_path, "--json", report, "--overwrite")
     assert code == 0, output

@@ -17,7 +17,7 @@ import os
 import socket
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from m3trt.errors import InputError
@@ -160,3 +160,15 @@ def output_lock(output: Path) -> Iterator[Path]:
         yield path
     finally:
         lock.release()
+
+
+@contextmanager
+def claimed_files(outputs: dict[str, Path | None], *, overwrite: bool) -> Iterator[None]:
+    """``check_new_files``, then each output's lock held until the command ends: a second run
+    on the same file is refused at its start instead of replacing the first one's."""
+    check_new_files(outputs, overwrite=overwrite)
+    with ExitStack() as locks:
+        for path in outputs.values():
+            if path is not None:
+                locks.enter_context(output_lock(path))
+        yield
