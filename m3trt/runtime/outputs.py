@@ -26,8 +26,12 @@ REPORT_MARKER = b'<meta name="generator" content="m3trt'
 
 
 def lock_path(output: Path) -> Path:
-    """``out/results.jsonl`` -> ``out/.results.jsonl.lock`` (hidden; it stays after the run)."""
-    return output.with_name(f".{output.name}.lock")
+    """``out/results.jsonl`` -> ``out/.results.jsonl.lock`` (hidden; it stays after the run).
+    A folder output locks the same way, beside it: ``runs/x.m3`` -> ``runs/.x.m3.lock``."""
+    named = Path(os.path.abspath(output))  # "." and "x/.." have no name of their own
+    if not named.name:
+        raise InputError(f"{output}: the root folder cannot be an output; choose a folder in it")
+    return named.with_name(f".{named.name}.lock")
 
 
 def _key(path: Path) -> str:
@@ -129,8 +133,9 @@ def _holder_text(path: Path) -> str:
 
 
 @contextmanager
-def output_lock(output: Path) -> Iterator[Path]:
-    """Hold the exclusive lock on ``output`` or raise InputError naming its holder."""
+def output_lock(output: Path, option: str = "-o") -> Iterator[Path]:
+    """Hold the exclusive lock on ``output`` or raise InputError naming its holder (and
+    ``option``, the one to change)."""
     from filelock import FileLock, Timeout
 
     path = lock_path(output)
@@ -141,7 +146,7 @@ def output_lock(output: Path) -> Iterator[Path]:
     except Timeout:
         raise InputError(
             f"{output}: another m3trt run is writing it ({_holder_text(path)}); wait for it "
-            f"to end, or choose another -o (lock: {path})"
+            f"to end, or choose another {option} (lock: {path})"
         ) from None
     except OSError as exc:
         raise InputError(f"{path}: cannot lock the output ({exc.strerror or exc})") from None
@@ -164,11 +169,13 @@ def output_lock(output: Path) -> Iterator[Path]:
 
 @contextmanager
 def claimed_files(outputs: dict[str, Path | None], *, overwrite: bool) -> Iterator[None]:
-    """``check_new_files``, then each output's lock held until the command ends: a second run
-    on the same file is refused at its start instead of replacing the first one's."""
+    """``check_new_files``, then each output's lock held until the command ends, and the check
+    again under the locks: a second run on the same file is refused at its start instead of
+    replacing the first one's, and none can write a file between another's check and lock."""
     check_new_files(outputs, overwrite=overwrite)
     with ExitStack() as locks:
-        for path in outputs.values():
+        for option, path in outputs.items():
             if path is not None:
-                locks.enter_context(output_lock(path))
+                locks.enter_context(output_lock(path, option))
+        check_new_files(outputs, overwrite=overwrite)
         yield

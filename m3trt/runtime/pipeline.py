@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -176,22 +177,26 @@ def run_folder(
 @contextmanager
 def guarded_outputs(options: InferOptions, roots: list[Path]) -> Iterator[list[Path]]:
     """Every executor's gate to writing: the outputs checked (``check_outputs``: no input, no
-    user file without ``--overwrite``), then locked for the run's whole length. Yields what a
-    sidecar must never replace: the outputs and the lock."""
+    user file without ``--overwrite``), locked for the run's whole length, and checked again
+    under the lock (another run may have written one in between). Yields what a sidecar must
+    never replace: the outputs and the lock."""
     outputs = {
         "results": options.output,
         "errors": errors_path(options.output),
         "report": options.report,
         "summary": options.summary_json,
     }
-    check_outputs(
+    check = partial(
+        check_outputs,
         outputs,
-        roots,
+        list(roots),
         options.extensions,
         overwrite=options.overwrite,
         resume=options.resume,
     )
+    check()  # before the lock too: a refused run leaves no lock file behind
     with output_lock(options.output) as lock:
+        check()
         yield [p for p in outputs.values() if p is not None] + [lock]
 
 
