@@ -128,6 +128,14 @@ def _claim(ctx: click.Context, outputs: dict[str, Path | None], overwrite: bool)
     ctx.with_resource(claimed_files(outputs, overwrite=overwrite))
 
 
+def _lock(ctx: click.Context, output: Path, option: str) -> None:
+    """Hold ``output``'s lock (a file or a folder) until the command ends: a second run on it
+    is refused at its start instead of mixing its files with the first one's."""
+    from m3trt.runtime.outputs import output_lock
+
+    ctx.with_resource(output_lock(output, option))
+
+
 _ENGINE_OPTION = dict(
     default="auto",
     show_default=True,
@@ -199,8 +207,9 @@ def data_synth(
     """Write a synthetic multi-label dataset with noisy user tags to OUT."""
     from m3trt.data.synth import REGIMES, generate
 
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise M3Error(f"{out}: exists and is not an empty folder; use --overwrite or another OUT")
+    _check_synth_out(out, overwrite)
+    _lock(ctx, out, "OUT")
+    _check_synth_out(out, overwrite)  # again: another run may have written it meanwhile
     reporter = _reporter(ctx)
     try:
         fractions = tuple(float(f) for f in splits.split(","))
@@ -227,18 +236,45 @@ def data_synth(
     click.echo(f"wrote {summary.manifest}: {summary.n} images ({splits})")
 
 
+def _check_synth_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise M3Error(f"{out}: exists and is not an empty folder; use --overwrite or another OUT")
+
+
+def _claim_import(ctx: click.Context, out: Path, overwrite: bool) -> None:
+    """The manifest and labels.txt an import writes: a user's files are kept unless told."""
+    from m3trt.data.importers.common import manifest_path
+    from m3trt.data.manifest import LABELS_FILE
+    from m3trt.runtime.outputs import check_new_files
+
+    manifest = manifest_path(out)
+    files = {"-o": manifest, "labels file": manifest.parent / LABELS_FILE}
+    check_new_files(files, overwrite=overwrite)
+    _lock(ctx, manifest, "-o")  # one lock for the pair: the manifest names its labels
+    check_new_files(files, overwrite=overwrite)  # again: another run may have written them
+
+
+_IMPORT_OVERWRITE = click.option(
+    "--overwrite", is_flag=True, help="Replace an existing manifest.jsonl and labels.txt."
+)
+
+
 @data.command("import-nuswide")
 @click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option(
     "--images", type=click.Path(path_type=Path), help="Image folder (default ROOT/Flickr)."
 )
+@_IMPORT_OVERWRITE
 @quiet_option
 @click.pass_context
-def data_import_nuswide(ctx: click.Context, root: Path, out: Path, images: Path | None) -> None:
+def data_import_nuswide(
+    ctx: click.Context, root: Path, out: Path, images: Path | None, overwrite: bool
+) -> None:
     """Write a manifest from the official NUS-WIDE layout under ROOT."""
     from m3trt.data.importers import import_nuswide
 
+    _claim_import(ctx, out, overwrite)
     with _reporter(ctx).task("import", None) as bar:
         summary = import_nuswide(root, out, image_dir=images, progress=lambda _i: bar.advance())
     _print_import(summary)
@@ -254,6 +290,7 @@ def data_import_nuswide(ctx: click.Context, root: Path, out: Path, images: Path 
 )
 @click.option("--images", type=click.Path(path_type=Path), help="Image folder.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), help="Split for every image.")
+@_IMPORT_OVERWRITE
 @quiet_option
 @click.pass_context
 def data_import_coco(
@@ -263,10 +300,12 @@ def data_import_coco(
     captions: Path | None,
     images: Path | None,
     split: str | None,
+    overwrite: bool,
 ) -> None:
     """Write a manifest from a COCO instances JSON (labels = categories present)."""
     from m3trt.data.importers import import_coco
 
+    _claim_import(ctx, out, overwrite)
     with _reporter(ctx).task("import", None) as bar:
         summary = import_coco(
             instances,
@@ -439,6 +478,7 @@ def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
         augment_shift=kw["augment_shift"],
         late_fusion=kw["late_fusion"],
     )
+    _lock(ctx, out, "-o")
     result = train(manifest, out, options, resume=kw["resume"], reporter=_reporter(ctx))
     skipped = result.counts.get("unlabelled_skipped", 0)
     click.echo(
@@ -687,6 +727,7 @@ def calibrate_cmd(
     from m3trt.runtime.model_io import ModelInfo
 
     reporter = _reporter(ctx)
+    _lock(ctx, out, "-o")
     info = ModelInfo.from_onnx_file(model)
     kw = dict(
         image_size=info.image_size,
@@ -806,6 +847,7 @@ def build_cmd(ctx: click.Context, source: Path, out: Path, **kw: Any) -> None:
         ),
         overwrite=kw["overwrite"],
     )
+    _lock(ctx, out, "-o")
     bundle = build_bundle(source, out, options, reporter=_reporter(ctx))
     if kw["sign_key"] is not None:
         from m3trt.runtime.signing import sign_bundle

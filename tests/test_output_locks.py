@@ -1,0 +1,109 @@
+"""Two runs on one output: every writing command holds its output's lock for its whole run, and
+checks what it may replace again under the lock."""
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import m3trt.runtime.outputs as outputs
+import m3trt.runtime.pipeline as pipeline
+from m3trt.cli import main
+from m3trt.errors import InputError
+from m3trt.runtime.outputs import lock_path, output_lock
+
+
+def run(*args):
+    result = CliRunner().invoke(main, ["--quiet", *map(str, args)])
+    return result.exit_code, result.output
+
+
+def _commands(tiny_data: Path, tiny_onnx: Path, out: Path) -> dict[str, tuple[list, str]]:
+    """Each writing command with ``out`` as its output, and the option a user would change."""
+    return {
+        "synth": (["data", "synth", out, "--n", "5"], "OUT"),
+        "train": (["train", tiny_data, "-o", out, "--epochs", "1"], "-o"),
+        "calibrate": (["calibrate", tiny_onnx, "--data", tiny_data, "-o", out], "-o"),
+        "build": (["build", tiny_onnx, "-o", out, "--precision", "fp32", "--target", "cpu"], "-o"),
+    }
+
+
+@pytest.mark.parametrize("command", ["synth", "train", "calibrate", "build"])
+def test_a_held_output_is_refused_before_any_work(command, tmp_path, tiny_data, tiny_onnx):
+    out = tmp_path / ("x.m3" if command == "build" else "out")
+    args, option = _commands(tiny_data, tiny_onnx, out)[command]
+    with output_lock(out):  # another run is writing it
+        code, output = run(*args)
+    assert code == 2, output
+    assert "another m3trt run is writing it" in output and f"choose another {option}" in output
+    assert not out.exists()
+
+
+def test_import_keeps_a_users_manifest_unless_overwrite(tmp_path):
+    from tests.test_importers import make_coco
+
+    instances = make_coco(tmp_path / "coco")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.jsonl").write_text("a user's manifest\n")
+    code, output = run("data", "import-coco", instances, "-o", out)
+    assert code == 2 and "(-o) exists: replace it with --overwrite" in output
+    assert (out / "manifest.jsonl").read_text() == "a user's manifest\n"
+    assert not (out / "labels.txt").exists()
+
+    (out / "manifest.jsonl").unlink()
+    (out / "labels.txt").write_text("a user's labels\n")
+    code, output = run("data", "import-coco", instances, "-o", out)
+    assert code == 2 and "(labels file) exists: replace it with --overwrite" in output
+    assert (out / "labels.txt").read_text() == "a user's labels\n"
+
+    with output_lock(out / "manifest.jsonl"):
+        code, output = run("data", "import-coco", instances, "-o", out, "--overwrite")
+    assert code == 2 and "another m3trt run is writing it" in output
+
+    code, output = run("data", "import-coco", instances, "-o", out, "--overwrite")
+    assert code == 0, output
+    assert (out / "labels.txt").read_text() == "person\ncar\ndog\n"
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 4
+
+
+def _lock_then(write: Path, text: str):
+    """An ``output_lock`` that finds ``write`` written by another run once it holds the lock:
+    the run that checked before it got the lock."""
+    real = output_lock
+
+    @contextmanager
+    def lock(output: Path, *args):
+        with real(output, *args) as path:
+            write.write_text(text)
+            yield path
+
+    return lock
+
+
+def test_infer_checks_again_under_the_lock(monkeypatch, tmp_path, int8_bundle, test_images):
+    report = tmp_path / "report.html"
+    monkeypatch.setattr(pipeline, "output_lock", _lock_then(report, "another run's report"))
+    code, output = run(
+        "infer", int8_bundle, test_images, "-o", tmp_path / "r.jsonl", "--report", report
+    )
+    assert code == 2 and f"{report} exists: replace it with --overwrite" in output, output
+    assert report.read_text() == "another run's report"
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_export_checks_again_under_the_lock(monkeypatch, tmp_path, tiny_checkpoint):
+    out = tmp_path / "m.onnx"
+    monkeypatch.setattr(outputs, "output_lock", _lock_then(out, "another run's model"))
+    code, output = run("export", tiny_checkpoint[0], "-o", out)
+    assert code == 2 and "(-o) exists: replace it with --overwrite" in output, output
+    assert out.read_text() == "another run's model"
+
+
+def test_lock_path_of_folders_without_a_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path / ".")
+    assert lock_path(Path(".")) == tmp_path.parent / f".{tmp_path.name}.lock"
+    assert lock_path(Path("a/..")) == tmp_path.parent / f".{tmp_path.name}.lock"
+    with pytest.raises(InputError, match="the root folder cannot be an output"):
+        lock_path(Path("/"))
