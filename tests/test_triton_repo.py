@@ -142,3 +142,20 @@ def test_tampered_bundle_is_refused(tmp_path, int8_bundle):
     code, out = export(copy, tmp_path / "repo")
     assert code == 2 and engine.name in out and "sha256" in out, out
     assert not (tmp_path / "repo" / "copy").exists()
+
+
+def test_an_entry_published_meanwhile_is_kept(monkeypatch, tmp_path, int8_bundle):
+    """Another run published REPO/NAME after this one's check: it is not replaced."""
+    folder = tmp_path / "repo" / "tiny"
+    real_copy = shutil.copyfile
+
+    def copy_while_another_run_publishes(src, dst):
+        folder.mkdir(parents=True)
+        (folder / "config.pbtxt").write_text("another run's entry")
+        return real_copy(src, dst)
+
+    monkeypatch.setattr(shutil, "copyfile", copy_while_another_run_publishes)
+    code, out = export(int8_bundle, tmp_path / "repo")
+    assert code == 2 and f"{folder} exists; pass --overwrite" in out, out
+    assert (folder / "config.pbtxt").read_text() == "another run's entry"
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["tiny"]  # no leftovers

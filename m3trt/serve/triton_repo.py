@@ -340,6 +340,8 @@ def _publish(
         (staging / "config.pbtxt").write_text(text, encoding="utf-8")
         old = None
         if folder.exists():
+            if not overwrite:  # another run published it while this one staged
+                raise InputError(f"{folder} exists; pass --overwrite to replace it")
             old = temp_sibling(folder, "old")
             folder.rename(old)
         staging.rename(folder)
