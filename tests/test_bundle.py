@@ -274,6 +274,23 @@ def test_failed_write_keeps_old_bundle(tmp_path, sources, built, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "tiny.m3"]
 
 
+def test_a_bundle_written_meanwhile_is_kept(tmp_path, sources, built, monkeypatch):
+    """Another run wrote the bundle after this one's check: it is not replaced."""
+    folder = tmp_path / "late.m3"
+    real_copy = shutil.copyfile
+
+    def copy_while_another_run_writes(src, dst, **kw):
+        if not folder.exists():
+            shutil.copytree(built.path, folder, copy_function=lambda s, d: real_copy(s, d))
+        return real_copy(src, dst, **kw)
+
+    monkeypatch.setattr(bundle_mod.shutil, "copyfile", copy_while_another_run_writes)
+    with pytest.raises(BundleError, match="already exists; use --overwrite"):
+        build(folder, sources)
+    assert load_bundle(folder).artifacts == built.artifacts
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["late.m3", "src", "tiny.m3"]
+
+
 def test_sources_inside_folder_are_moved_in(tmp_path, sources):
     folder = tmp_path / "staged.m3"
     (folder / "work").mkdir(parents=True)

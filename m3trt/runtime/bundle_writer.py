@@ -79,6 +79,7 @@ def write_bundle(
     try:
         data["artifacts"] = _stage_artifacts(staging, sources, files)
         write_text(staging / BUNDLE_FILE, dumps_stable(data))
+        _check_target_folder(folder, sources, overwrite)  # another run may have written it since
         _swap_in(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
