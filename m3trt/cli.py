@@ -11,6 +11,8 @@ import json
 import math
 import sys
 import traceback
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -128,12 +130,15 @@ def _claim(ctx: click.Context, outputs: dict[str, Path | None], overwrite: bool)
     ctx.with_resource(claimed_files(outputs, overwrite=overwrite))
 
 
-def _lock(ctx: click.Context, output: Path, option: str) -> None:
+def _lock(
+    ctx: click.Context, output: Path, option: str, check: Callable[[], None] = lambda: None
+) -> None:
     """Hold ``output``'s lock (a file or a folder) until the command ends: a second run on it
-    is refused at its start instead of mixing its files with the first one's."""
-    from m3trt.runtime.outputs import output_lock
+    is refused at its start instead of mixing its files with the first one's. ``check`` (what
+    the run may replace) runs before the lock and again under it."""
+    from m3trt.runtime.outputs import checked_lock
 
-    ctx.with_resource(output_lock(output, option))
+    ctx.with_resource(checked_lock(output, check, option))
 
 
 _ENGINE_OPTION = dict(
@@ -207,9 +212,7 @@ def data_synth(
     """Write a synthetic multi-label dataset with noisy user tags to OUT."""
     from m3trt.data.synth import REGIMES, generate
 
-    _check_synth_out(out, overwrite)
-    _lock(ctx, out, "OUT")
-    _check_synth_out(out, overwrite)  # again: another run may have written it meanwhile
+    _lock(ctx, out, "OUT", partial(_check_synth_out, out, overwrite))
     reporter = _reporter(ctx)
     try:
         fractions = tuple(float(f) for f in splits.split(","))
@@ -249,9 +252,8 @@ def _claim_import(ctx: click.Context, out: Path, overwrite: bool) -> None:
 
     manifest = manifest_path(out)
     files = {"-o": manifest, "labels file": manifest.parent / LABELS_FILE}
-    check_new_files(files, overwrite=overwrite)
-    _lock(ctx, manifest, "-o")  # one lock for the pair: the manifest names its labels
-    check_new_files(files, overwrite=overwrite)  # again: another run may have written them
+    # one lock for the pair: the manifest names its labels
+    _lock(ctx, manifest, "-o", partial(check_new_files, files, overwrite=overwrite))
 
 
 _IMPORT_OVERWRITE = click.option(

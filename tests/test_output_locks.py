@@ -8,7 +8,6 @@ import pytest
 from click.testing import CliRunner
 
 import m3trt.runtime.outputs as outputs
-import m3trt.runtime.pipeline as pipeline
 from m3trt.cli import main
 from m3trt.errors import InputError
 from m3trt.runtime.outputs import lock_path, output_lock
@@ -84,7 +83,7 @@ def _lock_then(write: Path, text: str):
 
 def test_infer_checks_again_under_the_lock(monkeypatch, tmp_path, int8_bundle, test_images):
     report = tmp_path / "report.html"
-    monkeypatch.setattr(pipeline, "output_lock", _lock_then(report, "another run's report"))
+    monkeypatch.setattr(outputs, "output_lock", _lock_then(report, "another run's report"))
     code, output = run(
         "infer", int8_bundle, test_images, "-o", tmp_path / "r.jsonl", "--report", report
     )

@@ -16,7 +16,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -165,6 +165,19 @@ def output_lock(output: Path, option: str = "-o") -> Iterator[Path]:
         yield path
     finally:
         lock.release()
+
+
+@contextmanager
+def checked_lock(
+    output: Path, check: Callable[[], None] = lambda: None, option: str = "-o"
+) -> Iterator[Path]:
+    """``output_lock`` with ``check`` (what the run may replace) run before the lock, so that a
+    refused run leaves no lock file behind, and again under it, since another run may have
+    written the output in between."""
+    check()
+    with output_lock(output, option) as lock:
+        check()
+        yield lock
 
 
 @contextmanager

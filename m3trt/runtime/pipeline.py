@@ -40,7 +40,7 @@ from m3trt.runtime.decoding import (
     decode_ahead,
     decoder,
 )
-from m3trt.runtime.outputs import check_outputs, output_lock
+from m3trt.runtime.outputs import check_outputs, checked_lock
 from m3trt.runtime.profile import StageProfile
 from m3trt.runtime.results import (
     ResultWriter,
@@ -194,9 +194,7 @@ def guarded_outputs(options: InferOptions, roots: list[Path]) -> Iterator[list[P
         overwrite=options.overwrite,
         resume=options.resume,
     )
-    check()  # before the lock too: a refused run leaves no lock file behind
-    with output_lock(options.output) as lock:
-        check()
+    with checked_lock(options.output, check) as lock:
         yield [p for p in outputs.values() if p is not None] + [lock]
 
 
