@@ -106,3 +106,13 @@ def test_lock_path_of_folders_without_a_name(tmp_path, monkeypatch):
     assert lock_path(Path("a/..")) == tmp_path.parent / f".{tmp_path.name}.lock"
     with pytest.raises(InputError, match="the root folder cannot be an output"):
         lock_path(Path("/"))
+
+
+def test_a_planted_lock_link_is_refused_and_its_target_kept(tmp_path, int8_bundle, test_images):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("a user's file")
+    out = tmp_path / "r.jsonl"
+    lock_path(out).symlink_to(victim)
+    code, output = run("infer", int8_bundle, test_images, "-o", out)
+    assert code == 2 and f"{lock_path(out)}: cannot lock the output" in output, output
+    assert victim.read_text() == "a user's file" and not out.exists()
