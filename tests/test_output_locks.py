@@ -1,6 +1,7 @@
 """Two runs on one output: every writing command holds its output's lock for its whole run, and
 checks what it may replace again under the lock."""
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -101,11 +102,29 @@ def test_export_checks_again_under_the_lock(monkeypatch, tmp_path, tiny_checkpoi
 
 
 def test_lock_path_of_folders_without_a_name(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path / ".")
-    assert lock_path(Path(".")) == tmp_path.parent / f".{tmp_path.name}.lock"
-    assert lock_path(Path("a/..")) == tmp_path.parent / f".{tmp_path.name}.lock"
+    real = tmp_path / "real"
+    (real / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(real / "sub")
+    monkeypatch.chdir(real)
+    assert lock_path(Path(".")) == Path(os.path.realpath(tmp_path)) / ".real.lock"
+    # "link/.." is the parent of link's target (the kernel's reading), not tmp_path
+    assert lock_path(tmp_path / "link" / "..") == Path(os.path.realpath(tmp_path)) / ".real.lock"
+    # and a file spelled through it locks beside the file the kernel opens
+    spelled = tmp_path / "link" / ".." / "r.jsonl"
+    assert os.path.realpath(lock_path(spelled)) == os.path.join(
+        os.path.realpath(real), ".r.jsonl.lock"
+    )
     with pytest.raises(InputError, match="the root folder cannot be an output"):
         lock_path(Path("/"))
+
+
+def test_a_lock_path_that_cannot_be_made_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with (
+        pytest.raises(InputError, match=r"cannot lock the output"),
+        output_lock(tmp_path / "file" / "ckpt"),
+    ):
+        pass
 
 
 def test_a_planted_lock_link_is_refused_and_its_target_kept(tmp_path, int8_bundle, test_images):

@@ -28,7 +28,9 @@ REPORT_MARKER = b'<meta name="generator" content="m3trt'
 def lock_path(output: Path) -> Path:
     """``out/results.jsonl`` -> ``out/.results.jsonl.lock`` (hidden; it stays after the run).
     A folder output locks the same way, beside it: ``runs/x.m3`` -> ``runs/.x.m3.lock``."""
-    named = Path(os.path.abspath(output))  # "." and "x/.." have no name of their own
+    named = output
+    if output.name in ("", ".."):  # "." and "x/..": the folder they resolve to (links followed)
+        named = Path(os.path.realpath(output))
     if not named.name:
         raise InputError(f"{output}: the root folder cannot be an output; choose a folder in it")
     return named.with_name(f".{named.name}.lock")
@@ -139,9 +141,9 @@ def output_lock(output: Path, option: str = "-o") -> Iterator[Path]:
     from filelock import FileLock, Timeout
 
     path = lock_path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path), timeout=0)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except Timeout:
         raise InputError(
