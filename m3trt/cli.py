@@ -906,7 +906,11 @@ def inspect_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
 )
 @click.option("--engine", **_ENGINE_OPTION)
 @click.option("--workers", type=click.IntRange(1, 64), help="Decoding threads [default: cores].")
-@click.option("--threads", type=click.IntRange(1, 256), help="Engine threads [default: cores].")
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 256),
+    help="Engine threads per batch [default: cores, or cores / --streams on a CPU].",
+)
 @click.option("--ext", help="Extensions to look for in folders, e.g. jpg,png [default: all].")
 @click.option(
     "--tags",
@@ -973,7 +977,8 @@ def inspect_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
     default=2,
     show_default=True,
     type=click.IntRange(1, 16),
-    help="CUDA streams of the GPU pipeline (copies of one batch overlap another's compute).",
+    help="Batches computed at once: CUDA streams on a GPU (copies of one batch overlap another's "
+    "compute); on a CPU, ONNX Runtime runs of one batch each.",
 )
 @click.option(
     "--profile",
@@ -1055,7 +1060,7 @@ def infer_cmd(ctx: click.Context, bundle: Path, paths: tuple[Path, ...], **kw: A
             raise click.UsageError("--profile and --decode gpu apply to --executor local")
         summary = _infer_on_ray(bundle, paths, options, load_kwargs, kw, reporter)
     else:
-        annotator = Annotator.load(bundle, **load_kwargs)
+        annotator = Annotator.load(bundle, **load_kwargs, runs=options.streams)
         reporter.log(annotator.description)
         summary = run_folder(annotator, paths, options, reporter)
     click.echo(_infer_line(summary), err=True)

@@ -101,13 +101,15 @@ class Annotator:
         threshold: float | None = None,
         top_k: int | None = None,
         verify: bool = True,
+        runs: int = 1,
     ) -> Annotator:
         """Load and verify a ``NAME.m3`` bundle and open its engine on ``device`` (``engine``:
-        ``auto`` or a registry name such as ``onnxruntime``/``openvino``)."""
+        ``auto`` or a registry name such as ``onnxruntime``/``openvino``). ``runs``: batches the
+        caller runs at once from threads (the folder pipeline), where the engine allows it."""
         decoding = Decoding(threshold, top_k)
         if not isinstance(bundle, Bundle):
             bundle = load_bundle(bundle, verify=verify)
-        opened, choice = open_engine(bundle, device, engine=engine, threads=threads)
+        opened, choice = open_engine(bundle, device, engine=engine, threads=threads, runs=runs)
         return cls(bundle, opened, choice, decoding)
 
     @property

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -325,23 +327,48 @@ def _cpu_loop(
     workers: int,
     batch_size: int,
 ) -> None:
-    """Decode ahead in threads, run each batch on the engine, write it: the CPU path."""
+    """Decode ahead in threads, run each batch on the engine, write it: the CPU path. An engine
+    sized for N runs at once (``Engine.parallel_runs``) computes N batches at once on as many
+    threads, with one more queued while this thread writes; rows are still written batch by
+    batch in walk order."""
     annotator = run.annotator
-    stream = decode_ahead(todo, decode, workers, window=2 * batch_size + workers)
-    for good, bad in batches(stream, batch_size):
-        for item in bad:
-            run.fail(item.path, item.error or "unknown error")
-        if good:
-            images = np.stack([item.image for item in good])
-            tags = (
-                annotator.encode_tags([item.tags for item in good]) if annotator.uses_tags else None
-            )
-            with run.timing("compute"):
-                outputs = annotator.run(images, tags)
-            with run.timing("write"):
-                run.write_batch([item.path for item in good], images, outputs)
+    runs = max(1, annotator.engine.parallel_runs)
+    stream = decode_ahead(todo, decode, workers, window=(runs + 2) * batch_size + workers)
+    in_flight: deque[tuple[list[Decoded], list[Decoded], Any]] = deque()
+    with ThreadPoolExecutor(runs, thread_name_prefix="m3trt-engine") as pool:
+        try:
+            for good, bad in batches(stream, batch_size):
+                in_flight.append((good, bad, _submit(pool, run, good) if good else None))
+                if len(in_flight) > runs:  # one queued: the engines never wait for this thread
+                    _finish(run, *in_flight.popleft())
+            while in_flight:
+                _finish(run, *in_flight.popleft())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # an interrupt waits for <= N batches
+
+
+def _submit(pool: ThreadPoolExecutor, run: FolderRun, good: list[Decoded]) -> Future:
+    annotator = run.annotator
+    images = np.stack([item.image for item in good])
+    tags = annotator.encode_tags([item.tags for item in good]) if annotator.uses_tags else None
+
+    def compute() -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        with run.timing("compute"):  # in the engine's thread: busy time, as for decoding
+            return images, annotator.run(images, tags)
+
+    return pool.submit(compute)
+
+
+def _finish(run: FolderRun, good: list[Decoded], bad: list[Decoded], work: Future | None) -> None:
+    """One batch, in walk order: its failures, then its rows."""
+    for item in bad:
+        run.fail(item.path, item.error or "unknown error")
+    if work is not None:
+        images, outputs = work.result()
         with run.timing("write"):
-            run.end_batch(len(good) + len(bad))
+            run.write_batch([item.path for item in good], images, outputs)
+    with run.timing("write"):
+        run.end_batch(len(good) + len(bad))
 
 
 def _output_failure(exc: OSError, fallback: Path) -> OutputFailure:

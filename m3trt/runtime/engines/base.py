@@ -75,6 +75,7 @@ class Engine(ABC):
     description: str = ""
     supports_split_timing: bool = False
     supports_streams: bool = False  # stream_runner works (a GPU engine on a CUDA device)
+    parallel_runs: int = 1  # batches the folder pipeline may run at once, from as many threads
 
     @abstractmethod
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

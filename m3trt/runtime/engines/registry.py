@@ -10,6 +10,7 @@ are imported only when their kind is used: a CPU host never imports GPU librarie
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,14 +42,26 @@ class EngineKind:
     devices: tuple[str, ...]
     target: str  # "module:Class" of the Engine subclass
     probe: str  # "module:function" (device) -> (ok, reason)
+    parallel_on: tuple[str, ...] = ()  # devices where run() may be called from threads at once
 
     def availability(self, device: str) -> tuple[bool, str]:
         if device not in self.devices:
             return False, f"{self.name} does not run on {device}"
         return _load(self.probe)(device)
 
-    def open(self, path: Path, device: str, threads: int | None) -> Engine:
-        return _load(self.target)(path, device, threads)
+    def open(self, path: Path, device: str, threads: int | None, runs: int = 1) -> Engine:
+        """The engine; with ``runs`` > 1 where the kind allows it, sized to run that many
+        batches at once, each on ``threads`` (default: the cores shared out) threads. On 2
+        cores two single-threaded runs beat one run on both (benchmarks/results/
+        infer_parallel_runs.md): a convolution net's small layers do not split well."""
+        if runs <= 1 or device not in self.parallel_on:
+            return _load(self.target)(path, device, threads)
+        per_run = threads or max(1, (os.cpu_count() or 1) // runs)
+        engine = _load(self.target)(path, device, per_run)
+        engine.parallel_runs = runs
+        each = f"{per_run} thread{'s' if per_run > 1 else ''} each"
+        engine.description = f"{engine.description}, {runs} batches at once ({each})"
+        return engine
 
 
 REGISTRY: dict[str, EngineKind] = {}
@@ -71,6 +84,7 @@ register(
         ("cpu", "cuda"),
         f"{_ENGINES}.ort_engine:OnnxRuntimeEngine",
         f"{_ENGINES}.ort_engine:availability",
+        parallel_on=("cpu",),  # InferenceSession.run is thread-safe; CPU runs bind no buffers
     )
 )
 register(
@@ -166,9 +180,11 @@ def open_engine(
     *,
     engine: str = AUTO,
     threads: int | None = None,
+    runs: int = 1,
 ) -> tuple[Engine, DeviceChoice]:
     """The engine for ``bundle`` on ``device`` (``auto|cpu|cuda``) with ``engine`` (``auto`` or a
-    registry name), with the choice actually made and the reasons."""
+    registry name), with the choice actually made and the reasons; ``runs``: batches the caller
+    will run at once where the engine allows it (``EngineKind.open``)."""
     if device not in DEVICES:
         raise M3Error(f"unknown device {device!r}: use one of {', '.join(DEVICES)}")
     if engine != AUTO and engine not in REGISTRY:
@@ -182,7 +198,7 @@ def open_engine(
     else:
         devices = [device]
     for dev in devices:
-        opened = _open_on(bundle, dev, engine, threads, skipped)
+        opened = _open_on(bundle, dev, engine, threads, runs, skipped)
         if opened is not None:
             return opened
     what = f"--device {device}" + (f" --engine {engine}" if engine != AUTO else "")
@@ -190,7 +206,12 @@ def open_engine(
 
 
 def _open_on(
-    bundle: Bundle, device: str, engine: str, threads: int | None, skipped: list[str]
+    bundle: Bundle,
+    device: str,
+    engine: str,
+    threads: int | None,
+    runs: int,
+    skipped: list[str],
 ) -> tuple[Engine, DeviceChoice] | None:
     roles = artifact_roles(bundle, device)
     kinds = [engine] if engine != AUTO else preferred_kinds(bundle, device)
@@ -211,7 +232,7 @@ def _open_on(
             skipped.append(f"{name} on {device}: {why}")
             continue
         try:
-            opened = kind.open(bundle.artifact_path(role), device, threads)
+            opened = kind.open(bundle.artifact_path(role), device, threads, runs)
         except EngineUnavailable as exc:
             skipped.append(f"{name} on {device}: {exc}")
             continue
