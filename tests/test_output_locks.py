@@ -135,3 +135,14 @@ def test_a_planted_lock_link_is_refused_and_its_target_kept(tmp_path, int8_bundl
     code, output = run("infer", int8_bundle, test_images, "-o", out)
     assert code == 2 and f"{lock_path(out)}: cannot lock the output" in output, output
     assert victim.read_text() == "a user's file" and not out.exists()
+
+
+def test_a_report_another_run_writes_is_refused(tmp_path, int8_bundle, test_images):
+    """Two runs with different -o but one --report (or --summary-json): the second is refused."""
+    for option, name in (("--report", "report.html"), ("--summary-json", "summary.json")):
+        shared = tmp_path / name
+        with output_lock(shared):  # a run with another -o is writing it
+            code, output = run("infer", int8_bundle, test_images, "-o", tmp_path / "r.jsonl",
+                               option, shared)  # fmt: skip
+        assert code == 2 and f"choose another {option}" in output, output
+        assert not shared.exists() and not (tmp_path / "r.jsonl").exists()

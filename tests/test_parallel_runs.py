@@ -19,16 +19,17 @@ from tests.test_gpu_pipeline import NumpyEngine, annotator_for, folder  # noqa: 
 
 class GatedEngine(NumpyEngine):
     """Two runs at once allowed: its first two runs each wait until both are inside ``run``
-    (a sequential loop breaks the barrier), and the first one comes back last."""
+    (a sequential loop breaks the barrier), and the first one comes back last. ``stop_at``:
+    that call raises ``stop`` instead."""
 
     parallel_runs = 2
 
-    def __init__(self, fail_at: int | None = None) -> None:
+    def __init__(self, stop_at: int | None = None, stop: BaseException | None = None) -> None:
         super().__init__()
         self.barrier = threading.Barrier(2, timeout=20)
         self.lock = threading.Lock()
         self.calls = self.inside = self.most_at_once = 0
-        self.fail_at = fail_at
+        self.stop_at, self.stop = stop_at, stop
 
     def run(self, feeds):
         with self.lock:
@@ -37,20 +38,22 @@ class GatedEngine(NumpyEngine):
             self.inside += 1
             self.most_at_once = max(self.most_at_once, self.inside)
         try:
-            if call == self.fail_at:
-                raise EngineError("the engine failed on this batch")
-            if call <= 2:
+            if call == self.stop_at:
+                raise self.stop
+            if call <= 2 and self.parallel_runs > 1:
                 self.barrier.wait()
                 if call == 1:
                     time.sleep(0.2)
+            else:
+                time.sleep(0.01)  # long enough for a second call to overlap, if one could
             return super().run(feeds)
         finally:
             with self.lock:
                 self.inside -= 1
 
 
-def _infer(engine, root, out):
-    options = InferOptions(output=out, batch_size=4, workers=2)
+def _infer(engine, root, out, **options):
+    options = InferOptions(output=out, batch_size=4, workers=2, **options)
     return run_folder(annotator_for(engine), [root], options)
 
 
@@ -64,15 +67,37 @@ def test_two_batches_run_at_once_and_rows_keep_walk_order(folder, tmp_path):  # 
         assert two.read_bytes() == one.read_bytes()  # byte for byte, walk order
 
 
-def test_an_engine_error_keeps_the_rows_written_before_it(folder, tmp_path):  # noqa: F811
+def test_an_engine_for_one_run_is_never_called_twice_at_once(folder, tmp_path):  # noqa: F811
+    engine = GatedEngine()
+    engine.parallel_runs = 1  # e.g. OpenVINO: one infer request
+    _infer(engine, folder, tmp_path / "one.jsonl")
+    assert engine.calls == 6 and engine.most_at_once == 1  # 23 good images in batches of 4
+
+
+def test_an_engine_error_keeps_the_batches_before_it(folder, tmp_path):  # noqa: F811
     _infer(NumpyEngine(), folder, tmp_path / "one.jsonl")
     with pytest.raises(EngineError, match="failed on this batch"):
-        _infer(GatedEngine(fail_at=3), folder, tmp_path / "two.jsonl")
+        _infer(GatedEngine(3, EngineError("failed on this batch")), folder, tmp_path / "two.jsonl")
+    # batches 1 and 2 finished and are written whole, in order; 3 failed; none after it
     rows, everything = read_results(tmp_path / "two.jsonl"), read_results(tmp_path / "one.jsonl")
-    assert 4 <= len(rows) < len(everything) and rows == everything[: len(rows)]
+    assert rows == everything[:8]
+    errors = read_results(tmp_path / "two.errors.jsonl")
+    assert errors == read_results(tmp_path / "one.errors.jsonl")[: len(errors)]
     assert not [t for t in threading.enumerate() if t.name.startswith("m3trt-engine")]
 
 
+def test_an_interrupt_then_resume_gives_each_image_once(folder, tmp_path):  # noqa: F811
+    _infer(NumpyEngine(), folder, tmp_path / "one.jsonl")
+    out = tmp_path / "two.jsonl"
+    summary = _infer(GatedEngine(4, KeyboardInterrupt()), folder, out)
+    assert summary.interrupted and 0 < summary.annotated < 23
+    assert not [t for t in threading.enumerate() if t.name.startswith("m3trt-engine")]
+    summary = _infer(GatedEngine(), folder, out, resume=True)
+    assert not summary.interrupted
+    assert out.read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="runs are capped at the cores")
 def test_onnxruntime_on_a_cpu_shares_the_cores_out(int8_bundle):
     cores = os.cpu_count() or 1
 
@@ -93,6 +118,7 @@ def test_openvino_keeps_one_run_at_a_time(int8_bundle):
     assert annotator.engine.parallel_runs == 1  # one infer request: not safe from two threads
 
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="runs are capped at the cores")
 def test_cli_streams_on_a_cpu_give_the_same_rows(int8_bundle, test_images, tmp_path):
     outputs = {}
     for streams in ("1", "2"):

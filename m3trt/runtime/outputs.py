@@ -159,7 +159,9 @@ def output_lock(output: Path, option: str = "-o") -> Iterator[Path]:
             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         try:
-            with open(path, "r+b") as f:  # the locked file itself: no truncating open elsewhere
+            # the locked file itself, never a link swapped in since: O_NOFOLLOW, no O_TRUNC
+            fd = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+            with os.fdopen(fd, "wb") as f:
                 f.write(json.dumps(holder).encode())
                 f.truncate()
         except OSError:

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -42,7 +42,7 @@ from m3trt.runtime.decoding import (
     decode_ahead,
     decoder,
 )
-from m3trt.runtime.outputs import check_outputs, checked_lock
+from m3trt.runtime.outputs import check_outputs, checked_lock, output_lock
 from m3trt.runtime.profile import StageProfile
 from m3trt.runtime.results import (
     ResultWriter,
@@ -179,9 +179,9 @@ def run_folder(
 @contextmanager
 def guarded_outputs(options: InferOptions, roots: list[Path]) -> Iterator[list[Path]]:
     """Every executor's gate to writing: the outputs checked (``check_outputs``: no input, no
-    user file without ``--overwrite``), locked for the run's whole length, and checked again
-    under the lock (another run may have written one in between). Yields what a sidecar must
-    never replace: the outputs and the lock."""
+    user file without ``--overwrite``), locked for the run's whole length (results, report,
+    summary), and checked again under the locks (another run may have written one in between).
+    Yields what a sidecar must never replace: the outputs and the locks."""
     outputs = {
         "results": options.output,
         "errors": errors_path(options.output),
@@ -196,8 +196,13 @@ def guarded_outputs(options: InferOptions, roots: list[Path]) -> Iterator[list[P
         overwrite=options.overwrite,
         resume=options.resume,
     )
-    with checked_lock(options.output, check) as lock:
-        yield [p for p in outputs.values() if p is not None] + [lock]
+    # The report and summary are locked too: a run with another -o may name them.
+    others = {"--report": options.report, "--summary-json": options.summary_json}
+    with ExitStack() as held:
+        locks = [held.enter_context(checked_lock(options.output, check))]
+        locks += [held.enter_context(output_lock(p, o)) for o, p in others.items() if p]
+        check()  # with every lock held
+        yield [p for p in outputs.values() if p is not None] + locks
 
 
 def _gpu_plan(annotator: Annotator, options: InferOptions, reporter: Reporter) -> Any:
@@ -334,11 +339,15 @@ def _cpu_loop(
     annotator = run.annotator
     runs = max(1, annotator.engine.parallel_runs)
     stream = decode_ahead(todo, decode, workers, window=(runs + 2) * batch_size + workers)
-    in_flight: deque[tuple[list[Decoded], list[Decoded], Any]] = deque()
+    # Each entry holds a batch's paths, its failures and its stacked images (in the future):
+    # the decoded images themselves are dropped once stacked.
+    in_flight: deque[tuple[list[str], list[Decoded], Future | None]] = deque()
     with ThreadPoolExecutor(runs, thread_name_prefix="m3trt-engine") as pool:
         try:
             for good, bad in batches(stream, batch_size):
-                in_flight.append((good, bad, _submit(pool, run, good) if good else None))
+                work = _submit(pool, run, good) if good else None
+                in_flight.append(([item.path for item in good], bad, work))
+                del good  # the stacked copy in ``work`` is all that is kept
                 if len(in_flight) > runs:  # one queued: the engines never wait for this thread
                     _finish(run, *in_flight.popleft())
             while in_flight:
@@ -359,16 +368,16 @@ def _submit(pool: ThreadPoolExecutor, run: FolderRun, good: list[Decoded]) -> Fu
     return pool.submit(compute)
 
 
-def _finish(run: FolderRun, good: list[Decoded], bad: list[Decoded], work: Future | None) -> None:
+def _finish(run: FolderRun, paths: list[str], bad: list[Decoded], work: Future | None) -> None:
     """One batch, in walk order: its failures, then its rows."""
     for item in bad:
         run.fail(item.path, item.error or "unknown error")
     if work is not None:
         images, outputs = work.result()
         with run.timing("write"):
-            run.write_batch([item.path for item in good], images, outputs)
+            run.write_batch(paths, images, outputs)
     with run.timing("write"):
-        run.end_batch(len(good) + len(bad))
+        run.end_batch(len(paths) + len(bad))
 
 
 def _output_failure(exc: OSError, fallback: Path) -> OutputFailure:

@@ -13,6 +13,7 @@ published. The entry is assembled in a hidden sibling folder and renamed into pl
 
 from __future__ import annotations
 
+import errno
 import re
 import shutil
 from dataclasses import dataclass
@@ -344,7 +345,14 @@ def _publish(
                 raise InputError(f"{folder} exists; pass --overwrite to replace it")
             old = temp_sibling(folder, "old")
             folder.rename(old)
-        staging.rename(folder)
+        try:
+            staging.rename(folder)
+        except OSError as exc:  # another run published it between the check and the rename
+            if old is not None and not folder.exists():
+                old.rename(folder)  # the entry this run moved aside goes back
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            raise InputError(f"{folder} exists; pass --overwrite to replace it") from None
         fsync_dir(folder.parent)
         if old is not None:
             shutil.rmtree(old)

@@ -92,6 +92,11 @@ class Engine(ABC):
         of one pipeline from 0. Only where ``supports_streams``."""
         raise EngineError(f"{self.kind} engine on {self.device} cannot run on a CUDA stream")
 
+    def allow_parallel(self, runs: int) -> None:
+        """Get ready for ``runs`` calls of ``run`` at once from as many threads (sets
+        ``parallel_runs``). Only engine kinds whose ``parallel_on`` names the device."""
+        raise EngineError(f"{self.kind} engine on {self.device} runs one batch at a time")
+
     def close(self) -> None:  # noqa: B027 - optional: engines that own nothing keep it
         """Free what the engine owns (sessions, device memory, streams); idempotent."""
 

@@ -5,6 +5,7 @@ missing, so the providers really in use are read back from the session, never as
 
 from __future__ import annotations
 
+import queue
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -149,11 +150,33 @@ class OnnxRuntimeEngine(Engine):
         self.description = (
             f"onnxruntime {ort.__version__} {'+'.join(self.active_providers)} ({self.path.name})"
         )
+        self._free: queue.SimpleQueue[Any] | None = None  # sessions for parallel runs
+
+    def allow_parallel(self, runs: int) -> None:
+        """One session per run, each with this engine's threads: runs sharing one session would
+        share its one intra-op pool (cores / N threads for all of them on a many-core host)."""
+        if self.bind_io or self.device != "cpu":
+            super().allow_parallel(runs)
+        ort = import_onnxruntime()
+        self._free = queue.SimpleQueue()
+        self._free.put(self.session)
+        for _ in range(runs - 1):
+            options = session_options(self.threads)
+            self._free.put(ort.InferenceSession(str(self.path), options, providers=[CPU]))
+        self.parallel_runs = runs
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.bind_io:
             return self._run_bound(feeds)
-        values = self.session.run(None, {name: feeds[name] for name in self.input_names})
+        named = {name: feeds[name] for name in self.input_names}
+        if self._free is None:
+            values = self.session.run(None, named)
+        else:
+            session = self._free.get()  # waits while all N are busy
+            try:
+                values = session.run(None, named)
+            finally:
+                self._free.put(session)
         return dict(zip(self.output_names, values, strict=True))
 
     def _run_bound(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -234,7 +257,7 @@ class OnnxRuntimeEngine(Engine):
 
     def close(self) -> None:
         self._bound.clear()
-        self.session = None
+        self.session = self._free = None
 
 
 # ONNX Runtime synchronizes the CUDA stream at the end of every run unless told not to; the

@@ -50,15 +50,18 @@ class EngineKind:
         return _load(self.probe)(device)
 
     def open(self, path: Path, device: str, threads: int | None, runs: int = 1) -> Engine:
-        """The engine; with ``runs`` > 1 where the kind allows it, sized to run that many
-        batches at once, each on ``threads`` (default: the cores shared out) threads. On 2
-        cores two single-threaded runs beat one run on both (benchmarks/results/
-        infer_parallel_runs.md): a convolution net's small layers do not split well."""
+        """The engine; with ``runs`` > 1 where the kind allows it, ready to run that many
+        batches at once (never more than the cores), each on ``threads`` (default: the cores
+        shared out) threads. On 2 cores two single-threaded runs beat one run on both
+        (benchmarks/results/infer_parallel_runs.md): a convolution net's small layers do not
+        split well over threads."""
+        cores = os.cpu_count() or 1
+        runs = min(runs, cores)
         if runs <= 1 or device not in self.parallel_on:
             return _load(self.target)(path, device, threads)
-        per_run = threads or max(1, (os.cpu_count() or 1) // runs)
+        per_run = threads or max(1, cores // runs)
         engine = _load(self.target)(path, device, per_run)
-        engine.parallel_runs = runs
+        engine.allow_parallel(runs)
         each = f"{per_run} thread{'s' if per_run > 1 else ''} each"
         engine.description = f"{engine.description}, {runs} batches at once ({each})"
         return engine
