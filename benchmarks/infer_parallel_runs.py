@@ -51,7 +51,7 @@ def main() -> None:
     identical = filecmp.cmp(*outs, shallow=False)
     medians = {
         name: {
-            key: statistics.median(x[key] for x in runs if x["contender"] == name)
+            key: round(statistics.median(x[key] for x in runs if x["contender"] == name), 2)
             for key in ("wall_s", "cpu_s")
         }
         for name in contenders
