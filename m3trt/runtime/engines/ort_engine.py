@@ -162,7 +162,11 @@ class OnnxRuntimeEngine(Engine):
         self._free.put(self.session)
         for _ in range(runs - 1):
             options = session_options(self.threads)
-            self._free.put(ort.InferenceSession(str(self.path), options, providers=[CPU]))
+            try:
+                session = ort.InferenceSession(str(self.path), options, providers=[CPU])
+            except Exception as exc:  # out of memory for one more copy, most likely
+                raise EngineError(f"{self.path}: onnxruntime cannot load a session: {exc}") from exc
+            self._free.put(session)
         self.parallel_runs = runs
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
