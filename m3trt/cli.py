@@ -136,9 +136,9 @@ def _lock(
     """Hold ``output``'s lock (a file or a folder) until the command ends: a second run on it
     is refused at its start instead of mixing its files with the first one's. ``check`` (what
     the run may replace) runs before the lock and again under it."""
-    from m3trt.runtime.outputs import checked_lock
+    from m3trt.runtime.outputs import checked_locks
 
-    ctx.with_resource(checked_lock(output, check, option))
+    ctx.with_resource(checked_locks({option: output}, check))
 
 
 _ENGINE_OPTION = dict(

@@ -17,7 +17,8 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 
 from m3trt.errors import InputError
@@ -57,6 +58,21 @@ def _is_ours(path: Path, kind: str) -> bool:
     return isinstance(data, dict) and {"bundle", "annotated", "errors_file"} <= data.keys()
 
 
+def _distinct(
+    outputs: dict[str, Path | None], clash: Callable[[Path, str, str], str]
+) -> Iterator[tuple[str, Path, str]]:
+    """(name, path, key) of each output given, refusing (``clash``'s line) a file named twice."""
+    seen: dict[str, str] = {}
+    for name, path in outputs.items():
+        if path is None:
+            continue
+        key = _key(path)
+        if key in seen:
+            raise InputError(clash(path, seen[key], name))
+        seen[key] = name
+        yield name, path, key
+
+
 def check_outputs(
     outputs: dict[str, Path | None],
     roots: Iterable[Path],
@@ -68,16 +84,13 @@ def check_outputs(
     """Refuse, with one line, an output that collides with an input, another output, a
     non-regular file, or an existing file without leave to replace it. ``outputs`` maps a
     name ("results", "errors", "report", "summary") to its path."""
-    seen: dict[str, str] = {}
     root_files = {_key(r): str(r) for r in roots if not r.is_dir()}
     root_dirs = [os.path.realpath(r) for r in roots if r.is_dir()]
-    for what, path in outputs.items():
-        if path is None:
-            continue
-        key = _key(path)
-        if key in seen:
-            raise InputError(f"{path}: the {what} file would be the {seen[key]} file too")
-        seen[key] = what
+
+    def clash(path: Path, first: str, what: str) -> str:
+        return f"{path}: the {what} file would be the {first} file too"
+
+    for what, path, key in _distinct(outputs, clash):
         if key in root_files:
             raise InputError(f"{path}: the {what} file would replace an input ({root_files[key]})")
         if os.path.splitext(path.name)[1].lower() in extensions and any(
@@ -109,14 +122,11 @@ def check_new_files(outputs: dict[str, Path | None], *, overwrite: bool) -> None
     """The same rule for the other commands' outputs (``export -o``, ``--json``, ``--plot``):
     refuse one that another option names too, that is not a regular file, or that exists
     without ``--overwrite``. ``outputs`` maps an option's name to its path."""
-    seen: dict[str, str] = {}
-    for option, path in outputs.items():
-        if path is None:
-            continue
-        key = _key(path)
-        if key in seen:
-            raise InputError(f"{path}: named by both {seen[key]} and {option}")
-        seen[key] = option
+
+    def clash(path: Path, first: str, option: str) -> str:
+        return f"{path}: named by both {first} and {option}"
+
+    for option, path, _ in _distinct(outputs, clash):
         if not (path.exists() or path.is_symlink()):
             continue
         if not path.is_file():
@@ -172,27 +182,23 @@ def output_lock(output: Path, option: str = "-o") -> Iterator[Path]:
 
 
 @contextmanager
-def checked_lock(
-    output: Path, check: Callable[[], None] = lambda: None, option: str = "-o"
-) -> Iterator[Path]:
-    """``output_lock`` with ``check`` (what the run may replace) run before the lock, so that a
-    refused run leaves no lock file behind, and again under it, since another run may have
-    written the output in between."""
+def checked_locks(
+    outputs: dict[str, Path | None], check: Callable[[], None] = lambda: None
+) -> Iterator[list[Path]]:
+    """Each output's lock (``outputs`` maps the option to change to the path) held until the
+    block ends, with ``check`` (what the run may replace) run before the locks, so that a
+    refused run leaves no lock file behind, and again under them, since another run may have
+    written an output in between. Yields the lock files."""
     check()
-    with output_lock(output, option) as lock:
+    with ExitStack() as held:
+        locks = [held.enter_context(output_lock(p, o)) for o, p in outputs.items() if p]
         check()
-        yield lock
+        yield locks
 
 
-@contextmanager
-def claimed_files(outputs: dict[str, Path | None], *, overwrite: bool) -> Iterator[None]:
-    """``check_new_files``, then each output's lock held until the command ends, and the check
-    again under the locks: a second run on the same file is refused at its start instead of
-    replacing the first one's, and none can write a file between another's check and lock."""
-    check_new_files(outputs, overwrite=overwrite)
-    with ExitStack() as locks:
-        for option, path in outputs.items():
-            if path is not None:
-                locks.enter_context(output_lock(path, option))
-        check_new_files(outputs, overwrite=overwrite)
-        yield
+def claimed_files(
+    outputs: dict[str, Path | None], *, overwrite: bool
+) -> AbstractContextManager[list[Path]]:
+    """``check_new_files`` around each output's lock: a second run on the same file is refused
+    at its start instead of replacing the first one's."""
+    return checked_locks(outputs, partial(check_new_files, outputs, overwrite=overwrite))

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -42,7 +42,7 @@ from m3trt.runtime.decoding import (
     decode_ahead,
     decoder,
 )
-from m3trt.runtime.outputs import check_outputs, checked_lock, output_lock
+from m3trt.runtime.outputs import check_outputs, checked_locks
 from m3trt.runtime.profile import StageProfile
 from m3trt.runtime.results import (
     ResultWriter,
@@ -197,11 +197,12 @@ def guarded_outputs(options: InferOptions, roots: list[Path]) -> Iterator[list[P
         resume=options.resume,
     )
     # The report and summary are locked too: a run with another -o may name them.
-    others = {"--report": options.report, "--summary-json": options.summary_json}
-    with ExitStack() as held:
-        locks = [held.enter_context(checked_lock(options.output, check))]
-        locks += [held.enter_context(output_lock(p, o)) for o, p in others.items() if p]
-        check()  # with every lock held
+    locked = {
+        "-o": options.output,
+        "--report": options.report,
+        "--summary-json": options.summary_json,
+    }
+    with checked_locks(locked, check) as locks:
         yield [p for p in outputs.values() if p is not None] + locks
 
 
