@@ -150,7 +150,8 @@ class OnnxRuntimeEngine(Engine):
         self.description = (
             f"onnxruntime {ort.__version__} {'+'.join(self.active_providers)} ({self.path.name})"
         )
-        self._free: queue.SimpleQueue[Any] | None = None  # sessions for parallel runs
+        self._free: queue.SimpleQueue[Any] = queue.SimpleQueue()  # sessions not running now
+        self._free.put(self.session)
 
     def allow_parallel(self, runs: int) -> None:
         """One session per run, each with this engine's threads: runs sharing one session would
@@ -158,8 +159,6 @@ class OnnxRuntimeEngine(Engine):
         if self.bind_io or self.device != "cpu":
             super().allow_parallel(runs)
         ort = import_onnxruntime()
-        self._free = queue.SimpleQueue()
-        self._free.put(self.session)
         for _ in range(runs - 1):
             options = session_options(self.threads)
             try:
@@ -172,15 +171,14 @@ class OnnxRuntimeEngine(Engine):
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.bind_io:
             return self._run_bound(feeds)
+        if self.session is None:  # closed: its queue is empty, and get() would wait forever
+            raise EngineError(f"{self.path}: the engine is closed")
         named = {name: feeds[name] for name in self.input_names}
-        if self._free is None:
-            values = self.session.run(None, named)
-        else:
-            session = self._free.get()  # waits while all N are busy
-            try:
-                values = session.run(None, named)
-            finally:
-                self._free.put(session)
+        session = self._free.get()  # waits while every session is running
+        try:
+            values = session.run(None, named)
+        finally:
+            self._free.put(session)
         return dict(zip(self.output_names, values, strict=True))
 
     def _run_bound(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -261,7 +259,8 @@ class OnnxRuntimeEngine(Engine):
 
     def close(self) -> None:
         self._bound.clear()
-        self.session = self._free = None
+        self.session = None
+        self._free = queue.SimpleQueue()
 
 
 # ONNX Runtime synchronizes the CUDA stream at the end of every run unless told not to; the
