@@ -244,6 +244,11 @@ def _check_synth_out(out: Path, overwrite: bool) -> None:
         raise M3Error(f"{out}: exists and is not an empty folder; use --overwrite or another OUT")
 
 
+def _check_folder_out(out: Path) -> None:
+    if (out.exists() or out.is_symlink()) and not out.is_dir():  # a link to a folder is fine
+        raise M3Error(f"{out}: exists and is not a folder; choose another -o")
+
+
 def _claim_import(ctx: click.Context, out: Path, overwrite: bool) -> None:
     """The manifest and labels.txt an import writes: a user's files are kept unless told."""
     from m3trt.data.importers.common import manifest_path
@@ -480,7 +485,7 @@ def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
         augment_shift=kw["augment_shift"],
         late_fusion=kw["late_fusion"],
     )
-    _lock(ctx, out, "-o")
+    _lock(ctx, out, "-o", partial(_check_folder_out, out))
     result = train(manifest, out, options, resume=kw["resume"], reporter=_reporter(ctx))
     skipped = result.counts.get("unlabelled_skipped", 0)
     click.echo(

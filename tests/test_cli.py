@@ -1,6 +1,7 @@
 """The command line: one-line errors with exit code 2 for bad input, the eval JSON shape."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -123,3 +124,12 @@ def test_entry_point_runs(args):
         [sys.executable, "-m", "m3trt.cli", *args], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_train_refuses_an_output_that_is_not_a_folder(tmp_path):
+    (tmp_path / "m.jsonl").write_text('{"image": "a.jpg", "labels": ["x"]}\n')
+    os.mkfifo(tmp_path / "ckpt")
+    code, out = run("train", tmp_path / "m.jsonl", "-o", tmp_path / "ckpt")
+    assert code == 2
+    assert "ckpt: exists and is not a folder; choose another -o" in one_line_error(out)
+    assert not (tmp_path / ".ckpt.lock").exists()  # refused before the lock
