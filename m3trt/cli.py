@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import stat
 import sys
 import traceback
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import Any
 import click
 
 from m3trt import __version__
-from m3trt.errors import M3Error, OutputFailure
+from m3trt.errors import InputError, M3Error, OutputFailure
 from m3trt.progress import Reporter
 
 EXIT_FAILURE = 1
@@ -718,10 +719,21 @@ def export_cmd(
     type=click.IntRange(1),
     help="Calibration images to use (a seeded sample when there are more).",
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an -o that holds other ranges, or that is not a calibration cache.",
+)
 @quiet_option
 @click.pass_context
 def calibrate_cmd(
-    ctx: click.Context, model: Path, data: Path, out: Path, method: str, count: int
+    ctx: click.Context,
+    model: Path,
+    data: Path,
+    out: Path,
+    method: str,
+    count: int,
+    overwrite: bool,
 ) -> None:
     """Compute activation ranges of MODEL.onnx from real images."""
     from m3trt.calibration.data import (
@@ -729,12 +741,12 @@ def calibrate_cmd(
         load_calibration_images,
         require_images,
     )
-    from m3trt.calibration.ranges import CalibrationSettings, calibrate
+    from m3trt.calibration.ranges import CalibrationSettings, StaleCache, calibrate
     from m3trt.runtime.bundle import sha256_file
     from m3trt.runtime.model_io import ModelInfo
 
     reporter = _reporter(ctx)
-    _lock(ctx, out, "-o")
+    _lock(ctx, out, "-o", partial(_check_calibration_out, out, overwrite))
     info = ModelInfo.from_onnx_file(model)
     kw = dict(
         image_size=info.image_size,
@@ -744,17 +756,45 @@ def calibrate_cmd(
     )
     images = load_calibration_images(data, **kw)
     require_images(images, MIN_CALIBRATION_IMAGES, "calibration")
-    with reporter.task(f"calibrate ({method})", len(images)) as bar:
-        _, hit = calibrate(
-            model,
-            images,
-            CalibrationSettings(method=method),
-            model_sha256=sha256_file(model),
-            cache_path=out,
-            on_batch=bar.advance,
-        )
+    try:
+        with reporter.task(f"calibrate ({method})", len(images)) as bar:
+            _, hit = calibrate(
+                model,
+                images,
+                CalibrationSettings(method=method),
+                model_sha256=sha256_file(model),
+                cache_path=out,
+                on_batch=bar.advance,
+                replace=overwrite,
+            )
+    except StaleCache as exc:
+        raise InputError(f"{exc}: replace them with --overwrite or choose another -o") from None
     state = "matching ranges already there" if hit else "ranges written"
     click.echo(f"{out}: {len(images)} images, {method}: {state}")
+
+
+def _check_calibration_out(out: Path, overwrite: bool) -> None:
+    """``calibrate -o`` replaces only a calibration cache (and one of other ranges only with
+    --overwrite): never a FIFO, a folder or another file that happens to sit there."""
+    from m3trt.calibration.ranges import read_cache
+    from m3trt.data.safe_open import file_kind
+
+    try:
+        mode = out.stat().st_mode
+    except FileNotFoundError:
+        if out.is_symlink():
+            raise InputError(f"{out}: -o is a dangling symbolic link; choose another -o") from None
+        return
+    except OSError as exc:
+        raise InputError(f"{out}: cannot check -o ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{out}: -o exists and is {file_kind(mode)}; choose another -o")
+    if overwrite:
+        return
+    try:
+        read_cache(out, "-o")
+    except InputError as exc:
+        raise InputError(f"{exc}: replace it with --overwrite or choose another -o") from None
 
 
 @main.command("build")
@@ -830,7 +870,7 @@ def calibrate_cmd(
 @click.pass_context
 def build_cmd(ctx: click.Context, source: Path, out: Path, **kw: Any) -> None:
     """Build an engine bundle from SOURCE (a checkpoint folder or an exported .onnx)."""
-    from m3trt.build.bundle import build_bundle
+    from m3trt.build.bundle import build_bundle, check_options
     from m3trt.build.options import BuildOptions
     from m3trt.calibration.guard import AccuracyBudget
 
@@ -854,7 +894,7 @@ def build_cmd(ctx: click.Context, source: Path, out: Path, **kw: Any) -> None:
         ),
         overwrite=kw["overwrite"],
     )
-    _lock(ctx, out, "-o")
+    _lock(ctx, out, "-o", partial(check_options, out, options))
     bundle = build_bundle(source, out, options, reporter=_reporter(ctx))
     if kw["sign_key"] is not None:
         from m3trt.runtime.signing import sign_bundle

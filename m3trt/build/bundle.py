@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from m3trt.build.options import BUILD_ENGINES, BUILD_PRECISIONS, BUILD_TARGETS, BuildOptions
+from m3trt.calibration.ranges import read_cache
 from m3trt.errors import InputError
 from m3trt.progress import SILENT, Reporter
 from m3trt.runtime.bundle import REFERENCE, Bundle, load_bundle, software_versions
@@ -54,7 +55,9 @@ def _source(source: Path) -> dict[str, str]:
     return {"kind": kind, kind: str(source.resolve())}
 
 
-def _check_options(out: Path, options: BuildOptions) -> None:
+def check_options(out: Path, options: BuildOptions) -> None:
+    """What ``build_bundle`` refuses before any work; also run by the CLI before it locks ``out``
+    (a refused build then leaves no lock file beside a bundle it never made)."""
     if options.precision not in BUILD_PRECISIONS:
         raise InputError(
             f"unknown precision {options.precision!r}: choose {', '.join(BUILD_PRECISIONS)}"
@@ -65,6 +68,21 @@ def _check_options(out: Path, options: BuildOptions) -> None:
         raise InputError(f"{out}: a bundle name must end with .m3 (e.g. {out.name}.m3)")
     if out.exists() and not options.overwrite:
         raise InputError(f"{out}: already exists; pass --overwrite to replace it")
+    if options.calib_cache is not None:
+        try:
+            read_cache(Path(options.calib_cache), "--calib-cache")
+        except FileNotFoundError:
+            raise InputError(f"{options.calib_cache}: --calib-cache: no such file") from None
+
+
+def _is_cache(path: Path) -> bool:
+    """A bundle being replaced: its calibration is reused when it is a sound cache, and
+    otherwise ignored (it goes with the old bundle), never an error."""
+    try:
+        read_cache(path)
+    except (OSError, InputError):
+        return False
+    return True
 
 
 def build_bundle(
@@ -76,7 +94,7 @@ def build_bundle(
 ) -> Bundle:
     """Build ``out`` (``NAME.m3``) from a checkpoint folder or an exported .onnx."""
     source, out = Path(source), Path(out)
-    _check_options(out, options)
+    check_options(out, options)
     target = resolve_target(options.target, reporter.log)
     if target == "tensorrt":
         from m3trt.tensorrt.environment import require_tensorrt
@@ -86,7 +104,7 @@ def build_bundle(
             raise InputError("--engine chooses among CPU engines; the tensorrt target has one")
     if options.calib_cache is None and out.exists():
         previous = out / "calibration.json"
-        if previous.is_file():
+        if _is_cache(previous):
             options.calib_cache = previous  # reused only if model, data and settings match
     with tempfile.TemporaryDirectory(prefix="m3trt-build-") as tmp:
         work = Path(tmp)

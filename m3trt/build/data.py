@@ -3,7 +3,6 @@ runtime decodes them, and the calibration step (ranges, cached) shared by the IN
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,8 @@ from m3trt.calibration.data import (
     load_image_set,
     require_images,
 )
-from m3trt.calibration.ranges import CalibrationSettings, calibrate
+from m3trt.calibration.ranges import MAX_CACHE_BYTES, CalibrationSettings, calibrate
+from m3trt.data.safe_open import read_regular
 from m3trt.errors import InputError
 from m3trt.progress import Reporter
 from m3trt.runtime.bundle import sha256_file
@@ -73,8 +73,8 @@ def calibration_ranges(
     the cache file written into ``work``."""
     settings = CalibrationSettings(method=options.calib_method)
     cache = work / "calibration.json"
-    if options.calib_cache is not None and Path(options.calib_cache).is_file():
-        shutil.copyfile(options.calib_cache, cache)
+    if options.calib_cache is not None:  # checked by check_options: a cache of ours, capped
+        cache.write_bytes(read_regular(options.calib_cache, "--calib-cache", MAX_CACHE_BYTES))
     with reporter.task(f"calibrate ({settings.method})", len(calib)) as bar:
         ranges, hit = calibrate(
             reference,

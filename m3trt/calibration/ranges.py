@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -20,10 +21,12 @@ import numpy as np
 
 from m3trt.atomic import write_json
 from m3trt.calibration.data import ImageSet
+from m3trt.data.safe_open import read_regular
 from m3trt.errors import InputError
 
 METHODS = ("entropy", "percentile", "minmax")
 CACHE_FORMAT = 1
+MAX_CACHE_BYTES = 64 << 20  # ranges of a ResNet-18 graph: 17 kB; far more is not a cache of ours
 COLLECT_CHUNK = 16
 # Ops whose outputs feed quantized ops in our graphs (convs, GEMMs, residual adds, pools).
 CALIBRATED_OPS = ("Conv", "Gemm", "MatMul", "Add", "MaxPool", "GlobalAveragePool", "Relu")
@@ -171,17 +174,41 @@ def save_cache(path: Path, key: dict[str, Any], ranges, data: ImageSet) -> None:
     write_json(path, document, indent=1, sort_keys=True)
 
 
+def read_cache(path: Path, what: str = "calibration cache") -> dict[str, Any]:
+    """The cache document at ``path``, read as any input is (a regular file, size-capped: a path
+    may be a FIFO or huge). FileNotFoundError when it is absent; InputError when it is not a cache
+    ``m3trt calibrate`` wrote, so that no other file is taken for one (or replaced as one)."""
+    data = read_regular(path, what, MAX_CACHE_BYTES)
+    try:
+        document = json.loads(data)
+    except (ValueError, RecursionError):
+        document = None
+    if not (
+        isinstance(document, dict)
+        and document.get("format") == CACHE_FORMAT
+        and isinstance(document.get("key"), dict)
+        and isinstance(document.get("ranges"), dict)
+    ):
+        raise InputError(f"{path}: {what} is not a calibration cache written by m3trt")
+    return document
+
+
 def load_cache(path: Path, key: dict[str, Any]):
     """The cached ranges when ``path`` holds ranges for exactly this key, else None."""
-    if not path.is_file():
+    try:
+        document = read_cache(path)
+    except FileNotFoundError:
+        return None
+    if document["key"] != key:
         return None
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: unreadable calibration cache ({exc}); delete it") from None
-    if document.get("format") != CACHE_FORMAT or document.get("key") != key:
-        return None
-    return ranges_from_json(document["ranges"])
+        return ranges_from_json(document["ranges"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{path}: calibration cache has malformed ranges ({exc})") from None
+
+
+class StaleCache(InputError):
+    """The cache holds ranges for another model, image set or method, and may not be replaced."""
 
 
 def calibrate(
@@ -192,14 +219,23 @@ def calibrate(
     model_sha256: str,
     cache_path: Path | None = None,
     on_batch: Callable[[int], None] | None = None,
+    replace: bool = True,
 ) -> tuple[Any, bool]:
     """Ranges for (model, images, settings): from the cache when it matches, else computed and
-    cached. Returns (ranges, cache_hit)."""
+    cached. Returns (ranges, cache_hit). With ``replace`` off, a cache of other ranges raises
+    StaleCache before any work instead of being replaced."""
     key = cache_key(model_sha256, data, settings)
     if cache_path is not None:
-        cached = load_cache(cache_path, key)
+        try:
+            cached = load_cache(cache_path, key)
+        except InputError:  # not a cache of ours (the CLI has said what may be replaced)
+            if not replace:
+                raise
+            cached = None
         if cached is not None:
             return cached, True
+        if not replace and os.path.lexists(cache_path):
+            raise StaleCache(f"{cache_path}: holds ranges for another model, image set or method")
     ranges = collect_ranges(model_path, data, settings, on_batch)
     if cache_path is not None:
         save_cache(cache_path, key, ranges, data)

@@ -1,0 +1,130 @@
+"""`m3trt calibrate -o` and `build --calib-cache`: a calibration cache is the only file either will
+take for one, and `calibrate` replaces one that holds other ranges only when told to."""
+
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+import m3trt.calibration.ranges as ranges
+from m3trt.build.bundle import _is_cache
+from m3trt.calibration.ranges import read_cache
+from m3trt.cli import main
+from m3trt.errors import InputError
+from m3trt.runtime.outputs import lock_path
+
+USERS = '{"a user\'s": "notes"}\n'
+
+
+def run(*args):
+    result = CliRunner().invoke(main, ["--quiet", *map(str, args)])
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def calibrate(tiny_onnx, tiny_data):
+    def go(out, *extra):
+        return run("calibrate", tiny_onnx, "--data", tiny_data, "--count", 32, "-o", out, *extra)
+
+    return go
+
+
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (USERS, "-o is not a calibration cache written by m3trt"),
+        ("not json at all\n", "-o is not a calibration cache written by m3trt"),
+        ('{"format": 1, "key": {}}\n', "-o is not a calibration cache written by m3trt"),
+    ],
+)
+def test_calibrate_keeps_a_file_that_is_not_a_cache(tmp_path, calibrate, content, says):
+    out = tmp_path / "notes.json"
+    out.write_text(content)
+    code, output = calibrate(out)
+    assert code == 2, output
+    assert f"{out}: {says}: replace it with --overwrite or choose another -o" in output
+    assert out.read_text() == content
+    assert not lock_path(out).exists()  # refused before the lock
+
+    code, output = calibrate(out, "--overwrite")
+    assert code == 0, output
+    assert read_cache(out)["images"]["count"] == 32
+
+
+def test_calibrate_never_replaces_a_fifo_or_follows_a_dangling_link(tmp_path, calibrate):
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    for extra in ((), ("--overwrite",)):
+        code, output = calibrate(fifo, *extra)
+        assert code == 2 and "-o exists and is a FIFO (named pipe); choose another -o" in output
+        assert fifo.is_fifo()
+    link = tmp_path / "dangling.json"
+    link.symlink_to(tmp_path / "nowhere.json")
+    code, output = calibrate(link)
+    assert code == 2 and "-o is a dangling symbolic link" in output
+    assert link.is_symlink() and not (tmp_path / "nowhere.json").exists()
+
+
+def test_calibrate_reuses_its_cache_and_replaces_other_ranges_only_when_told(tmp_path, calibrate):
+    out = tmp_path / "calibration.json"
+    code, output = calibrate(out)
+    assert code == 0 and "ranges written" in output
+    code, output = calibrate(out)
+    assert code == 0 and "matching ranges already there" in output
+    first = out.read_bytes()
+
+    code, output = calibrate(out, "--method", "minmax")
+    assert code == 2, output
+    assert "holds ranges for another model, image set or method: replace them with --overwrite" in (
+        output
+    )
+    assert out.read_bytes() == first
+
+    code, output = calibrate(out, "--method", "minmax", "--overwrite")
+    assert code == 0 and "ranges written" in output
+    assert read_cache(out)["key"]["settings"]["method"] == "minmax"
+
+
+def test_a_cache_is_read_with_a_size_cap(tmp_path, monkeypatch):
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"format": 1, "key": {}, "ranges": {"x": "y" * 100}}))
+    monkeypatch.setattr(ranges, "MAX_CACHE_BYTES", 64)
+    with pytest.raises(InputError, match="the limit is 64 bytes"):
+        read_cache(big)
+
+
+@pytest.mark.parametrize("kind", ["missing", "fifo", "users"])
+def test_build_refuses_a_calib_cache_that_is_not_one_before_any_work(
+    tmp_path, tiny_onnx, tiny_data, kind
+):
+    cache = tmp_path / "calib.json"
+    if kind == "fifo":
+        os.mkfifo(cache)
+    elif kind == "users":
+        cache.write_text(USERS)
+    out = tmp_path / "x.m3"
+    code, output = run(
+        "build", tiny_onnx, "-o", out, "--precision", "int8", "--target", "cpu",
+        "--calib", tiny_data, "--calib-cache", cache,
+    )  # fmt: skip
+    assert code == 2, output
+    says = {
+        "missing": "--calib-cache: no such file",
+        "fifo": "--calib-cache is a FIFO (named pipe), not a regular file",
+        "users": "--calib-cache is not a calibration cache written by m3trt",
+    }[kind]
+    assert f"{cache}: {says}" in output
+    assert not out.exists() and not lock_path(out).exists()
+    if kind == "users":
+        assert cache.read_text() == USERS
+
+
+def test_a_replaced_bundles_broken_calibration_is_ignored(tmp_path):
+    """``build --overwrite`` reuses the old bundle's calibration.json only when it is sound."""
+    broken = tmp_path / "calibration.json"
+    broken.write_text("{")
+    assert not _is_cache(broken)
+    assert not _is_cache(tmp_path / "absent.json")
+    broken.write_text(json.dumps({"format": 1, "key": {}, "ranges": {}}))
+    assert _is_cache(broken)
