@@ -146,3 +146,13 @@ def test_a_report_another_run_writes_is_refused(tmp_path, int8_bundle, test_imag
                                option, shared)  # fmt: skip
         assert code == 2 and f"choose another {option}" in output, output
         assert not shared.exists() and not (tmp_path / "r.jsonl").exists()
+
+
+def test_a_refused_build_leaves_no_lock_file(tmp_path, tiny_onnx):
+    """Build's own refusals (a name without .m3, a bundle that exists) come before its lock."""
+    for out in (tmp_path / "x.txt", tmp_path / "made.m3"):
+        if out.suffix == ".m3":
+            out.mkdir()
+        code, output = run("build", tiny_onnx, "-o", out, "--precision", "fp32", "--target", "cpu")
+        assert code == 2 and str(out) in output, output
+        assert not lock_path(out).exists()
