@@ -241,14 +241,32 @@ def _tables(sizes):
 
 
 def test_dataset_keeps_the_walks_blocks(ray_session):
-    """Built on the driver (no metadata task, hence no extra worker process), block for block."""
+    """Built on the driver (no metadata task, hence no extra worker process), block for block;
+    past its memory cap, from the object store, with the same blocks."""
     from m3trt.runtime.ray_executor import _dataset
 
-    dataset = _dataset(ray_session, _tables([4, 4, 2]))
-    assert dataset.num_blocks() == 3
-    blocks = list(dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
-    assert [b.num_rows for b in blocks] == [4, 4, 2]
-    assert [i for b in blocks for i in b["index"].to_pylist()] == list(range(10))
+    for cap in (1 << 20, 1):
+        dataset, n = _dataset(ray_session, _tables([4, 4, 2]), in_memory=cap)
+        assert n == dataset.num_blocks() == 3
+        blocks = list(dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
+        assert [b.num_rows for b in blocks] == [4, 4, 2]
+        assert [i for b in blocks for i in b["index"].to_pylist()] == list(range(10))
+    assert _dataset(ray_session, iter([])) == (None, 0)
+
+
+def _fake_ray(puts: list):
+    from types import SimpleNamespace
+
+    def from_arrow_refs(refs):
+        return ("from_arrow_refs", refs)
+
+    def from_blocks(tables):
+        return ("from_blocks", [t.num_rows for t in tables])
+
+    return SimpleNamespace(
+        put=lambda table: puts.append(table.num_rows) or ("ref", table.num_rows),
+        data=SimpleNamespace(from_arrow_refs=from_arrow_refs, from_blocks=from_blocks),
+    )
 
 
 def test_dataset_falls_back_to_object_refs_without_from_blocks():
@@ -261,8 +279,32 @@ def test_dataset_falls_back_to_object_refs_without_from_blocks():
         put=lambda table: ("ref", table.num_rows),
         data=SimpleNamespace(from_arrow_refs=lambda refs: calls.append(refs) or "dataset"),
     )
-    assert _dataset(fake, _tables([4, 2])) == "dataset"
+    assert _dataset(fake, _tables([4, 2])) == ("dataset", 2)
     assert calls == [[("ref", 4), ("ref", 2)]]
+
+
+def test_a_long_walk_goes_to_the_object_store_as_it_comes():
+    """The driver's memory does not grow with the folder: past the cap, each block is put into
+    the object store before the walk hands over the next one."""
+    from m3trt.runtime.ray_executor import _dataset
+
+    tables = _tables([4] * 10)
+    cap = sum(t.nbytes for t in tables[:3])  # the fourth block goes over it
+    puts: list[int] = []
+    lag: list[int] = []
+
+    def walk():
+        for i, table in enumerate(tables):
+            lag.append(i - len(puts))  # blocks handed over but not yet in the store
+            yield table
+
+    fake = _fake_ray(puts)
+    kind, refs = _dataset(fake, walk(), in_memory=cap)[0]
+    assert kind == "from_arrow_refs" and len(refs) == 10
+    assert max(lag) <= 3  # at most the cap's worth of blocks held on the driver ...
+    assert lag[4:] == [0] * 6  # ... then none: each in the store before the next is walked
+    kind, rows = _dataset(_fake_ray([]), iter(tables[:3]), in_memory=cap)[0]
+    assert (kind, rows) == ("from_blocks", [4, 4, 4])  # under the cap: no object store trip
 
 
 class _RecordingRay:

@@ -1,8 +1,9 @@
 """``m3trt infer --executor ray``: the same folder job on Ray Data, for folders beyond one machine.
 
 The driver walks the folders (the walk and ``--resume`` are the local pipeline's) and puts the
-file list into Ray's object store as small Arrow blocks (the driver keeps only their references,
-so its memory stays flat; Ray spills the store to disk when it fills). One Ray dataset reads them,
+file list into Ray's object store as small Arrow blocks (past ``IN_MEMORY_BYTES`` of them the driver
+keeps only their references, a byte or so a file, however big the folder; Ray spills the store to
+disk when it fills). One Ray dataset reads them,
 and the driver writes every row itself, in walk order, through the local pipeline's
 ``ResultWriter``, ``Sidecars`` and report: the output contract is the local one.
 Decoding and inference happen in a pool of Ray actors (``map_batches`` with a callable class),
@@ -226,9 +227,8 @@ class _WalkAhead:
     """The walk, cut into blocks of ``rows`` paths, in a thread that starts before Ray does, so
     that walking the folders overlaps Ray's start-up (seconds: a local instance starts several
     processes). At most ``max_waiting`` blocks wait for Ray to be up (then the walk waits).
-    The dataset is then built from every block at once, so the driver holds the whole file list
-    for a moment (its paths plus ~20 bytes a file) before Ray's object store takes it. Ray itself
-    starts on the main thread: its driver does not survive ``ray.init`` from another thread."""
+    ``_dataset`` takes the blocks as they come. Ray itself starts on the main thread: its driver
+    does not survive ``ray.init`` from another thread."""
 
     _END = object()
 
@@ -269,14 +269,16 @@ class _WalkAhead:
             except queue.Full:
                 continue
 
-    def take_all(self) -> list[Any]:
-        """Every block in walk order (waits for the walk to end)."""
-        tables = []
+    def blocks(self) -> Iterator[Any]:
+        """Every block in walk order, as the walk hands them over; ends with the walk."""
         while (value := self._queue.get()) is not self._END:
             if isinstance(value, BaseException):
                 raise value
-            tables.append(value)
-        return tables
+            yield value
+
+    def take_all(self) -> list[Any]:
+        """Every block at once (waits for the walk to end)."""
+        return list(self.blocks())
 
     def close(self) -> None:
         self._stop.set()
@@ -465,9 +467,10 @@ def _run_locked(
                 ray_options.bundle_via == "auto" and not cluster.local
             ):
                 source = [ray.put(_bundle_files(bundle))]
-            blocks = ahead.take_all()  # the walk's end: also the count for the bar
+            _configure_data(ray)
+            dataset, n_blocks = _dataset(ray, ahead.blocks())  # the walk's end: the bar's count
             summary.skipped = walk.skipped
-            n_workers = min(cluster.workers(ray_options), max(1, len(blocks)))  # idle otherwise
+            n_workers = min(cluster.workers(ray_options), max(1, n_blocks))  # idle otherwise
             summary.engine = _describe(cluster, n_workers, ray_options)
             reporter.log(summary.engine)
             sidecars = Sidecars(options.write_xmp, options.write_txt, options.overwrite, protected)
@@ -483,8 +486,8 @@ def _run_locked(
                 "cwd": os.getcwd(),
             }
             with reporter.task("annotate", walk.todo) as bar:
-                if blocks:
-                    job.run(blocks, walk.todo, rows, actor_args, n_workers, ray_options, bar)
+                if n_blocks:
+                    job.run(dataset, walk.todo, rows, actor_args, n_workers, ray_options, bar)
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
@@ -498,18 +501,48 @@ def _run_locked(
     return summary
 
 
-def _dataset(ray: Any, tables: list[Any]) -> Any:
-    """The walk's blocks as a dataset, block for block.
+# Arrow bytes of file list the driver may hold before the dataset is built: ~1M files of 80-byte
+# paths (a 30-byte path takes 45 bytes). A longer walk goes to Ray's object store as it comes.
+IN_MEMORY_BYTES = 96 << 20
 
-    ``from_blocks`` reads each block's row count and schema here on the driver;
-    ``from_arrow_refs`` runs a Ray task per block for them, and on a fresh local instance that
-    first task starts a worker process (~2 CPU-seconds of imports, measured) that nothing else
-    uses. ``from_arrow_refs`` stays as the fallback for a Ray without ``from_blocks``.
+
+def _dataset(ray: Any, tables: Iterable[Any], in_memory: int = IN_MEMORY_BYTES) -> tuple[Any, int]:
+    """The walk's blocks as a dataset, block for block, and how many there are (0: empty).
+
+    Up to ``in_memory`` bytes of blocks, ``from_blocks`` reads each block's row count and schema
+    here on the driver: ``from_arrow_refs`` runs a Ray task per block for them, and on a fresh
+    local instance that first task starts a worker process (~2 CPU-seconds of imports, measured)
+    that nothing else uses. A longer walk (a million files and more, where those seconds are
+    nothing) is put into the object store block by block as the walk hands it over, so that the
+    driver keeps one object reference a block, not the file list. ``from_arrow_refs`` is also the
+    fallback for a Ray without ``from_blocks``.
     """
-    from_blocks = getattr(ray.data, "from_blocks", None)
-    if from_blocks is not None:
-        return from_blocks(tables)
-    return ray.data.from_arrow_refs([ray.put(table) for table in tables])
+    tables = iter(tables)
+    held: list[Any] = []
+    size = 0
+    for table in tables:
+        held.append(table)
+        size += table.nbytes
+        if size > in_memory:
+            break
+    else:
+        from_blocks = getattr(ray.data, "from_blocks", None)
+        if not held:
+            return None, 0
+        if from_blocks is not None:
+            return from_blocks(held), len(held)
+    refs = [ray.put(table) for table in held]
+    held.clear()
+    refs.extend(ray.put(table) for table in tables)
+    return ray.data.from_arrow_refs(refs), len(refs)
+
+
+def _configure_data(ray: Any) -> None:
+    """Ray Data settings of the job, set before its dataset exists (a dataset copies them)."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # rows come back in walk order
+    ctx.enable_progress_bars = False  # m3trt draws its own
+    ctx.print_on_execution_start = False
 
 
 def _block_rows(batch_size: int, wanted: int) -> int:
@@ -569,7 +602,7 @@ class _Job:
 
     def run(
         self,
-        blocks: list[Any],
+        dataset: Any,
         n_rows: int,
         rows: int,
         actor_args: dict[str, Any],
@@ -578,11 +611,7 @@ class _Job:
         bar: Any,
     ) -> None:
         ray = self.ray
-        ctx = ray.data.DataContext.get_current()
-        ctx.execution_options.preserve_order = True  # rows come back in walk order
-        ctx.enable_progress_bars = False  # m3trt draws its own
-        ctx.print_on_execution_start = False
-        mapped = _dataset(ray, blocks).map_batches(
+        mapped = dataset.map_batches(
             BatchAnnotator,
             fn_constructor_kwargs=actor_args,
             batch_size=rows,
@@ -591,7 +620,6 @@ class _Job:
             num_cpus=ray_options.cpus_per_worker,
             num_gpus=ray_options.gpus_per_worker or None,
         )
-        del blocks[:]  # the object store holds them now
         expected = 0
         last = "the first file"
         described = False
