@@ -124,11 +124,17 @@ def _write_json(path: Path, data: Any) -> None:
     write_json(path, data)
 
 
-def _claim(ctx: click.Context, outputs: dict[str, Path | None], overwrite: bool) -> None:
-    """Check the command's output files and lock them until it ends (before its long run)."""
+def _claim(
+    ctx: click.Context,
+    outputs: dict[str, Path | None],
+    overwrite: bool,
+    inputs: tuple[Path, ...] = (),
+) -> None:
+    """Check the command's output files (none may be, or be inside, one of ``inputs``) and lock
+    them until it ends (before its long run)."""
     from m3trt.runtime.outputs import claimed_files
 
-    ctx.with_resource(claimed_files(outputs, overwrite=overwrite))
+    ctx.with_resource(claimed_files(outputs, overwrite=overwrite, inputs=inputs))
 
 
 def _lock(
@@ -578,7 +584,7 @@ def eval_cmd(
 
     if split not in ("train", "val", "test", "all"):
         raise click.BadParameter("choose train, val, test or all", param_hint="--split")
-    _claim(ctx, {"--json": json_path}, overwrite)
+    _claim(ctx, {"--json": json_path}, overwrite, (model, manifest))
     # Read before the run: a bad baseline fails first, and --json may then replace it.
     reference = _load_baseline(baseline)
     if (model / "bundle.json").is_file() or model.name == "bundle.json":
@@ -682,7 +688,7 @@ def export_cmd(
     overwrite: bool,
 ) -> None:
     """Export CHECKPOINT to one fused, self-describing ONNX graph, verified against PyTorch."""
-    _claim(ctx, {"-o": out, "--json": json_path}, overwrite)
+    _claim(ctx, {"-o": out, "--json": json_path}, overwrite, (checkpoint,))
     from m3trt.export.onnx_export import export_checkpoint
 
     report = export_checkpoint(checkpoint, out, opset=opset, reporter=_reporter(ctx))
@@ -1247,7 +1253,7 @@ def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tu
 @click.pass_context
 def bench_cmd(ctx: click.Context, bundle: Path, **kw: Any) -> None:
     """Latency and throughput of BUNDLE per batch size, as trtexec reports them."""
-    _claim(ctx, {"--json": kw["json_path"], "--plot": kw["plot"]}, kw["overwrite"])
+    _claim(ctx, {"--json": kw["json_path"], "--plot": kw["plot"]}, kw["overwrite"], (bundle,))
     from m3trt.bench.latency import BenchOptions, compare_speed, run_bench
     from m3trt.bench.report import format_bench
 

@@ -18,7 +18,6 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
-from functools import partial
 from pathlib import Path
 
 from m3trt.errors import InputError
@@ -40,6 +39,33 @@ def lock_path(output: Path) -> Path:
 def _key(path: Path) -> str:
     """One spelling per file: symlinks in the folders resolved, the name itself kept."""
     return os.path.join(os.path.realpath(path.parent), path.name)
+
+
+def overlap(output: Path, source: Path) -> str | None:
+    """How writing ``output`` would destroy the input ``source`` (links resolved): "is" (the same
+    entry), "is inside" (a file within an input folder, e.g. a bundle) or "contains" (an output
+    folder replaced with the input in it); None when they are apart."""
+    src = os.path.realpath(source)
+    for out in {_key(output), os.path.realpath(output)}:  # the entry itself, or what it links to
+        if out == src:
+            return "is"
+        if out.startswith(src.rstrip(os.sep) + os.sep):
+            return "is inside"
+        if src.startswith(out.rstrip(os.sep) + os.sep):
+            return "contains"
+    return None
+
+
+def check_apart(outputs: dict[str, Path | None], inputs: Iterable[Path]) -> None:
+    """Refuse, with or without ``--overwrite``, an output that would replace an input or write
+    into one: ``eval --json`` onto its manifest, ``bench --json`` inside the bundle it times."""
+    for option, path in outputs.items():
+        for source in inputs if path is not None else ():
+            if (how := overlap(path, source)) is not None:
+                raise InputError(
+                    f"{path}: {option} {how} an input of this run ({source}); choose another "
+                    f"{option}"
+                )
 
 
 def _is_ours(path: Path, kind: str) -> bool:
@@ -197,8 +223,14 @@ def checked_locks(
 
 
 def claimed_files(
-    outputs: dict[str, Path | None], *, overwrite: bool
+    outputs: dict[str, Path | None], *, overwrite: bool, inputs: Iterable[Path] = ()
 ) -> AbstractContextManager[list[Path]]:
-    """``check_new_files`` around each output's lock: a second run on the same file is refused
-    at its start instead of replacing the first one's."""
-    return checked_locks(outputs, partial(check_new_files, outputs, overwrite=overwrite))
+    """``check_new_files`` (and ``check_apart`` from ``inputs``) around each output's lock: a
+    second run on the same file is refused at its start instead of replacing the first one's."""
+    inputs = list(inputs)
+
+    def check() -> None:
+        check_apart(outputs, inputs)
+        check_new_files(outputs, overwrite=overwrite)
+
+    return checked_locks(outputs, check)

@@ -34,6 +34,7 @@ from m3trt.runtime.bundle import (
     Bundle,
     load_bundle,
 )
+from m3trt.runtime.outputs import overlap
 
 ONNX_PLATFORM = "onnxruntime_onnx"
 PLAN_PLATFORM = "tensorrt_plan"
@@ -234,6 +235,11 @@ def export_triton(
     text = to_pbtxt(config)
     checked = _check(text)
     folder = Path(repo) / name
+    if (how := overlap(folder, bundle.path)) is not None:
+        raise InputError(
+            f"{folder}: the Triton model folder {how} the bundle {bundle.path}; choose another "
+            "REPO_DIR or --name"
+        )
     _publish(folder, text, bundle, role, filename, overwrite)
     return TritonExport(folder, platform, limit, role, checked)
 

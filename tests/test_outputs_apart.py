@@ -1,0 +1,69 @@
+"""No output may be an input of the same run, or sit inside one, even with --overwrite: the
+bundle, checkpoint or manifest a command reads stays whole."""
+
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from m3trt.cli import main
+from m3trt.runtime.bundle import load_bundle
+from m3trt.runtime.outputs import overlap
+
+
+def run(*args):
+    result = CliRunner().invoke(main, ["--quiet", *map(str, args)])
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def bundle(tmp_path, int8_bundle):
+    copy = tmp_path / "b.m3"
+    shutil.copytree(int8_bundle, copy)
+    return copy
+
+
+def test_overlap_resolves_links(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "in")
+    assert overlap(tmp_path / "alias", tmp_path / "in") == "is"
+    assert overlap(tmp_path / "alias" / "x.json", tmp_path / "in") == "is inside"
+    assert overlap(tmp_path, tmp_path / "alias") == "contains"
+    assert overlap(tmp_path / "in2", tmp_path / "in") is None  # a prefix, not a parent
+
+
+def test_export_triton_never_replaces_or_writes_into_its_bundle(tmp_path, bundle):
+    before = sorted(p.name for p in bundle.iterdir())
+    for repo, name in ((tmp_path, "b.m3"), (bundle, "m"), (tmp_path.parent, tmp_path.name)):
+        code, output = run("export-triton", bundle, repo, "--name", name, "--overwrite")
+        assert code == 2, output
+        assert "the Triton model folder" in output and "choose another REPO_DIR or --name" in output
+    assert sorted(p.name for p in bundle.iterdir()) == before
+    load_bundle(bundle, verify=True)  # whole
+
+
+def test_eval_json_onto_its_manifest_is_refused(tmp_path, bundle, tiny_data):
+    manifest = tmp_path / "m.jsonl"
+    shutil.copyfile(tiny_data, manifest)
+    before = manifest.read_bytes()
+    code, output = run("eval", bundle, manifest, "--json", manifest, "--overwrite")
+    assert code == 2 and f"{manifest}: --json is an input of this run" in output, output
+    assert manifest.read_bytes() == before
+
+
+def test_bench_json_inside_its_bundle_is_refused(bundle):
+    target = bundle / "bundle.json"
+    before = target.read_bytes()
+    code, output = run("bench", bundle, "--json", target, "--overwrite")
+    assert code == 2 and "--json is inside an input of this run" in output, output
+    assert target.read_bytes() == before
+
+
+def test_export_into_its_checkpoint_is_refused(tmp_path, tiny_checkpoint):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint[0], ckpt)
+    config = ckpt / "config.json"
+    before = config.read_bytes()
+    code, output = run("export", ckpt, "-o", config, "--overwrite")
+    assert code == 2 and "-o is inside an input of this run" in output, output
+    assert config.read_bytes() == before
