@@ -142,3 +142,23 @@ def test_build_signs_and_checks_the_key_first(tmp_path, tiny_onnx, keys):
     assert code == 0, output
     assert (out / SIGNATURE_FILE).is_file()
     verify_bundle(out, public)
+
+
+def test_signed_through_a_relative_path_verifies_anywhere(
+    tmp_path, int8_bundle, keys, monkeypatch, test_images
+):
+    """The library keeps a relative ignored path as given; signing ``rel.m3`` from its parent
+    recorded ``rel.m3/bundle.sig`` and the bundle then failed its own check."""
+    private, public = keys[0]
+    shutil.copytree(int8_bundle, tmp_path / "rel.m3")
+    monkeypatch.chdir(tmp_path)
+    sign_bundle("rel.m3", private)
+    verify_bundle("rel.m3", public)
+    monkeypatch.chdir(tmp_path / "rel.m3")
+    verify_bundle(".", public)
+    moved = tmp_path / "elsewhere" / "moved.m3"
+    shutil.copytree(tmp_path / "rel.m3", moved)
+    verify_bundle(moved, public)
+    out = tmp_path / "rows.jsonl"
+    code, output = run("infer", "../rel.m3", test_images, "-o", out, "--verify-key", public)
+    assert code == 0, output

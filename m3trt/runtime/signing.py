@@ -42,7 +42,10 @@ def _bundle_dir(bundle: str | os.PathLike) -> Path:
 
 
 def _hashing(hashing, bundle: Path):
-    """Every file of the bundle but the signature itself; links are refused, not followed."""
+    """Every file of the bundle but the signature itself; links are refused, not followed.
+    ``bundle`` must be absolute: the library records a relative ignored path as given and reads
+    it back relative to the bundle, so ``x.m3/bundle.sig`` signed from the bundle's parent was
+    never ignored again, and a bundle signed through a relative path failed its own check."""
     config = hashing.Config().set_ignored_paths(paths=[bundle / SIGNATURE_FILE])
     return config.set_allow_symlinks(False)
 
@@ -82,7 +85,8 @@ def sign_bundle(bundle: str | os.PathLike, private_key: str | os.PathLike) -> Pa
         config = signing.Config().use_elliptic_key_signer(private_key=key)
     except Exception as exc:  # the library raises ValueError/TypeError/cryptography errors
         raise InputError(f"{key}: not a usable elliptic-curve private key in PEM ({exc})") from None
-    config.set_hashing_config(_hashing(hashing, folder)).sign(folder, signature)
+    where = Path(os.path.abspath(folder))
+    config.set_hashing_config(_hashing(hashing, where)).sign(where, where / SIGNATURE_FILE)
     return signature
 
 
@@ -102,7 +106,8 @@ def verify_bundle(bundle: str | os.PathLike, public_key: str | os.PathLike) -> N
     except Exception as exc:
         raise InputError(f"{key}: not a usable elliptic-curve public key in PEM ({exc})") from None
     try:
-        config.set_hashing_config(_hashing(hashing, folder)).verify(folder, signature)
+        where = Path(os.path.abspath(folder))
+        config.set_hashing_config(_hashing(hashing, where)).verify(where, where / SIGNATURE_FILE)
     except Exception as exc:  # wrong key, changed files, a malformed signature file
         raise InputError(f"{folder}: signature check failed ({_why(exc)})") from None
 
