@@ -7,7 +7,6 @@ needs torch to be read.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,12 +126,12 @@ class CheckpointConfig:
 
     @classmethod
     def load(cls, path: Path) -> CheckpointConfig:
+        from m3trt.data.safe_open import read_json
+
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = read_json(path, "checkpoint config", 16 << 20)
         except FileNotFoundError:
             raise InputError(f"{path}: not found (is this an m3trt checkpoint folder?)") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(f"{path}: cannot read checkpoint config ({exc})") from None
         if not isinstance(data, dict):
             raise InputError(f"{path}: checkpoint config must be a JSON object")
         return cls.from_json(data, str(path))

@@ -446,7 +446,9 @@ def test_coco_explicit_image_dir(coco: Path, tmp_path: Path) -> None:
 
 def test_coco_malformed_json(coco: Path, tmp_path: Path) -> None:
     coco.write_text(coco.read_text(encoding="utf-8")[:-20], encoding="utf-8")
-    with pytest.raises(InputError, match=r"instances_val2017\.json: not valid JSON"):
+    with pytest.raises(
+        InputError, match=r"instances_val2017\.json: instances JSON is not valid JSON"
+    ):
         import_coco(coco, tmp_path / "out")
     assert not (tmp_path / "out" / "manifest.jsonl").exists()
 

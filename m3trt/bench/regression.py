@@ -6,11 +6,11 @@ points (1 point = 0.01), and each one that dropped by more than the budget gives
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from m3trt.data.safe_open import read_json
 from m3trt.errors import InputError
 
 MODE_FIGURES = ("CF1", "OF1")
@@ -38,11 +38,9 @@ def figures(result: dict[str, Any]) -> Iterator[tuple[str, float]]:
 
 def load_baseline(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the baseline ({exc.strerror or exc})") from exc
-    except ValueError as exc:
-        raise InputError(f"{path}: not a JSON baseline ({exc})") from exc
+        data = read_json(path, "baseline", 64 << 20)
+    except FileNotFoundError:
+        raise InputError(f"{path}: baseline not found") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: not a baseline written by --json")
     return data

@@ -11,6 +11,7 @@ links are followed, as the folder walk follows them; the check applies to what t
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 from typing import BinaryIO
@@ -97,3 +98,18 @@ def read_regular(path: str | os.PathLike, what: str, max_bytes: int) -> bytes:
             f"{os.fsdecode(path)}: {what} is larger than the limit of {max_bytes:,} bytes"
         )
     return data
+
+
+def read_json(path: str | os.PathLike, what: str, max_bytes: int) -> object:
+    """A JSON document from a regular file of at most ``max_bytes`` bytes (``read_regular``'s
+    rules); InputError naming ``what`` when it is not UTF-8 JSON. FileNotFoundError unchanged."""
+    data = read_regular(path, what, max_bytes)
+    try:
+        return json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        reason = "not UTF-8"
+    except json.JSONDecodeError as exc:
+        reason = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+    except RecursionError:
+        reason = "nested too deeply"
+    raise InputError(f"{os.fsdecode(path)}: {what} is not valid JSON ({reason})")

@@ -18,9 +18,11 @@ import os
 import re
 from pathlib import Path
 
+from m3trt.data.safe_open import open_regular
 from m3trt.errors import InputError
 
 SIGNATURE_FILE = "bundle.sig"
+MAX_KEY_BYTES = 1 << 20
 INSTALL_HINT = "signed bundles need model-signing: pip install 'm3trt[signing]'"
 
 
@@ -51,9 +53,13 @@ def _hashing(hashing, bundle: Path):
 
 
 def _key_file(key: str | os.PathLike, what: str) -> Path:
+    """A PEM key file checked as any input is (a regular file; PEM keys are a few kB, so a big
+    one is refused before the library reads it whole)."""
     path = Path(key)
-    if not path.is_file():
-        raise InputError(f"{path}: {what} not found (a PEM file)")
+    try:
+        open_regular(path, what, MAX_KEY_BYTES).close()
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} not found (a PEM file)") from None
     return path
 
 

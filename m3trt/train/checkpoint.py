@@ -3,7 +3,6 @@ loading a checkpoint cannot execute code. The resumable training state lives in 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from m3trt.atomic import atomic_path, write_json
 from m3trt.config import CheckpointConfig
+from m3trt.data.safe_open import read_json
 from m3trt.errors import InputError
 from m3trt.model import M3Net
 
@@ -114,12 +114,15 @@ def save_training_state(
 def read_training_state(folder: str | Path) -> dict[str, Any]:
     """The JSON half of ``last/``: progress, options and config, read before the model is built."""
     trainer_file = Path(folder) / LAST_DIR / "trainer.json"
-    if not trainer_file.is_file():
-        raise InputError(f"{folder}: nothing to resume (no {LAST_DIR}/trainer.json); drop --resume")
     try:
-        return json.loads(trainer_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{trainer_file}: cannot read training state ({exc})") from None
+        state = read_json(trainer_file, "training state", 64 << 20)
+    except FileNotFoundError:
+        raise InputError(
+            f"{folder}: nothing to resume (no {LAST_DIR}/trainer.json); drop --resume"
+        ) from None
+    if not isinstance(state, dict):
+        raise InputError(f"{trainer_file}: training state must be a JSON object")
+    return state
 
 
 def restore_training_state(

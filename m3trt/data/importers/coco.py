@@ -3,7 +3,6 @@ whose words become user tags."""
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 import re
@@ -20,6 +19,7 @@ from m3trt.data.importers.common import (
     manifest_row,
 )
 from m3trt.data.manifest import SPLITS, normalise_tag, write_manifest
+from m3trt.data.safe_open import read_json
 from m3trt.errors import InputError
 
 _STOPWORD_TEXT = """
@@ -33,6 +33,8 @@ _STOPWORD_TEXT = """
     near behind onto dont doesnt isnt arent wasnt werent cant wont
 """
 STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+# COCO's largest file (instances_train2017.json) is 448 MB; JSON past this is not an annotation
+MAX_ANNOTATION_BYTES = 4 << 30
 """English stopwords dropped from caption words (plus words shorter than 2 letters, numbers)."""
 
 _WORD = re.compile(r"[^\W_]+")
@@ -56,19 +58,11 @@ def caption_tags(captions: Iterable[str]) -> list[str]:
 
 def _load_json(path: Path, what: str) -> dict:
     try:
-        with path.open("rb") as handle:
-            data = json.load(handle)
+        data = read_json(path, what, MAX_ANNOTATION_BYTES)
     except FileNotFoundError:
         raise InputError(f"{path}: {what} not found") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
-            f"give a COCO {what}"
-        ) from None
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not a UTF-8 JSON file; give a COCO {what}") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    except InputError as exc:
+        raise InputError(f"{exc}; give a COCO {what}") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: the top level must be a JSON object; give a COCO {what}")
     return data

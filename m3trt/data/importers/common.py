@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from m3trt.data.manifest import SPLITS
+from m3trt.data.safe_open import read_regular
 from m3trt.errors import InputError
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -114,14 +115,16 @@ def manifest_row(image: str, labels: list[str], tags: list[str], split: str | No
     return row
 
 
+# NUS-WIDE's largest list (269,648 image paths) is ~20 MB; a list file past this is not one
+MAX_LIST_BYTES = 256 << 20
+
+
 def read_lines(path: Path, what: str) -> list[str]:
     """Text lines of a small list file, trailing blank lines dropped."""
     try:
-        data = path.read_bytes()
+        data = read_regular(path, what, MAX_LIST_BYTES)
     except FileNotFoundError:
         raise InputError(f"{path}: {what} not found") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from m3trt.data.importers.common import (
+    MAX_LIST_BYTES,
     ImportSummary,
     Progress,
     Tally,
@@ -21,6 +22,7 @@ from m3trt.data.importers.common import (
     read_lines,
 )
 from m3trt.data.manifest import normalise_tag, write_manifest
+from m3trt.data.safe_open import open_regular, read_regular
 from m3trt.errors import InputError
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -48,19 +50,20 @@ def _find_file(root: Path, candidates: Iterable[str], what: str, fix: str) -> Pa
     for path in tried:
         if path.is_file():
             return path
+    for path in tried:
+        if os.path.lexists(path):  # a FIFO, a folder, a device or a dangling or looping link
+            raise InputError(f"{path}: {what} is not a regular file; {fix}")
     raise InputError(f"{tried[0]}: {what} not found; {fix}")
 
 
 def _read_binary_column(path: Path, n_images: int, list_name: str) -> np.ndarray:
     """One 0/1 value a line, exactly ``n_images`` lines -> bool array."""
     try:
-        data = path.read_bytes()
+        data = read_regular(path, "label file", MAX_LIST_BYTES)
     except FileNotFoundError:
         raise InputError(
             f"{path}: label file not found; extract Groundtruth.zip (AllLabels) into the root"
         ) from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read label file ({exc.strerror or exc})") from None
     lines = data.splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
@@ -88,16 +91,20 @@ def _tag_rows(path: Path, tag_names: list[str], n_images: int) -> Iterator[list[
     """Stream the image x tag 0/1 matrix line by line, yielding each image's tag names."""
     n_tags = len(tag_names)
     try:
-        handle = path.open("rb")
+        handle = open_regular(path, "tag matrix")
     except FileNotFoundError:
         raise InputError(
             f"{path}: tag matrix not found; extract NUS_WID_Tags.zip into the root"
         ) from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read tag matrix ({exc.strerror or exc})") from None
+    limit = 2 * n_tags + 64  # one "0 " or "1 " a tag (CRLF and stray spaces allowed)
     with handle:
         n_lines = 0
-        for number, raw in enumerate(handle, 1):
+        for number, raw in enumerate(iter(lambda: handle.readline(limit + 1), b""), 1):
+            if len(raw) > limit:
+                raise InputError(
+                    f"{path}:{number}: a line longer than {limit:,} bytes is not a row of "
+                    f"{n_tags} tags; re-extract the file"
+                )
             if number > n_images:
                 if raw.strip():
                     raise InputError(

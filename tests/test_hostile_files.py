@@ -1,0 +1,99 @@
+"""Files m3trt reads besides images and manifests (COCO and NUS-WIDE annotations, baselines,
+checkpoint configs, training state, PEM keys): a FIFO, a device or a huge file is one line of
+error, never a hang or a read without end."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from m3trt.cli import main
+from m3trt.data.importers.nuswide import import_nuswide
+from m3trt.data.safe_open import read_json
+from m3trt.errors import InputError
+from tests.test_importers import make_nuswide
+
+
+def run(*args):
+    result = CliRunner().invoke(main, ["--quiet", *map(str, args)])
+    return result.exit_code, result.output
+
+
+def hostile(path: Path, kind: str) -> Path:
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    return path
+
+
+@pytest.mark.parametrize("kind, says", [("fifo", "a FIFO"), ("zero", "a character device")])
+def test_coco_annotations(tmp_path, kind, says):
+    instances = hostile(tmp_path / "instances.json", kind)
+    code, output = run("data", "import-coco", instances, "-o", tmp_path / "out")
+    assert code == 2 and f"{instances}: instances JSON is {says}" in output, output
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+def test_eval_baseline(tmp_path, kind, int8_bundle, tiny_data):
+    baseline = hostile(tmp_path / "b.json", kind)
+    code, output = run("eval", int8_bundle, tiny_data, "--baseline", baseline)
+    assert code == 2 and f"{baseline}: baseline is a" in output, output
+
+
+def test_checkpoint_config_and_training_state(tmp_path, tiny_checkpoint, tiny_data):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint[0], ckpt)
+    (ckpt / "config.json").unlink()
+    hostile(ckpt / "config.json", "fifo")
+    code, output = run("export", ckpt, "-o", tmp_path / "m.onnx")
+    assert code == 2 and "config.json: checkpoint config is a FIFO" in output, output
+
+    resumable = tmp_path / "run"
+    (resumable / "last").mkdir(parents=True)
+    hostile(resumable / "last" / "trainer.json", "zero")
+    code, output = run("train", tiny_data, "-o", resumable, "--resume", "--epochs", "1")
+    assert code == 2 and "trainer.json: training state is a character device" in output, output
+
+
+def test_json_nested_too_deeply_is_one_line(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000)
+    with pytest.raises(InputError, match="baseline is not valid JSON"):
+        read_json(deep, "baseline", 1 << 20)
+
+
+def test_nuswide_tag_matrix_line_without_end(tmp_path):
+    nus = make_nuswide(tmp_path / "NUS-WIDE")
+    matrix = nus / "NUS_WID_Tags" / "AllTags1k.txt"
+    with open(matrix, "ab") as f:
+        f.write(b"0 " * 100_000)  # one line far wider than the tag list
+    with pytest.raises(InputError, match=r"AllTags1k\.txt:\d+: a line longer than"):
+        import_nuswide(nus, tmp_path / "out")
+
+
+def test_nuswide_layout_file_that_is_a_fifo(tmp_path):
+    nus = make_nuswide(tmp_path / "NUS-WIDE")
+    matrix = nus / "NUS_WID_Tags" / "AllTags1k.txt"
+    matrix.unlink()
+    os.mkfifo(matrix)
+    with pytest.raises(InputError, match="AllTags1k.txt: AllTags1k.txt is not a regular file"):
+        import_nuswide(nus, tmp_path / "out")
+
+
+def test_a_huge_key_is_refused_before_it_is_read(tmp_path):
+    pytest.importorskip("model_signing")
+    from m3trt.runtime.signing import MAX_KEY_BYTES, verify_bundle
+
+    key = tmp_path / "pub.pem"
+    with open(key, "wb") as f:
+        f.truncate(MAX_KEY_BYTES + 1)  # sparse: no disk, no memory
+    bundle = tmp_path / "x.m3"
+    bundle.mkdir()
+    (bundle / "bundle.json").write_text(json.dumps({}))
+    (bundle / "bundle.sig").write_text("{}")
+    with pytest.raises(InputError, match="verification key is .* bytes; the limit"):
+        verify_bundle(bundle, key)
