@@ -392,6 +392,58 @@ def test_done_paths_cuts_only_a_torn_line_of_ours(tmp_path):
     assert out.read_bytes() == whole + b"hello"
 
 
+def _csv_of_ours(out: Path) -> bytes:
+    from m3trt.runtime.results import ResultWriter
+
+    with ResultWriter(out, "csv", resume=False, overwrite=False) as writer:
+        writer.write({"path": "a.jpg", "labels": ["x"], "scores": [0.5], "k": 1, "quantity": 1.0})
+        writer.write({"path": 'q"uote,d\nname.jpg', "labels": [], "scores": [], "k": 0,
+                      "quantity": 0.4})  # fmt: skip
+    return out.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"img/b.jpg,cat|dog,0.91",  # cut in the scores
+        b'"name, with a comma',  # cut inside a quoted name
+        b"img/b.jpg,cat,0.9|0.8,2,0.7",  # cut in the quantity
+        '"caf\u00e9'.encode()[:-1],  # cut inside a UTF-8 character
+    ],
+)
+def test_done_paths_cuts_a_torn_csv_row_of_ours(tmp_path, tail):
+    from m3trt.runtime.results import done_paths
+
+    out = tmp_path / "r.csv"
+    whole = _csv_of_ours(out)
+    out.write_bytes(whole + tail)
+    assert done_paths(out, "csv") == {"a.jpg", 'q"uote,d\nname.jpg'}
+    assert out.read_bytes() == whole
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b'free text, with "quotes" in it',  # an unquoted field holding quotes: not our writer
+        b"img/b.jpg,cat,0.9,two",  # k is not a number
+        b"img/b.jpg,cat,0.9,1,0.5,not base64!",  # path_bytes
+        b"a,b,c,d,e,f,g",  # seven fields
+        b'"' + b"x\n" * 100_000,  # a field far longer than any name (was quadratic: minutes)
+        b'"a""b,c\r\nnot ours, "x" \r\n',  # an unterminated quoted field at the end
+    ],
+)
+def test_done_paths_keeps_a_csv_tail_that_is_not_ours(tmp_path, tail):
+    from m3trt.errors import InputError
+    from m3trt.runtime.results import done_paths
+
+    out = tmp_path / "r.csv"
+    whole = _csv_of_ours(out)
+    out.write_bytes(whole + tail)
+    with pytest.raises(InputError, match=r"r\.csv:\d+: not a line m3trt wrote"):
+        done_paths(out, "csv")
+    assert out.read_bytes() == whole + tail
+
+
 def test_a_full_disk_names_the_file(tmp_path, monkeypatch):
     import errno
 

@@ -181,7 +181,8 @@ def _scan_csv(path: Path) -> tuple[set[str], int]:
     done: set[str] = set()
     header = ",".join(CSV_COLUMNS).encode()
     keep = 0
-    pending = b""  # a row may span lines (a quoted newline inside a name)
+    pending: list[bytes] = []  # a row may span lines (a quoted newline inside a name)
+    pending_bytes = quotes = number = 0
     for number, line, complete in _lines(path):
         if number == 1:
             if line.rstrip(b"\r\n") != header:
@@ -190,27 +191,105 @@ def _scan_csv(path: Path) -> tuple[set[str], int]:
                 raise _not_ours(path, 1, "not m3trt's CSV header")
             keep += len(line)
             continue
+        pending.append(line)
+        pending_bytes += len(line)
+        quotes += line.count(b'"')  # counted a line at a time: linear in the file
         if not complete:
-            return done, keep
-        if len(pending) > MAX_LINE_BYTES:
+            break
+        if pending_bytes > MAX_LINE_BYTES:
             raise _not_ours(path, number, "an unterminated quoted field")
-        pending += line
-        if pending.count(b'"') % 2 == 1:
+        if quotes % 2 == 1:
             continue  # inside a quoted field (a newline in a name): the row goes on
-        try:
-            rows = list(csv.reader(io.StringIO(pending.decode("utf-8"), newline="")))
-        except (UnicodeDecodeError, csv.Error) as exc:
-            raise _not_ours(path, number, str(exc)[:80]) from None
-        if len(rows) != 1 or (rows[0] and len(rows[0]) != len(CSV_COLUMNS)):
-            raise _not_ours(path, number, f"not a row of {len(CSV_COLUMNS)} columns")
-        keep += len(pending)
-        pending = b""
-        if rows[0]:
+        row = _csv_row(path, number, b"".join(pending))
+        keep += pending_bytes
+        pending, pending_bytes, quotes = [], 0, 0
+        if row:
             try:
-                done.add(path_from_fields(dict(zip(CSV_COLUMNS, rows[0], strict=True))))
+                done.add(path_from_fields(dict(zip(CSV_COLUMNS, row, strict=True))))
             except ValueError as exc:
                 raise _not_ours(path, number, str(exc)) from None
+    if pending:  # a row cut short: cut off only if it starts like one m3trt writes
+        _check_torn_csv(path, number, b"".join(pending))
     return done, keep
+
+
+def _csv_row(path: Path, number: int, data: bytes) -> list[str]:
+    try:
+        rows = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise _not_ours(path, number, str(exc)[:80]) from None
+    if len(rows) != 1 or (rows[0] and len(rows[0]) != len(CSV_COLUMNS)):
+        raise _not_ours(path, number, f"not a row of {len(CSV_COLUMNS)} columns")
+    return rows[0]
+
+
+_NUMBER_PART = frozenset("0123456789.eE+-")
+_BASE64 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_")
+
+
+def _check_torn_csv(path: Path, number: int, tail: bytes) -> None:
+    """Refuse a torn last row unless it is the start of one m3trt writes: at most six fields,
+    quoted as the writer quotes them, with the scores, k and quantity numbers so far. (A name
+    cut short cannot be told from other text, so that much is taken on trust.)"""
+    for cut in range(4):  # a UTF-8 character may be cut mid-way
+        try:
+            text = tail[: len(tail) - cut].decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        raise _not_ours(path, number, "a torn last row that is not UTF-8")
+    closed = text + '"' if text.count('"') % 2 else text
+    try:
+        rows = list(csv.reader(io.StringIO(closed, newline="")))
+    except csv.Error as exc:
+        raise _not_ours(path, number, f"a torn last row ({str(exc)[:60]})") from None
+    fields = rows[0] if len(rows) == 1 else None
+    if fields is None or len(fields) > len(CSV_COLUMNS) or not _row_prefix_ok(text, fields):
+        raise _not_ours(path, number, "a torn last row that does not start like ours")
+
+
+def _row_prefix_ok(text: str, fields: list[str]) -> bool:
+    """The writer, given the fields before the last, writes exactly the start of ``text``; the
+    last (cut) field is quoted, or holds no quote; every field holds what m3trt writes there."""
+    complete = fields[:-1]
+    written = _csv_text(complete) + "," if complete else ""
+    if not text.startswith(written):
+        return False
+    rest = text[len(written) :]
+    if not rest.startswith('"') and '"' in rest:
+        return False  # the writer quotes every field that holds a quote
+    last = len(fields) - 1
+    return all(_field_ok(i, field, i == last) for i, field in enumerate(fields))
+
+
+def _csv_text(fields: list[str]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="", quoting=csv.QUOTE_MINIMAL).writerow(fields)
+    return buffer.getvalue()
+
+
+def _field_ok(i: int, field: str, partial: bool) -> bool:
+    """Field ``i`` as m3trt writes it, or (``partial``) the start of one."""
+    if i == 2:  # scores
+        parts = field.split(LIST_SEPARATOR) if field else []
+        whole, cut = (parts[:-1], parts[-1:]) if partial else (parts, [])
+        return all(_is_float(p) for p in whole) and all(set(p) <= _NUMBER_PART for p in cut)
+    if i == 3:  # k
+        return field.isdigit() or (partial and not field)
+    if i == 4:  # quantity
+        return set(field) <= _NUMBER_PART if partial else _is_float(field)
+    if i == 5:  # path_bytes
+        return set(field) <= _BASE64
+    return True  # the name and the labels: any text
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_regular(path: Path) -> None:
