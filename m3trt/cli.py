@@ -1274,7 +1274,7 @@ def bench_cmd(ctx: click.Context, bundle: Path, **kw: Any) -> None:
     if kw["baseline"]:
         from m3trt.bench.regression import load_baseline
 
-        baseline = load_baseline(kw["baseline"])  # a bad baseline fails before the long run
+        baseline = load_baseline(kw["baseline"], "speed")  # bad: fails before the long run
     report = run_bench(bundle, options, reporter=_reporter(ctx))
     click.echo(format_bench(report))
     if kw["json_path"]:

@@ -461,3 +461,16 @@ def test_a_full_disk_names_the_file(tmp_path, monkeypatch):
         writer.flush()
     monkeypatch.undo()
     writer.close()
+
+
+def test_overwrite_replaces_a_linked_output_never_its_target(tmp_path, int8_bundle, photos):
+    """--overwrite replaces a link at -o (as every atomic output does); it used to open the
+    link and truncate the file it pointed at."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("a user's file\n")
+    out = tmp_path / "r.jsonl"
+    out.symlink_to(victim)
+    code, output = infer(int8_bundle, photos, "-o", out, "--overwrite")
+    assert code == 0, output
+    assert victim.read_text() == "a user's file\n"
+    assert not out.is_symlink() and read_results(out)

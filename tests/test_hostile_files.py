@@ -97,3 +97,40 @@ def test_a_huge_key_is_refused_before_it_is_read(tmp_path):
     (bundle / "bundle.sig").write_text("{}")
     with pytest.raises(InputError, match="verification key is .* bytes; the limit"):
         verify_bundle(bundle, key)
+
+
+def test_a_baseline_figure_of_the_wrong_type_is_skipped(tmp_path):
+    """Was an AttributeError (exit 1) after the whole eval had run."""
+    from m3trt.bench.regression import figures, load_baseline
+
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps({"mAP": 0.5, "modes": {"x": 1, "y": {"CF1": "high"}}}))
+    assert dict(figures(load_baseline(path))) == {"mAP": 0.5}
+
+
+@pytest.mark.parametrize("content", [{"modes": "predicted_k"}, [1, 2], {"mAP": True}])
+def test_a_baseline_without_figures_is_one_line_before_the_run(tmp_path, content):
+    from m3trt.bench.regression import load_baseline
+
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(InputError, match="not a baseline written by m3trt eval --json"):
+        load_baseline(path)
+
+
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        ({"ratios": {"1": "x"}, "reference": {"name": "onnx-fp32"}}, "not a baseline"),
+        ({"ratios": {"1": 2.0}, "reference": "onnx-fp32"}, "not a baseline"),  # AttributeError
+        ({"ratios": {"one": 2.0}, "reference": {"name": "onnx-fp32"}}, "not a baseline"),
+        ({"batches": []}, "the baseline has no ratios"),
+    ],
+)
+def test_a_malformed_speed_baseline_is_one_line(tmp_path, content, says):
+    from m3trt.bench.regression import load_baseline
+
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(InputError, match=says):
+        load_baseline(path, "speed")

@@ -6,6 +6,7 @@ points (1 point = 0.01), and each one that dropped by more than the budget gives
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,32 +19,58 @@ MODE_FIGURES = ("CF1", "OF1")
 
 def figures(result: dict[str, Any]) -> Iterator[tuple[str, float]]:
     """(name, value in [0, 1]) of every gated figure: higher is better for all of them."""
-    if isinstance(result.get("mAP"), int | float):
+    if _number(result.get("mAP")):
         yield "mAP", float(result["mAP"])
-    for mode, values in sorted((result.get("modes") or {}).items()):
+    for mode, values in sorted(_object(result.get("modes")).items()):
         for name in MODE_FIGURES:
-            if isinstance(values.get(name), int | float):
+            if _number(_object(values).get(name)):
                 yield f"{mode} {name}", float(values[name])
-    quantity = result.get("quantity") or {}
-    if isinstance(quantity.get("acc"), int | float):
+    quantity = _object(result.get("quantity"))
+    if _number(quantity.get("acc")):
         yield "quantity acc", float(quantity["acc"])
-    agreement = result.get("agreement") or {}
+    agreement = _object(result.get("agreement"))
     for key in ("label_set_agreement", "k_agreement"):
-        if isinstance(agreement.get(key), int | float):
+        if _number(agreement.get(key)):
             yield (
                 f"agreement {key.removesuffix('_agreement').replace('_', ' ')}",
                 float(agreement[key]),
             )
 
 
-def load_baseline(path: Path) -> dict[str, Any]:
+def _object(value: Any) -> dict[str, Any]:
+    """A JSON object, or an empty one for anything else (a baseline is hostile input too)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def load_baseline(path: Path, kind: str = "accuracy") -> dict[str, Any]:
+    """An earlier ``--json`` of ``eval`` (``kind`` "accuracy") or ``bench`` ("speed"), checked
+    for the shape the comparison reads, so that a malformed one fails before the long run."""
     try:
         data = read_json(path, "baseline", 64 << 20)
     except FileNotFoundError:
         raise InputError(f"{path}: baseline not found") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: not a baseline written by --json")
+    command = "eval" if kind == "accuracy" else "bench"
+    if kind == "speed" and isinstance(data, dict) and "ratios" not in data:
+        raise InputError(f"{path}: the baseline has no ratios: record it with --against and --json")
+    if not isinstance(data, dict) or not (
+        any(figures(data)) if kind == "accuracy" else _speed_shape(data)
+    ):
+        raise InputError(f"{path}: not a baseline written by m3trt {command} --json")
     return data
+
+
+def _speed_shape(data: dict[str, Any]) -> bool:
+    ratios, reference = data.get("ratios"), data.get("reference")
+    return (
+        isinstance(ratios, dict)
+        and all(key.isdigit() and _number(v) and v > 0 for key, v in ratios.items())
+        and isinstance(reference, dict)
+        and isinstance(reference.get("name"), str)
+    )
 
 
 def compare_accuracy(

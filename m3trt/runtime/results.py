@@ -371,8 +371,11 @@ class ResultWriter:
         mode = "a" if resume else "w"
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
+            if not resume and output.is_symlink():
+                output.unlink()  # --overwrite replaces the link, as every other output does,
+                # never the file it points at
             self._out: IO[str] = open(output, mode, encoding="utf-8", newline="")  # noqa: SIM115
-            if not resume and self.errors_file.exists():
+            if not resume and (self.errors_file.exists() or self.errors_file.is_symlink()):
                 self.errors_file.unlink()  # --overwrite: the old errors belong to the old results
         except OSError as exc:
             raise OutputFailure(f"{output}: cannot write results ({os_reason(exc)})") from None
