@@ -1305,7 +1305,13 @@ def bench_cmd(ctx: click.Context, bundle: Path, **kw: Any) -> None:
     help="Longest a request is held for a batch to fill (only while under load).",
 )
 @click.option("--max-queue", default=256, show_default=True, help="Queued images before 503.")
-@click.option("--timeout", default=30.0, show_default=True, help="Per-request timeout, seconds.")
+@click.option(
+    "--timeout",
+    default=30.0,
+    show_default=True,
+    type=float,
+    help="Per-request timeout, seconds.",
+)
 @click.option("--max-body-mb", default=64.0, show_default=True, help="Request body limit, MiB.")
 @click.option(
     "--max-pixels", default=40_000_000, show_default=True, help="Largest image to decode."
@@ -1357,12 +1363,28 @@ def serve_cmd(bundles: tuple[str, ...], **kw: Any) -> None:
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("repo_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--name", help="Model name in the repository (default: the bundle's name).")
-@click.option("--max-batch-size", type=int, help="Default: the plan's max, or 64 for ONNX.")
-@click.option("--max-queue-delay-us", default=2000, show_default=True, help="Dynamic batching.")
+@click.option(
+    "--max-batch-size",
+    type=click.IntRange(1, (1 << 31) - 1),  # Triton's config fields are 32-bit
+    help="Default: the plan's max, or 64 for ONNX.",
+)
+@click.option(
+    "--max-queue-delay-us",
+    default=2000,
+    show_default=True,
+    type=click.IntRange(0, (1 << 63) - 1),
+    help="Dynamic batching.",
+)
 @click.option(
     "--instance-kind", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "gpu"])
 )
-@click.option("--instances", default=1, show_default=True, help="Model instances.")
+@click.option(
+    "--instances",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, (1 << 31) - 1),
+    help="Model instances.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace REPO_DIR/NAME if it exists.")
 def export_triton_cmd(bundle: Path, repo_dir: Path, **kw: Any) -> None:
     """Write a Triton Inference Server model repository entry for BUNDLE under REPO_DIR."""

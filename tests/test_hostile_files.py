@@ -134,3 +134,21 @@ def test_a_malformed_speed_baseline_is_one_line(tmp_path, content, says):
     path.write_text(json.dumps(content))
     with pytest.raises(InputError, match=says):
         load_baseline(path, "speed")
+
+
+def test_a_port_in_use_is_one_line():
+    pytest.importorskip("starlette")
+    from m3trt.errors import M3Error
+    from m3trt.serve.app import bind
+
+    first = bind("127.0.0.1", 0)
+    try:
+        with pytest.raises(M3Error, match="Address already in use; choose another --port"):
+            bind("127.0.0.1", first.getsockname()[1])
+    finally:
+        first.close()
+
+
+def test_export_triton_numbers_out_of_range_are_usage_errors(int8_bundle, tmp_path):
+    code, output = run("export-triton", int8_bundle, tmp_path, "--max-batch-size", 10**20)
+    assert code == 2 and "is not in the range" in output and not (tmp_path / "x").exists()

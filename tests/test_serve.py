@@ -416,7 +416,8 @@ def test_serve_usage_errors_are_one_line(int8_bundle, tmp_path):
         ([str(tmp_path / "missing.m3")], "missing.m3"),
         ([str(int8_bundle), "--max-batch-size", "0"], "--max-batch-size must be"),
         ([str(int8_bundle), "--max-queue", "4", "--max-batch-size", "8"], "--max-queue must be"),
-        ([str(int8_bundle), "--timeout", "0"], "timeout must be positive"),
+        ([str(int8_bundle), "--timeout", "0"], "--timeout must be positive"),
+        ([str(int8_bundle), "--timeout", "inf"], "--timeout must be positive"),
     ]
     for args, reason in cases:
         result = CliRunner().invoke(main, ["serve", *args])

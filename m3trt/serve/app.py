@@ -26,7 +26,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from m3trt import __version__
-from m3trt.errors import ImageDecodeError
+from m3trt.errors import ImageDecodeError, M3Error
 from m3trt.serve.batcher import QueueFull
 from m3trt.serve.limits import LimitError, Limits, check_content_length, drain, read_body
 from m3trt.serve.metrics import Metrics
@@ -316,7 +316,9 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        raise M3Error(
+            f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port or --host"
+        ) from None
     sock.listen(2048)
     sock.setblocking(False)
     return sock

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from m3trt.data.images import DEFAULT_MAX_PIXELS
 
 MiB = 1 << 20
+MAX_TIMEOUT_S = 86400.0  # a day; a request waiting longer is lost anyway
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,10 @@ class Limits:
             )
         if not 1 <= self.max_pixels <= DEFAULT_MAX_PIXELS * 10:
             raise ValueError(f"max pixels out of range: {self.max_pixels}")
-        if not self.timeout_s > 0:
-            raise ValueError(f"timeout must be positive, not {self.timeout_s}")
+        if not 0 < self.timeout_s <= MAX_TIMEOUT_S:  # inf overflowed the server's timers
+            raise ValueError(
+                f"--timeout must be positive and at most {MAX_TIMEOUT_S:g} s, not {self.timeout_s}"
+            )
         if self.max_queue < 1:
             raise ValueError(f"max queue must be at least 1, not {self.max_queue}")
 
