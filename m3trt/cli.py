@@ -124,6 +124,19 @@ def _write_json(path: Path, data: Any) -> None:
     write_json(path, data)
 
 
+# A checkpoint folder's own entries (m3trt.train.checkpoint's names; that module imports torch):
+# an output may sit beside them (``export -o ckpt/model.onnx``), never replace one.
+CHECKPOINT_ENTRIES = ("config.json", "model.safetensors", "last")
+
+
+def _model_files(model: Path) -> tuple[Path, ...]:
+    """What an output must leave whole: a bundle entirely (a file added to it breaks its
+    signature), a checkpoint's own entries."""
+    if model.name == "bundle.json" or (model / "bundle.json").exists():
+        return (model,)
+    return tuple(model / name for name in CHECKPOINT_ENTRIES)
+
+
 def _claim(
     ctx: click.Context,
     outputs: dict[str, Path | None],
@@ -584,7 +597,7 @@ def eval_cmd(
 
     if split not in ("train", "val", "test", "all"):
         raise click.BadParameter("choose train, val, test or all", param_hint="--split")
-    _claim(ctx, {"--json": json_path}, overwrite, (model, manifest))
+    _claim(ctx, {"--json": json_path}, overwrite, (*_model_files(model), manifest))
     # Read before the run: a bad baseline fails first, and --json may then replace it.
     reference = _load_baseline(baseline)
     if (model / "bundle.json").is_file() or model.name == "bundle.json":
@@ -688,7 +701,7 @@ def export_cmd(
     overwrite: bool,
 ) -> None:
     """Export CHECKPOINT to one fused, self-describing ONNX graph, verified against PyTorch."""
-    _claim(ctx, {"-o": out, "--json": json_path}, overwrite, (checkpoint,))
+    _claim(ctx, {"-o": out, "--json": json_path}, overwrite, _model_files(checkpoint))
     from m3trt.export.onnx_export import export_checkpoint
 
     report = export_checkpoint(checkpoint, out, opset=opset, reporter=_reporter(ctx))

@@ -152,3 +152,20 @@ def test_a_port_in_use_is_one_line():
 def test_export_triton_numbers_out_of_range_are_usage_errors(int8_bundle, tmp_path):
     code, output = run("export-triton", int8_bundle, tmp_path, "--max-batch-size", 10**20)
     assert code == 2 and "is not in the range" in output and not (tmp_path / "x").exists()
+
+
+def test_a_json_integer_no_float_holds_is_a_protocol_error():
+    """A 400-digit integer in 'data' was an OverflowError: a 500 and a traceback in the log."""
+    import numpy as np
+
+    from m3trt.serve.protocol import ProtocolError, _from_json_data
+
+    with pytest.raises(ProtocolError, match="values overflow"):
+        _from_json_data([10**400], [1], np.dtype(np.float32), "tags")
+
+
+def test_export_triton_repo_that_is_not_a_folder(int8_bundle, tmp_path):
+    repo = tmp_path / "repo"
+    repo.symlink_to("/dev/null")
+    code, output = run("export-triton", int8_bundle, repo)
+    assert code == 2 and "REPO_DIR exists and is not a folder" in output, output

@@ -65,5 +65,18 @@ def test_export_into_its_checkpoint_is_refused(tmp_path, tiny_checkpoint):
     config = ckpt / "config.json"
     before = config.read_bytes()
     code, output = run("export", ckpt, "-o", config, "--overwrite")
-    assert code == 2 and "-o is inside an input of this run" in output, output
+    assert code == 2 and "-o is an input of this run" in output, output
     assert config.read_bytes() == before
+
+
+def test_export_beside_its_checkpoint_files_is_fine(tmp_path, tiny_checkpoint):
+    """An output may sit in the checkpoint folder; only the checkpoint's own entries are kept."""
+    from m3trt.cli import CHECKPOINT_ENTRIES
+    from m3trt.train.checkpoint import CONFIG_FILE, LAST_DIR, WEIGHTS_FILE
+
+    assert CHECKPOINT_ENTRIES == (CONFIG_FILE, WEIGHTS_FILE, LAST_DIR)
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint[0], ckpt)
+    code, output = run("export", ckpt, "-o", ckpt / "model.onnx")
+    assert code == 0, output
+    assert (ckpt / "model.onnx").is_file()

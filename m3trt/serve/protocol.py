@@ -202,8 +202,11 @@ def _from_json_data(data: Any, shape: list[int], dtype: np.dtype, name: str) -> 
                 f"input {name!r}: values outside {_NAMES[dtype]}'s range {info.min}..{info.max}"
             )
         return np.array([int(v) for v in flat], dtype=dtype).reshape(shape)
-    with np.errstate(over="ignore"):
-        array = np.array(flat, dtype=np.float64).astype(dtype)
+    try:
+        with np.errstate(over="ignore"):
+            array = np.array(flat, dtype=np.float64).astype(dtype)
+    except OverflowError:  # a JSON integer of hundreds of digits: no float holds it
+        raise ProtocolError(f"input {name!r}: values overflow {_NAMES[dtype]}") from None
     if not np.isfinite(array).all():
         raise ProtocolError(f"input {name!r}: values overflow {_NAMES[dtype]}")
     return array.reshape(shape)

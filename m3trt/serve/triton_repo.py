@@ -14,6 +14,7 @@ published. The entry is assembled in a hidden sibling folder and renamed into pl
 from __future__ import annotations
 
 import errno
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -234,6 +235,8 @@ def export_triton(
     )
     text = to_pbtxt(config)
     checked = _check(text)
+    if os.path.lexists(repo) and not Path(repo).is_dir():
+        raise InputError(f"{repo}: REPO_DIR exists and is not a folder; choose another REPO_DIR")
     folder = Path(repo) / name
     if (how := overlap(folder, bundle.path)) is not None:
         raise InputError(
