@@ -449,3 +449,64 @@ def test_request_timeout_answers_504_and_the_server_goes_on(int8_bundle, images)
         gate.set()
         del body["parameters"]
         assert post(url, "/v2/models/slow/infer", json.dumps(body).encode())[0] == 200
+
+
+def _stalled_upload(url: str, path: str, length: int = 1000):
+    """A client that sends its headers and a few bytes of a body, then nothing."""
+    import socket
+
+    host, port = url.split(":")
+    conn = socket.create_connection((host, int(port)), timeout=10)
+    conn.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n".encode()
+        + b'{"inputs": ['
+    )
+    return conn
+
+
+def test_a_stalled_body_times_out_and_the_server_stays_live(int8_bundle):
+    """A body that stops arriving is a 408 after the timeout; while such uploads hold every body
+    slot, health checks answer at once and a further request waits for a slot (at most the
+    timeout; then a 503), instead of reading its body beside them."""
+    limits = Limits(max_body_bytes=1 << 20, max_pixels=1_000_000, timeout_s=1.5, max_queue=64)
+    models = load_models(
+        parse_model_specs([f"tiny={int8_bundle}"]),
+        ServeOptions(max_batch=8, max_delay_ms=2, device="cpu", threads=1, limits=limits),
+    )
+    from m3trt.serve.app import BODIES_AT_ONCE
+
+    with running(models, limits) as url:
+        stalled = [_stalled_upload(url, "/v2/models/tiny/infer") for _ in range(BODIES_AT_ONCE)]
+        time.sleep(0.3)
+        assert get(url, "/v2/health/live")[0] == 200
+        start = time.monotonic()
+        code, _, body = post(url, "/v2/models/tiny/infer", b"{}")  # waits for a slot, then runs
+        assert code == 400 and b"inputs" in body, body
+        assert 0.5 < time.monotonic() - start < 8.0  # it waited for a slot, not forever
+        for conn in stalled:
+            reply = conn.recv(4096)
+            conn.close()
+            assert reply.startswith(b"HTTP/1.1 408"), reply[:80]
+            assert b"did not arrive within the timeout of 1.5 s" in reply
+
+
+def test_json_requests_are_parsed_off_the_event_loop(served, monkeypatch):
+    import asyncio
+
+    import m3trt.serve.app as app
+
+    on_loop: list[bool] = []
+    parse = app.parse_infer_request
+
+    def recording(*args, **kwargs):
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:  # a worker thread: no event loop runs here
+            on_loop.append(False)
+        return parse(*args, **kwargs)
+
+    monkeypatch.setattr(app, "parse_infer_request", recording)
+    post(served, "/v2/models/tiny/infer", b'{"inputs": []}')
+    assert on_loop == [False]

@@ -16,7 +16,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
@@ -41,6 +41,7 @@ from m3trt.serve.protocol import (
 log = logging.getLogger("m3trt.serve")
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "m3trt_annotate"]
 RETRY_AFTER_S = 1
+BODIES_AT_ONCE = 4
 
 
 class HTTPError(Exception):
@@ -57,6 +58,10 @@ class ServerState:
     metrics: Metrics
     decoder: ThreadPoolExecutor
     ready: bool = False
+    # Request bodies read (and JSON parsed) at once: memory stays within BODIES_AT_ONCE bodies of
+    # --max-body-mb (a JSON tensor takes ~10x its size while parsed); the other requests wait
+    # with their bytes in the kernel's socket buffers.
+    bodies: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(BODIES_AT_ONCE))
 
 
 def create_app(models: Sequence[ServedModel], limits: Limits, metrics: Metrics | None = None):
@@ -104,10 +109,12 @@ def create_app(models: Sequence[ServedModel], limits: Limits, metrics: Metrics |
     async def infer(request: Request) -> Response:
         model = _model(state, request)
         _room(state, model)
-        body = await _body(request, state.limits)
         header_length = _header_length(request)
-        parsed = parse_infer_request(body, header_length)
-        del body
+        async with _body_slot(state):
+            body = await _body(request, state.limits)
+            # Off the event loop: a 60 MB JSON body held /v2/health/live for 10 s when parsed here.
+            parsed = await asyncio.to_thread(parse_infer_request, body, header_length)
+            del body
         feeds, rows = model.check_inputs(parsed.inputs)
         known = {s.name for s in model.outputs}
         for item in parsed.outputs or []:
@@ -127,7 +134,8 @@ def create_app(models: Sequence[ServedModel], limits: Limits, metrics: Metrics |
     async def annotate(request: Request) -> Response:
         model = _model(state, request)
         _room(state, model)
-        body = await _body(request, state.limits)
+        async with _body_slot(state):
+            body = await _body(request, state.limits)
         if not body:
             raise HTTPError(400, "the body is empty: POST the image file's bytes")
         tags = [t for v in request.query_params.getlist("tags") for t in v.split(",") if t.strip()]
@@ -192,6 +200,21 @@ def _room(state: ServerState, model: ServedModel) -> None:
         raise HTTPError(503, str(exc), {"Retry-After": str(RETRY_AFTER_S)}) from None
 
 
+@contextlib.asynccontextmanager
+async def _body_slot(state: ServerState) -> AsyncIterator[None]:
+    """One of the BODIES_AT_ONCE slots for reading a body, waited for at most the timeout."""
+    try:
+        await asyncio.wait_for(state.bodies.acquire(), state.limits.timeout_s)
+    except TimeoutError:
+        raise HTTPError(
+            503, "too many request bodies in flight", {"Retry-After": str(RETRY_AFTER_S)}
+        ) from None
+    try:
+        yield
+    finally:
+        state.bodies.release()
+
+
 async def _body(request: Request, limits: Limits) -> bytes:
     length = request.headers.get("content-length")
     try:
@@ -200,9 +223,15 @@ async def _body(request: Request, limits: Limits) -> bytes:
         if exc.status == 413:
             await drain(request.stream(), length)
         raise
-    return await read_body(
-        request.stream(), limits.max_body_bytes, request.headers.get("content-encoding")
-    )
+    try:
+        async with asyncio.timeout(limits.timeout_s):  # a client that stalls holds a slot
+            return await read_body(
+                request.stream(), limits.max_body_bytes, request.headers.get("content-encoding")
+            )
+    except TimeoutError:
+        raise LimitError(
+            408, f"the request body did not arrive within the timeout of {limits.timeout_s:g} s"
+        ) from None
 
 
 def _header_length(request: Request) -> int | None:
