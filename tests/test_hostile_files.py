@@ -169,3 +169,20 @@ def test_export_triton_repo_that_is_not_a_folder(int8_bundle, tmp_path):
     repo.symlink_to("/dev/null")
     code, output = run("export-triton", int8_bundle, repo)
     assert code == 2 and "REPO_DIR exists and is not a folder" in output, output
+
+
+def test_a_tags_manifest_line_without_end_is_refused_line_by_line(tmp_path):
+    """The manifest may be gigabytes; one row may not (it was read whole, then split: a 1 GB
+    line took 2.2 GB of memory before its error)."""
+    from m3trt.errors import ManifestError
+    from m3trt.runtime.tag_sources import MAX_TAGS_LINE_BYTES, ManifestTags
+
+    manifest = tmp_path / "tags.jsonl"
+    with open(manifest, "w") as f:
+        f.write('{"path": "a.jpg", "tags": ["x"]}\n')
+        f.write('{"path": "b.jpg", "tags": [' + '"t", ' * (MAX_TAGS_LINE_BYTES // 5) + '"t"]}\n')
+    with pytest.raises(ManifestError, match=r"tags\.jsonl:2: a line longer than"):
+        ManifestTags.load(manifest)
+    manifest.write_bytes(b'\xef\xbb\xbf{"path": "a.jpg", "tags": ["x"]}\n{"path": "\xff"}\n')
+    with pytest.raises(ManifestError, match=r"tags\.jsonl:2: not UTF-8 text"):
+        ManifestTags.load(manifest)

@@ -31,6 +31,7 @@ MAX_PACKET_BYTES = 1 << 20
 MAX_PACKETS_TRIED = 8  # a hostile file full of start markers must not cost minutes
 MAX_SIDECAR_BYTES = 1 << 20  # a tags file is a few words; more is not one
 MAX_TAGS_MANIFEST_BYTES = 4 << 30
+MAX_TAGS_LINE_BYTES = 1 << 20  # a path and its tags; a row of Flickr tags is a few hundred bytes
 
 _RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
 _DC_SUBJECT = "{http://purl.org/dc/elements/1.1/}subject"
@@ -217,6 +218,31 @@ def _parse_tags_line(text: str) -> tuple[str, list[str]]:
     return image, clean_tags(tags)
 
 
+def _manifest_lines(file: Path) -> Iterator[tuple[int, str]]:
+    """(number, text) of each line, read one bounded line at a time: the file may be gigabytes
+    (its cap), one line of it may not (a row is a path and its tags)."""
+    try:
+        handle = open_regular(file, "tags manifest", MAX_TAGS_MANIFEST_BYTES)
+    except FileNotFoundError:
+        raise ManifestError(f"{file}: tags manifest not found") from None
+    except InputError as exc:
+        raise ManifestError(str(exc)) from None
+    with handle:
+        # split on "\n" only (not str.splitlines: U+2028 may be in a name)
+        for number, raw in enumerate(
+            iter(lambda: handle.readline(MAX_TAGS_LINE_BYTES + 1), b""), 1
+        ):
+            if len(raw) > MAX_TAGS_LINE_BYTES:
+                raise ManifestError(
+                    f"{file}:{number}: a line longer than {MAX_TAGS_LINE_BYTES:,} bytes is not a "
+                    "row of tags"
+                )
+            try:
+                yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise ManifestError(f"{file}:{number}: not UTF-8 text") from None
+
+
 class ManifestTags:
     """Tags per image from a JSONL manifest, looked up by resolved path (or the path as written)."""
 
@@ -229,19 +255,10 @@ class ManifestTags:
     def load(cls, file: Path) -> ManifestTags:
         """Read the manifest; the first bad line raises ManifestError "FILE:LINE: problem"."""
         file = Path(file)
-        try:
-            data = read_regular(file, "tags manifest", MAX_TAGS_MANIFEST_BYTES)
-            lines = data.decode("utf-8-sig").split("\n")  # not splitlines: U+2028 may be in a name
-        except FileNotFoundError:
-            raise ManifestError(f"{file}: tags manifest not found") from None
-        except InputError as exc:
-            raise ManifestError(str(exc)) from None
-        except UnicodeDecodeError:
-            raise ManifestError(f"{file}: cannot read tags manifest (not UTF-8 text)") from None
         by_path: dict[Path, list[str]] = {}
         by_text: dict[str, list[str]] = {}
         first_line: dict[Path, int] = {}
-        for number, line in enumerate(lines, 1):
+        for number, line in _manifest_lines(file):
             if not line.strip():
                 continue
             try:
