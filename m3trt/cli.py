@@ -132,7 +132,9 @@ CHECKPOINT_ENTRIES = ("config.json", "model.safetensors", "last")
 def _model_files(model: Path) -> tuple[Path, ...]:
     """What an output must leave whole: a bundle entirely (a file added to it breaks its
     signature), a checkpoint's own entries."""
-    if model.name == "bundle.json" or (model / "bundle.json").exists():
+    if model.name == "bundle.json":
+        return (model.parent,)
+    if (model / "bundle.json").exists():
         return (model,)
     return tuple(model / name for name in CHECKPOINT_ENTRIES)
 
