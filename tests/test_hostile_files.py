@@ -186,3 +186,13 @@ def test_a_tags_manifest_line_without_end_is_refused_line_by_line(tmp_path):
     manifest.write_bytes(b'\xef\xbb\xbf{"path": "a.jpg", "tags": ["x"]}\n{"path": "\xff"}\n')
     with pytest.raises(ManifestError, match=r"tags\.jsonl:2: not UTF-8 text"):
         ManifestTags.load(manifest)
+
+
+def test_a_bundle_json_that_is_a_fifo_is_named_as_one(tmp_path, int8_bundle):
+    """It was reported as missing ("no bundle.json")."""
+    bundle = tmp_path / "b.m3"
+    shutil.copytree(int8_bundle, bundle)
+    (bundle / "bundle.json").unlink()
+    os.mkfifo(bundle / "bundle.json")
+    code, output = run("inspect", bundle)
+    assert code == 2 and "bundle.json: bundle manifest is a FIFO" in output, output

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
@@ -232,7 +233,7 @@ def _bundle_folder(path: Path) -> Path:
         raise _error(
             f"{path}: bundle folder not found; check the path or build it with `m3trt build`"
         )
-    if not (path / BUNDLE_FILE).is_file():
+    if not os.path.lexists(path / BUNDLE_FILE):  # one that is a FIFO or a loop: said when read
         raise _error(f"{path}: not an m3trt bundle: no {BUNDLE_FILE}; build it with `m3trt build`")
     return path
 
