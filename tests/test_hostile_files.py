@@ -196,3 +196,20 @@ def test_a_bundle_json_that_is_a_fifo_is_named_as_one(tmp_path, int8_bundle):
     os.mkfifo(bundle / "bundle.json")
     code, output = run("inspect", bundle)
     assert code == 2 and "bundle.json: bundle manifest is a FIFO" in output, output
+
+
+def test_backbone_weights_holding_pickled_objects_are_one_line(tmp_path):
+    import fractions
+
+    import torch
+
+    from m3trt.model.resnet import ResNet, load_backbone_weights
+
+    weights = tmp_path / "w.pth"
+    torch.save({"conv1.weight": fractions.Fraction(1, 3)}, weights)
+    with pytest.raises(InputError) as caught:
+        load_backbone_weights(ResNet("resnet18"), weights)
+    message = str(caught.value)
+    assert (
+        message.startswith(f"{weights}: not a loadable torch weight file") and "\n" not in message
+    )

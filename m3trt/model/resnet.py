@@ -150,7 +150,10 @@ def load_backbone_weights(backbone: ResNet, path: str | Path) -> dict[str, int]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad or unsafe file
-        raise InputError(f"{path}: not a loadable torch weight file ({exc})") from None
+        # its first line only: torch's refusal of pickled code goes on for six lines, with the
+        # advice to load it with weights_only=False, which m3trt never does
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise InputError(f"{path}: not a loadable torch weight file ({reason})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
