@@ -21,7 +21,7 @@ import numpy as np
 
 from m3trt.atomic import write_json
 from m3trt.calibration.data import ImageSet
-from m3trt.data.safe_open import read_regular
+from m3trt.data.safe_open import NotJSON, read_json
 from m3trt.errors import InputError
 
 METHODS = ("entropy", "percentile", "minmax")
@@ -178,10 +178,9 @@ def read_cache(path: Path, what: str = "calibration cache") -> dict[str, Any]:
     """The cache document at ``path``, read as any input is (a regular file, size-capped: a path
     may be a FIFO or huge). FileNotFoundError when it is absent; InputError when it is not a cache
     ``m3trt calibrate`` wrote, so that no other file is taken for one (or replaced as one)."""
-    data = read_regular(path, what, MAX_CACHE_BYTES)
     try:
-        document = json.loads(data)
-    except (ValueError, RecursionError):
+        document = read_json(path, what, MAX_CACHE_BYTES)
+    except NotJSON:
         document = None
     if not (
         isinstance(document, dict)

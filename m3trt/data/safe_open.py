@@ -100,9 +100,13 @@ def read_regular(path: str | os.PathLike, what: str, max_bytes: int) -> bytes:
     return data
 
 
+class NotJSON(InputError):
+    """A file that could be read but holds no UTF-8 JSON document."""
+
+
 def read_json(path: str | os.PathLike, what: str, max_bytes: int) -> object:
     """A JSON document from a regular file of at most ``max_bytes`` bytes (``read_regular``'s
-    rules); InputError naming ``what`` when it is not UTF-8 JSON. FileNotFoundError unchanged."""
+    rules); NotJSON naming ``what`` when it is not UTF-8 JSON. FileNotFoundError unchanged."""
     data = read_regular(path, what, max_bytes)
     try:
         return json.loads(data.decode("utf-8-sig"))
@@ -110,6 +114,8 @@ def read_json(path: str | os.PathLike, what: str, max_bytes: int) -> object:
         reason = "not UTF-8"
     except json.JSONDecodeError as exc:
         reason = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+    except ValueError as exc:  # an integer longer than Python converts
+        reason = str(exc).split("\n")[0][:80]
     except RecursionError:
         reason = "nested too deeply"
-    raise InputError(f"{os.fsdecode(path)}: {what} is not valid JSON ({reason})")
+    raise NotJSON(f"{os.fsdecode(path)}: {what} is not valid JSON ({reason})")
