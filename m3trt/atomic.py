@@ -22,10 +22,14 @@ _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 _FLAGS |= getattr(os, "O_BINARY", 0)
 
 
+TEMP_NAME_CHARS = 100  # how much of a name temp_sibling keeps
+
+
 def temp_sibling(path: str | Path, kind: str = "tmp") -> Path:
     """A hidden, unique name beside ``path``; long names are cut so the result stays legal."""
     path = Path(path)
-    return path.with_name(f".{path.name[:100]}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
+    cut = path.name[:TEMP_NAME_CHARS]
+    return path.with_name(f".{cut}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
 
 
 def fsync_dir(folder: str | Path) -> None:

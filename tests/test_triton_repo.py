@@ -78,7 +78,8 @@ def test_cpu_bundle_repository(tmp_path, int8_bundle):
     config = parse(folder)
     assert config.max_batch_size == 8 and config.instance_group[0].count == 2
     assert config.dynamic_batching.max_queue_delay_microseconds == 500
-    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["tiny"]  # no leftovers
+    # no leftovers; the lock (a file, which Triton passes over) stays, as every m3trt lock does
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == [".tiny.lock", "tiny"]
 
 
 def test_gpu_instances_of_a_cpu_int8_bundle_get_the_fp32_graph(tmp_path, int8_bundle):
@@ -158,4 +159,58 @@ def test_an_entry_published_meanwhile_is_kept(monkeypatch, tmp_path, int8_bundle
     code, out = export(int8_bundle, tmp_path / "repo")
     assert code == 2 and f"{folder} exists; pass --overwrite" in out, out
     assert (folder / "config.pbtxt").read_text() == "another run's entry"
-    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["tiny"]  # no leftovers
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == [".tiny.lock", "tiny"]
+
+
+def test_one_export_per_entry_at_once(tmp_path, int8_bundle):
+    """A second export of the same REPO/NAME while one runs is refused before it writes; a run
+    refused for an existing entry leaves no lock behind."""
+    from m3trt.runtime.outputs import output_lock
+
+    repo = tmp_path / "repo"
+    code, out = export(int8_bundle, repo)
+    assert code == 0, out
+    (repo / ".tiny.lock").unlink()
+    code, out = export(int8_bundle, repo)
+    assert code == 2 and "exists; pass --overwrite" in out, out
+    assert not (repo / ".tiny.lock").exists()
+    before = (repo / "tiny" / "config.pbtxt").read_bytes()
+    with output_lock(repo / "tiny"):
+        code, out = export(int8_bundle, repo, "--overwrite", "--instances", "3")
+    assert code == 2 and "another m3trt run is writing it" in out and "--name" in out, out
+    assert (repo / "tiny" / "config.pbtxt").read_bytes() == before
+    assert export(int8_bundle, repo, "--name", "other")[0] == 0  # other entries are free
+
+
+def test_a_killed_exports_hidden_folders_are_cleared(tmp_path, int8_bundle):
+    """Triton takes every folder in its repository for a model, hidden ones too, and by default
+    stops at start when one fails to load: a killed export's staging folder must not stay."""
+    repo = tmp_path / "repo"
+    staging = repo / ".tiny.tmp-4242-0123abcd"
+    (staging / "1").mkdir(parents=True)
+    others = [repo / ".tiny2.tmp-4242-0123abcd", repo / ".tiny.tmp-x", repo / "keep"]
+    for other in others:
+        other.mkdir()
+    (repo / ".tiny.old-4243-89abcdef").symlink_to(repo / "keep")  # a link is never followed
+    code, out = export(int8_bundle, repo)
+    assert code == 0, out
+    assert not staging.exists()
+    assert all(other.is_dir() for other in others)
+    assert (repo / ".tiny.old-4243-89abcdef").is_symlink()
+
+
+def test_an_entry_a_killed_export_moved_aside_is_put_back(tmp_path, int8_bundle):
+    """Killed between moving the old entry aside and publishing the new one: the next export
+    puts it back, and replaces it only with --overwrite."""
+    repo = tmp_path / "repo"
+    aside = repo / ".tiny.old-4242-0123abcd"
+    aside.mkdir(parents=True)
+    (aside / "config.pbtxt").write_text("the previous entry")
+    code, out = export(int8_bundle, repo)
+    assert code == 2 and "exists; pass --overwrite" in out, out
+    assert (repo / "tiny" / "config.pbtxt").read_text() == "the previous entry"
+    assert not aside.exists()
+    code, out = export(int8_bundle, repo, "--overwrite")
+    assert code == 0, out
+    assert parse(repo / "tiny").name == "tiny"
+    assert sorted(p.name for p in repo.iterdir()) == [".tiny.lock", "tiny"]

@@ -8,7 +8,9 @@ REPO/NAME/1/model.onnx     the bundle's engine artifact (or 1/model.plan for a T
 Preprocessing is inside the graph (uint8 NHWC image in), so no Python backend is needed. The
 config is built as data in Triton's model-config field names, written as protobuf text, and, when
 ``tritonclient`` is installed, parsed back into Triton's own ``ModelConfig`` message before it is
-published. The entry is assembled in a hidden sibling folder and renamed into place.
+published. The entry is assembled in a hidden sibling folder and renamed into place, under the
+lock ``REPO/.NAME.lock`` (a file: Triton takes every folder in a repository, hidden ones too, for a
+model, and passes over files), so two exports never write one entry at once.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from m3trt.atomic import fsync_dir, temp_sibling
+from m3trt.atomic import TEMP_NAME_CHARS, fsync_dir, temp_sibling
 from m3trt.constants import MAX_BATCH
 from m3trt.errors import InputError
 from m3trt.runtime.bundle import (
@@ -35,7 +37,7 @@ from m3trt.runtime.bundle import (
     Bundle,
     load_bundle,
 )
-from m3trt.runtime.outputs import overlap
+from m3trt.runtime.outputs import checked_locks, overlap
 
 ONNX_PLATFORM = "onnxruntime_onnx"
 PLAN_PLATFORM = "tensorrt_plan"
@@ -243,7 +245,9 @@ def export_triton(
             f"{folder}: the Triton model folder {how} the bundle {bundle.path}; choose another "
             "REPO_DIR or --name"
         )
-    _publish(folder, text, bundle, role, filename, overwrite)
+    with checked_locks({"--name": folder}, lambda: _check_target(folder, overwrite)):
+        _clear_leftovers(folder)
+        _publish(folder, text, bundle, role, filename, overwrite)
     return TritonExport(folder, platform, limit, role, checked)
 
 
@@ -332,13 +336,40 @@ def _check(text: str) -> bool:
     return True
 
 
-def _publish(
-    folder: Path, text: str, bundle: Bundle, role: str, filename: str, overwrite: bool
-) -> None:
+def _check_target(folder: Path, overwrite: bool) -> None:
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         raise InputError(f"{folder} exists and is not a folder; choose another --name or REPO_DIR")
     if folder.exists() and not overwrite:
         raise InputError(f"{folder} exists; pass --overwrite to replace it")
+
+
+def _clear_leftovers(folder: Path) -> None:
+    """Remove the hidden folders a killed export of ``folder`` left beside it (run under its
+    lock, so no export of it is running): Triton would try to load each as a model, and a failed
+    load stops Triton's start by default (``--exit-on-error``). An entry moved aside by a run
+    killed before it published the new one is put back."""
+    if len(folder.name) > TEMP_NAME_CHARS:  # temp_sibling cuts names: another NAME's could match
+        return
+    left = re.compile(rf"\.{re.escape(folder.name)}\.(tmp|old)-\d+-[0-9a-f]{{8}}")
+    for path in sorted(folder.parent.iterdir()):
+        if not (found := left.fullmatch(path.name)) or path.is_symlink() or not path.is_dir():
+            continue
+        if found.group(1) == "old" and not os.path.lexists(folder):
+            try:
+                path.rename(folder)
+            except OSError as exc:
+                raise InputError(
+                    f"{path}: a killed export moved {folder} here and it cannot be put back "
+                    f"({exc.strerror or exc}); move it back by hand"
+                ) from None
+        else:
+            shutil.rmtree(path, ignore_errors=True)  # one that stays costs only a Triton warning
+
+
+def _publish(
+    folder: Path, text: str, bundle: Bundle, role: str, filename: str, overwrite: bool
+) -> None:
+    _check_target(folder, overwrite)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = temp_sibling(folder)
     try:
