@@ -6,9 +6,11 @@ shows the traceback).
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import math
+import os
 import stat
 import sys
 import traceback
@@ -25,6 +27,24 @@ from m3trt.progress import Reporter
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+
+
+class ExistingPath(click.Path):
+    """``click.Path(exists=True)`` that says "does not exist" only of a missing path: a looping
+    link, a folder on the way that may not be entered or is a file gets its own reason."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(exists=True, **kw)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not (self.allow_dash and value in ("-", b"-")):
+            try:
+                os.stat(value)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    name = click.format_filename(value)
+                    self.fail(f"{self.name.title()} {name!r}: {exc.strerror}.", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 class M3Group(click.Group):
@@ -289,7 +309,7 @@ _IMPORT_OVERWRITE = click.option(
 
 
 @data.command("import-nuswide")
-@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("root", type=ExistingPath(file_okay=False, path_type=Path))
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option(
     "--images", type=click.Path(path_type=Path), help="Image folder (default ROOT/Flickr)."
@@ -310,11 +330,11 @@ def data_import_nuswide(
 
 
 @data.command("import-coco")
-@click.argument("instances", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("instances", type=ExistingPath(dir_okay=False, path_type=Path))
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option(
     "--captions",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=ExistingPath(dir_okay=False, path_type=Path),
     help="COCO captions JSON: caption words become user tags.",
 )
 @click.option("--images", type=click.Path(path_type=Path), help="Image folder.")
@@ -713,11 +733,11 @@ def export_cmd(
 
 
 @main.command("calibrate")
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("model", type=ExistingPath(dir_okay=False, path_type=Path))
 @click.option(
     "--data",
     required=True,
-    type=click.Path(exists=True, path_type=Path),
+    type=ExistingPath(path_type=Path),
     help="A manifest (its train split is used) or a folder of images.",
 )
 @click.option(
@@ -819,7 +839,7 @@ def _check_calibration_out(out: Path, overwrite: bool) -> None:
 
 
 @main.command("build")
-@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.argument("source", type=ExistingPath(path_type=Path))
 @click.option(
     "-o",
     "--out",
@@ -849,12 +869,12 @@ def _check_calibration_out(out: Path, overwrite: bool) -> None:
 )
 @click.option(
     "--calib",
-    type=click.Path(exists=True, path_type=Path),
+    type=ExistingPath(path_type=Path),
     help="Calibration images: a manifest or a folder (needed for INT8).",
 )
 @click.option(
     "--val",
-    type=click.Path(exists=True, path_type=Path),
+    type=ExistingPath(path_type=Path),
     help="Held-out images for the accuracy check (default: the manifest's val split).",
 )
 @click.option("--calib-count", default=256, show_default=True, type=click.IntRange(1))
@@ -1232,7 +1252,7 @@ def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tu
 )
 @click.option(
     "--folder",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    type=ExistingPath(file_okay=False, path_type=Path),
     help="Measure end to end over these images (decoding included).",
 )
 @click.option("--against", help="Reference in the same process: torch, onnx-fp32 or a bundle.")

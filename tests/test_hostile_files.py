@@ -213,3 +213,24 @@ def test_backbone_weights_holding_pickled_objects_are_one_line(tmp_path):
     assert (
         message.startswith(f"{weights}: not a loadable torch weight file") and "\n" not in message
     )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["data", "import-coco", "{path}", "-o", "{out}"],
+        ["data", "import-nuswide", "{path}", "-o", "{out}"],
+        ["build", "{path}", "-o", "{out}"],
+    ],
+    ids=lambda c: " ".join(c[:2]),
+)
+def test_a_looping_link_is_not_called_missing(tmp_path, command):
+    """click says "does not exist" of any path it cannot stat; a loop gets its own reason."""
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    args = [a.format(path=loop, out=tmp_path / "out") for a in command]
+    code, output = run(*args)
+    assert code == 2 and "Too many levels of symbolic links" in output, output
+    assert "does not exist" not in output
+    code, output = run(*[a.format(path=tmp_path / "gone", out=tmp_path / "out") for a in command])
+    assert code == 2 and "does not exist" in output, output
