@@ -1,6 +1,7 @@
 """m3trt build / inspect through the CLI: CPU bundles, precision auto, refusals, validation."""
 
 import json
+import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -23,19 +24,22 @@ def test_int8_cpu_bundle(int8_bundle):
     # ONNX Runtime's offline CPU graph, and the portable Q/DQ graph other engines read
     assert bundle.artifacts["engine"].format == "onnx-ort-cpu"
     assert bundle.artifacts["graph"].format == "onnx"
-    assert bundle.runtime["cpu"]["engine"] in ("onnxruntime", "openvino")
+    assert bundle.runtime["cpu"]["engine"] == "onnxruntime"  # as the fixture asks
     assert bundle.accuracy["of1_drop"] <= 0.035  # the fixture's budget: two labels of 30 images
     assert bundle.provenance["calibration"]["method"] == "percentile"
     assert bundle.provenance["calibration"]["cache_hit"] is False
     assert bundle.latency["engine_ms"] > 0 and bundle.latency["batch_size"] >= 1
 
 
-def test_rebuild_reuses_the_calibration_cache(int8_bundle, tiny_onnx, tiny_data):
+def test_rebuild_reuses_the_calibration_cache(tmp_path, int8_bundle, tiny_onnx, tiny_data):
+    """On a copy (the shared fixture stays ONNX Runtime's), with every installed engine timed."""
+    bundle = tmp_path / "tiny.m3"
+    shutil.copytree(int8_bundle, bundle)
     code, output = run(
         "build",
         tiny_onnx,
         "-o",
-        int8_bundle,
+        bundle,
         "--precision",
         "int8",
         "--target",
@@ -49,7 +53,12 @@ def test_rebuild_reuses_the_calibration_cache(int8_bundle, tiny_onnx, tiny_data)
         "--overwrite",
     )
     assert code == 0, output
-    assert load_bundle(int8_bundle).provenance["calibration"]["cache_hit"] is True
+    rebuilt = load_bundle(bundle)
+    assert rebuilt.provenance["calibration"]["cache_hit"] is True
+    # auto: every installed engine was timed and recorded, the faster one kept
+    candidates = rebuilt.provenance["candidates"]
+    assert {c["engine"] for c in candidates} == {"onnxruntime", "openvino"}
+    assert rebuilt.runtime["cpu"]["engine"] in ("onnxruntime", "openvino")
 
 
 def test_existing_bundle_is_not_overwritten(int8_bundle, tiny_onnx):

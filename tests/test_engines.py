@@ -167,13 +167,11 @@ def test_openvino_agrees_with_onnx_runtime_in_fp32(int8_bundle, tiny_data):
 
 def test_openvino_int8_runs_m3trts_qdq_graph(int8_bundle):
     """`--engine openvino` on an INT8 bundle runs its portable Q/DQ graph (uint8 stem and all),
-    and the build recorded how each engine answered (held to ONNX Runtime's agreement)."""
+    even one built for ONNX Runtime (the build's timing of both: test_build.py)."""
     ov = Annotator.load(int8_bundle, device="cpu", engine="openvino")
     assert (ov.choice.engine, ov.choice.artifact) == ("openvino", "graph")
     [annotation] = ov.annotate([np.zeros((40, 30, 3), np.uint8)])
     assert 1 <= annotation.k <= ov.info.k_max
-    candidates = load_bundle(int8_bundle, verify=False).provenance["candidates"]
-    assert {c["engine"] for c in candidates} == {"onnxruntime", "openvino"}
 
 
 def test_an_engine_that_answers_less_closely_is_not_kept():
