@@ -64,13 +64,19 @@ class M3Group(click.Group):
 
             hint = missing_module_message(exc.name)  # an optional extra not installed here
             if hint is None:
-                _fail(ctx, f"error: {type(exc).__name__}: {exc} (rerun with --verbose)", 1, exc)
+                _fail(ctx, _unexpected(ctx, exc), EXIT_FAILURE, exc)
             _fail(ctx, f"error: {hint}", EXIT_USAGE, exc)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
         except Exception as exc:  # a bug or an environment failure, not the user's input
-            _fail(ctx, f"error: {type(exc).__name__}: {exc} (rerun with --verbose)", 1, exc)
+            _fail(ctx, _unexpected(ctx, exc), EXIT_FAILURE, exc)
+
+
+def _unexpected(ctx: click.Context, exc: BaseException) -> str:
+    """A bug's one line; the advice to rerun with --verbose only where it was not given."""
+    hint = "" if (ctx.obj or {}).get("verbose") else " (rerun with --verbose)"
+    return f"error: {type(exc).__name__}: {exc}{hint}"
 
 
 def _fail(ctx: click.Context, message: str, code: int, exc: BaseException) -> None:

@@ -385,3 +385,80 @@ def test_device_cuda_without_a_gpu_is_a_clear_error(tmp_path, int8_bundle, test_
     code, output = infer(int8_bundle, test_images, "-o", tmp_path / "o.jsonl", "--device", "cuda")
     assert code == 2 and "onnxruntime-gpu" in output
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def _nest(top: Path, name: str, depth: int) -> None:
+    """``top/name/name/.../name``, ``depth`` folders deep, made through folder descriptors (the
+    path may be longer than the system lets one path be)."""
+    fd = os.open(top, os.O_RDONLY)
+    try:
+        for _ in range(depth):
+            os.mkdir(name, dir_fd=fd)
+            inner = os.open(name, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    finally:
+        os.close(fd)
+
+
+def _unnest(top: Path, name: str, depth: int) -> None:
+    """Remove what ``_nest`` made (and the files at its bottom) from the bottom up, two folder
+    descriptors at a time: Python 3.11's ``shutil.rmtree`` recurses too, and a tree left in
+    pytest's base folder would stop the next session's clean-up."""
+    fd = os.open(top, os.O_RDONLY)
+    try:
+        for _ in range(depth):
+            inner = os.open(name, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        for entry in os.listdir(fd):
+            os.unlink(entry, dir_fd=fd)
+        for _ in range(depth):
+            parent = os.open("..", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            os.rmdir(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def test_a_tree_thousands_of_folders_deep_is_walked(tmp_path, int8_bundle, test_images):
+    """The walk recursed, and Python's recursion limit (~1000) crashed the whole run; a folder
+    whose path is longer than the system takes is one error line."""
+    image = Path(image_paths(test_images)[0])
+    top = tmp_path / "deep"
+    top.mkdir()
+    shutil.copyfile(image, top / "shallow.jpg")
+    _nest(top, "a", 1500)
+    deep = top.joinpath(*["a"] * 1500)
+    shutil.copyfile(image, deep / "deep.jpg")
+    _nest(top, "b" * 50, 100)  # 5,100 bytes: past PATH_MAX (4,096)
+    out = tmp_path / "out.jsonl"
+    try:
+        code, output = infer(int8_bundle, top, "-o", out)
+    finally:
+        _unnest(top, "a", 1500)
+    assert code == 0, output
+    assert sorted(Path(r["path"]).name for r in jsonl(out)) == ["deep.jpg", "shallow.jpg"]
+    [error] = jsonl(errors_path(out))
+    assert "too long" in error["error"].lower() and error["path"].startswith(str(top / ("b" * 50)))
+
+
+def test_a_file_named_twice_or_inside_a_folder_given_is_annotated_once(tmp_path, test_images):
+    from m3trt.runtime.walk import iter_images
+
+    folder = tmp_path / "f"
+    shutil.copytree(test_images, folder)
+    names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    first, second = folder / names[0], folder / names[1]
+    walked = [found.path for found in iter_images([folder])]
+    assert len(walked) == len(set(walked)) == len(image_paths(folder))
+    both_ways = [first, folder, Path(f"{folder}/./{names[0]}"), first, second]
+    assert [found.path for found in iter_images(both_ways)] == [str(first)] + [
+        p for p in walked if p != str(first)
+    ]
+    # a link to a file is another entry, and a file the --ext filter leaves out is still taken
+    (folder / "link.jpg").symlink_to(first)
+    (folder / "odd.jpeg2").write_bytes(first.read_bytes())
+    paths = [found.path for found in iter_images([folder, folder / "odd.jpeg2"])]
+    assert paths.count(str(folder / "link.jpg")) == 1 and paths[-1] == str(folder / "odd.jpeg2")

@@ -20,6 +20,7 @@ from m3trt.data.images import IMAGE_EXTENSIONS, load_image
 from m3trt.data.manifest import read_manifest
 from m3trt.data.vocab import Vocab
 from m3trt.errors import ImageDecodeError, InputError
+from m3trt.runtime.walk import iter_images
 
 MIN_CALIBRATION_IMAGES = 32
 
@@ -63,14 +64,9 @@ class ImageSet:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Images under ``folder``, recursively, in a deterministic (sorted) order."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        found += [
-            Path(root) / f for f in sorted(files) if Path(f).suffix.lower() in IMAGE_EXTENSIONS
-        ]
-    return found
+    """Images under ``folder``, in ``m3trt infer``'s order (links followed, loops entered once,
+    any depth); one that cannot be opened fails at its decode, counted with the other failures."""
+    return [Path(found.path) for found in iter_images([folder], IMAGE_EXTENSIONS)]
 
 
 def _decode_all(paths: Sequence[Path], size: int) -> tuple[list[np.ndarray | None], list[str]]:

@@ -52,13 +52,30 @@ def iter_images(
     roots: Iterable[Path], extensions: frozenset[str] = IMAGE_EXTENSIONS
 ) -> Iterator[Found]:
     """Files named on the command line are taken as they are; folders are searched for files
-    with one of ``extensions`` (case-insensitive)."""
-    seen: set[tuple[int, int]] = set()
+    with one of ``extensions`` (case-insensitive). Each folder entry comes once, however it is
+    reached: a file named twice, or named and inside a folder given too, is annotated once."""
+    seen: set[tuple[int, int]] = set()  # folders entered
+    named: set[tuple[tuple[int, int], str]] = set()  # files named: (their folder, their name)
     for root in roots:
         if root.is_dir():
-            yield from _walk_dir(root, extensions, seen)
-        else:
-            yield _check_file(str(root))
+            yield from _walk_dir(root, extensions, seen, named)
+            continue
+        folder = _folder_key(os.path.dirname(root) or ".")
+        if folder is not None:
+            entry = (folder, root.name)
+            walked = folder in seen and os.path.splitext(root.name)[1].lower() in extensions
+            if entry in named or walked:
+                continue
+            named.add(entry)
+        yield _check_file(str(root))
+
+
+def _folder_key(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _check_file(path: str) -> Found:
@@ -82,30 +99,59 @@ def _os_reason(path: str, exc: OSError) -> str:
 
 
 def _walk_dir(
-    folder: Path, extensions: frozenset[str], seen: set[tuple[int, int]]
+    root: Path,
+    extensions: frozenset[str],
+    seen: set[tuple[int, int]],
+    named: set[tuple[tuple[int, int], str]],
 ) -> Iterator[Found]:
-    try:
-        st = folder.stat()
-    except OSError as exc:
-        yield Found(str(folder), _os_reason(str(folder), exc))
-        return
-    key = (st.st_dev, st.st_ino)
-    if key in seen:
-        return  # a link back to a folder this walk has entered: a loop or a duplicate
-    seen.add(key)
-    try:
-        with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda e: e.name)
-    except OSError as exc:
-        yield Found(str(folder), f"cannot list folder: {_os_reason(str(folder), exc)}")
-        return
-    for entry in entries:
-        path = os.path.join(folder, entry.name)
+    """Depth first, names sorted, with a stack of its own rather than recursion, which stopped
+    at Python's limit: a tree a thousand folders deep crashed the whole run."""
+    stack: list[tuple[tuple[int, int], Iterator[os.DirEntry[str]]]] = []
+    pending: str | None = str(root)
+    while True:
+        if pending is not None:
+            listed = _list_folder(pending, seen)
+            if isinstance(listed, Found):
+                yield listed
+            elif listed is not None:
+                stack.append(listed)
+            pending = None
+        if not stack:
+            return
+        folder, entries = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
         try:
             is_dir = entry.is_dir()  # follows links
         except OSError:
             is_dir = False
         if is_dir:
-            yield from _walk_dir(Path(path), extensions, seen)
-        elif os.path.splitext(entry.name)[1].lower() in extensions:
-            yield _check_file(path)
+            pending = entry.path
+        elif (
+            os.path.splitext(entry.name)[1].lower() in extensions
+            and (folder, entry.name) not in named
+        ):
+            yield _check_file(entry.path)
+
+
+def _list_folder(
+    path: str, seen: set[tuple[int, int]]
+) -> tuple[tuple[int, int], Iterator[os.DirEntry[str]]] | Found | None:
+    """The folder's key and its entries, sorted; None for a folder this walk has entered (a link
+    loop or a duplicate); a Found error for one that cannot be read (the walk goes on)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return Found(path, _os_reason(path, exc))
+    key = (st.st_dev, st.st_ino)
+    if key in seen:
+        return None
+    seen.add(key)
+    try:
+        with os.scandir(path) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        return Found(path, f"cannot list folder: {_os_reason(path, exc)}")
+    return key, iter(entries)
