@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from m3trt import __version__
+from m3trt.constants import MAX_CALL_BATCH, MAX_TRAIN_BATCH
 from m3trt.errors import InputError, M3Error, OutputFailure
 from m3trt.progress import Reporter
 
@@ -395,7 +396,9 @@ def _print_import(summary: Any) -> None:
 )
 @click.option("--image-size", default=224, show_default=True, type=click.IntRange(32, 1024))
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(1))
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(2))
+@click.option(
+    "--batch-size", default=32, show_default=True, type=click.IntRange(2, MAX_TRAIN_BATCH)
+)
 @click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True))
 @click.option("--weight-decay", default=1e-4, show_default=True, type=click.FloatRange(0))
 @click.option("--seed", default=0, show_default=True)
@@ -550,7 +553,7 @@ def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
 @click.option(
     "--split", default="test", show_default=True, help="Split to score: train, val, test or all."
 )
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, MAX_CALL_BATCH))
 @click.option(
     "--threshold",
     default=0.5,
@@ -990,7 +993,7 @@ def inspect_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
     "--batch-size",
     default=16,
     show_default=True,
-    type=click.IntRange(1, 1024),
+    type=click.IntRange(1, MAX_CALL_BATCH),
     help="Images per engine call.",
 )
 @click.option(
@@ -1225,8 +1228,10 @@ def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tu
         sizes = tuple(int(x) for x in value.split(",") if x.strip())
     except ValueError:
         raise click.BadParameter(f"{value!r}: give positive integers, e.g. 1,8,32") from None
-    if not sizes or min(sizes) < 1:
-        raise click.BadParameter(f"{value!r}: give positive integers, e.g. 1,8,32")
+    if not sizes or min(sizes) < 1 or max(sizes) > MAX_CALL_BATCH:
+        raise click.BadParameter(
+            f"{value!r}: give integers from 1 to {MAX_CALL_BATCH}, e.g. 1,8,32"
+        )
     return sizes
 
 
@@ -1281,7 +1286,7 @@ def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tu
 @click.option(
     "--plot",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="PNG: latency distributions and throughput against batch size.",
+    help="Latency distributions and throughput against batch size, as .png, .svg or .pdf.",
 )
 @click.option(
     "--baseline",
@@ -1294,6 +1299,10 @@ def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tu
 @click.pass_context
 def bench_cmd(ctx: click.Context, bundle: Path, **kw: Any) -> None:
     """Latency and throughput of BUNDLE per batch size, as trtexec reports them."""
+    if kw["plot"]:
+        from m3trt.bench.plot import check_plot_path
+
+        check_plot_path(kw["plot"])
     _claim(ctx, {"--json": kw["json_path"], "--plot": kw["plot"]}, kw["overwrite"], (bundle,))
     from m3trt.bench.latency import BenchOptions, compare_speed, run_bench
     from m3trt.bench.report import format_bench

@@ -9,3 +9,7 @@ ENGINE_KINDS = ("onnxruntime", "openvino", "tensorrt")  # what runs it (--engine
 # Batch buckets of GPU optimization profiles / CUDA graphs: (1], (1, 8], (8, 32], (32, 64].
 BATCH_BUCKETS = (1, 8, 32)
 MAX_BATCH = 64
+# The most images one engine call (infer, eval, bench) or one training step takes: far above
+# what pays off, low enough that a typo is a usage error rather than a failed allocation.
+MAX_CALL_BATCH = 1024
+MAX_TRAIN_BATCH = 4096

@@ -97,12 +97,29 @@ def test_bench_never_replaces_a_file_unasked(tmp_path, bench_json, int8_bundle):
         and output.strip() == f"error: {plot} (--plot) exists: replace it with --overwrite"
     )
     assert plot.read_bytes() == before and not (tmp_path / "new.json").exists()
-    code, output = cli(*args, "--json", tmp_path / "same", "--plot", tmp_path / "same")
+    code, output = cli(*args, "--json", tmp_path / "same.png", "--plot", tmp_path / "same.png")
     assert code == 2 and "named by both --json and --plot" in output
     copy = tmp_path / "copy.json"
     copy.write_text("an earlier report")
     assert cli(*args, "--json", copy, "--overwrite")[0] == 0
     assert json.loads(copy.read_text())["results"][0]["batch_size"] == 1
+
+
+def test_a_plot_name_is_checked_for_the_file_written(tmp_path, int8_bundle):
+    """matplotlib takes the format from the name: `--plot foo` wrote foo.png, replacing one
+    that was there, unchecked; `--plot p.txt` failed after the whole run."""
+    kept = tmp_path / "foo.png"
+    kept.write_text("the user's own")
+    args = ["bench", int8_bundle, "--batch-sizes", "1", "--warmup", "0", "--duration", "0.1"]
+    for name, says in (("foo", "no ending"), ("p.txt", "'.txt'"), ("bar.", "no ending")):
+        code, output = cli(*args, "--plot", tmp_path / name)
+        assert code == 2 and says in output and "end the name in .png" in output, output
+        assert "batch" not in output.lower().split("error")[0]  # refused before the run
+    assert kept.read_text() == "the user's own"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["foo.png"]
+    code, output = cli(*args, "--plot", tmp_path / "b.svg")
+    assert code == 0, output
+    assert (tmp_path / "b.svg").read_bytes().lstrip().startswith((b"<?xml", b"<svg"))
 
 
 def test_bench_baseline_exit_codes(tmp_path, bench_json, int8_bundle):

@@ -3,13 +3,15 @@ batch size, for the bundle and its reference."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from m3trt.errors import M3Error
+from m3trt.atomic import publish, temp_sibling
+from m3trt.errors import InputError, M3Error
 
 
-def plot_bench(report: dict[str, Any], path: Path) -> Path:
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -17,6 +19,27 @@ def plot_bench(report: dict[str, Any], path: Path) -> Path:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise M3Error("--plot needs matplotlib: pip install 'm3trt[plot]'") from exc
+    return plt
+
+
+def check_plot_path(path: Path) -> None:
+    """Before the run: matplotlib is there and takes the name's format. Its format comes from
+    the name's ending, and a name without one was written as NAME.png, a file the run had not
+    checked (an existing one was replaced without --overwrite)."""
+    plt = _pyplot()
+    formats = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    ending = path.suffix.lower().lstrip(".")
+    if ending not in formats:
+        shown = f"'.{ending}'" if ending else "no ending"
+        raise InputError(
+            f"--plot {path}: {shown} is not an image format matplotlib writes; "
+            "end the name in .png, .svg or .pdf"
+        )
+
+
+def plot_bench(report: dict[str, Any], path: Path) -> Path:
+    plt = _pyplot()
     series = [("bundle", report["results"])]
     if "reference" in report:
         series.append((report["reference"]["name"], report["reference"]["results"]))
@@ -63,6 +86,14 @@ def plot_bench(report: dict[str, Any], path: Path) -> Path:
     b = report["bundle"]
     fig.suptitle(f"{b['name']}: {b['target']} {b['precision']} ({report['mode']})")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    temp = temp_sibling(path)  # written whole, then renamed: a stopped run leaves no torn plot
+    try:
+        with open(temp, "xb") as out:
+            fig.savefig(out, dpi=120, format=path.suffix.lower().lstrip("."))
+            out.flush()
+            os.fsync(out.fileno())
+        publish(temp, path)
+    finally:
+        plt.close(fig)
+        temp.unlink(missing_ok=True)
     return path
