@@ -510,3 +510,82 @@ def test_json_requests_are_parsed_off_the_event_loop(served, monkeypatch):
     monkeypatch.setattr(app, "parse_infer_request", recording)
     post(served, "/v2/models/tiny/infer", b'{"inputs": []}')
     assert on_loop == [False]
+
+
+class _Transport:
+    """The part of an asyncio transport uvicorn's protocol uses; keeps what is written."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.paused = False
+        self.closed = False
+
+    def get_extra_info(self, name: str, default=None):
+        return {"sockname": ("127.0.0.1", 1), "peername": ("127.0.0.1", 2)}.get(name, default)
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+def test_pipelined_requests_queue_a_bounded_number_and_all_are_answered_in_order():
+    """uvicorn parsed every pipelined request it read into a queue and read on after each
+    answer: a client that never reads its answers grew the server without end. Now one
+    connection queues at most MAX_PIPELINED requests plus one slice's."""
+    import asyncio
+
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from m3trt.serve.http_protocol import MAX_PIPELINED, SLICE_BYTES, BoundedPipelineProtocol
+
+    async def echo_path(scope, receive, send):
+        body = scope["path"].encode()
+        headers = [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def scenario() -> None:
+        config = uvicorn.Config(echo_path, http=BoundedPipelineProtocol, lifespan="off")
+        config.load()
+        protocol = BoundedPipelineProtocol(config=config, server_state=ServerState(), app_state={})
+        transport = _Transport()
+        protocol.connection_made(transport)
+        requests = [f"GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for i in range(3000)]
+        protocol.data_received(b"".join(requests))  # one read of ~90 KB of requests
+        assert len(protocol.pipeline) <= MAX_PIPELINED + SLICE_BYTES // len(requests[0])
+        assert transport.paused  # no more is read until the queue drains
+        for _ in range(100_000):
+            if transport.out.count(b"HTTP/1.1 200 ") == len(requests):
+                break
+            await asyncio.sleep(0)
+        answers = [a.rsplit(b"\r\n\r\n", 1)[-1] for a in transport.out.split(b"HTTP/1.1 ")[1:]]
+        assert answers == [f"/{i}".encode() for i in range(len(requests))]
+        assert not transport.paused and not protocol.pipeline
+
+    asyncio.run(scenario())
+
+
+def test_the_server_answers_every_pipelined_request(served):
+    import socket
+
+    host, port = served.split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as conn:
+        conn.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n" * 2000)
+        got = b""
+        while got.count(b"HTTP/1.1 ") < 2000:
+            chunk = conn.recv(1 << 20)
+            assert chunk, got[-200:]
+            got += chunk
+    assert got.count(b"HTTP/1.1 200 ") == 2000

@@ -358,8 +358,11 @@ def uvicorn_server(app: Any, limits: Limits):
     shutdown long enough for a queued request to finish."""
     import uvicorn
 
+    from m3trt.serve.http_protocol import BoundedPipelineProtocol
+
     config = uvicorn.Config(
         app,
+        http=BoundedPipelineProtocol,  # its queue of pipelined requests is bounded
         log_level="warning",
         access_log=False,
         lifespan="on",
