@@ -287,6 +287,12 @@ def test_unknown_model_and_version_are_404(served):
     assert get(url, "/v2/models/nope")[0] == 404
     assert get(url, "/v2/models/tiny/versions/2")[0] == 404
     assert get(url, "/v2/models/tiny/versions/1")[0] == 200
+    # routes that do not exist answer as every other error does: JSON, one line; no redirects
+    for path in ("/v2/nothing", "/v2/models/tiny/", "/v2/models/a%2Fb"):
+        code, body = get(url, path)
+        assert code == 404 and "no such route" in json.loads(body)["error"], (path, body)
+    code, _, body = post(url, "/v2/health/live", b"")
+    assert code == 405 and json.loads(body)["error"] == "POST /v2/health/live: method not allowed"
 
 
 # ---------------------------------------------------------------------------- bounded queue
@@ -589,3 +595,31 @@ def test_the_server_answers_every_pipelined_request(served):
             assert chunk, got[-200:]
             got += chunk
     assert got.count(b"HTTP/1.1 200 ") == 2000
+
+
+def test_a_path_cannot_write_a_line_of_its_own_into_the_log(served, caplog):
+    """The log showed the decoded path: %0A began a forged line, %1B a terminal escape."""
+    import logging
+
+    forged = "x%0A2026-12-02%2014:00:00%20127.0.0.1%20POST%20/v2/models/tiny/infer%20200"
+    with caplog.at_level(logging.INFO, logger="m3trt.serve"):
+        assert get(served, f"/v2/models/{forged}")[0] == 404
+        assert get(served, "/v2/health/live%1b%5b2J")[0] == 404
+        deadline = time.monotonic() + 5
+        while len([r for r in caplog.records if "%" in r.getMessage()]) < 2:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.01)
+    lines = [r.getMessage() for r in caplog.records if "%" in r.getMessage()]
+    assert any(forged in line for line in lines) and any("%1b%5b2J" in line for line in lines)
+    assert not any(c in line for line in lines for c in "\n\x1b")
+
+
+def test_a_timeout_parameter_no_float_holds_is_the_servers_timeout(served):
+    """A 400-digit ``timeout`` was a 500 (OverflowError turning microseconds into seconds)."""
+    body = json.loads(_infer_body([1, 64, 64, 3]))
+    body["parameters"] = {"timeout": 10**400}
+    code, _, answer = post(served, "/v2/models/tiny/infer", json.dumps(body).encode())
+    assert code == 200, answer
+    body["parameters"] = {"timeout": -(10**400)}
+    code, _, answer = post(served, "/v2/models/tiny/infer", json.dumps(body).encode())
+    assert code == 400 and "positive number of microseconds" in json.loads(answer)["error"]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException as RoutingError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -171,10 +172,14 @@ def create_app(models: Sequence[ServedModel], limits: Limits, metrics: Metrics |
         routes=routes,
         lifespan=lifespan,
         exception_handlers={
-            cls: _error_response
-            for cls in (HTTPError, LimitError, ProtocolError, ImageDecodeError, ValueError)
+            **{
+                cls: _error_response
+                for cls in (HTTPError, LimitError, ProtocolError, ImageDecodeError, ValueError)
+            },
+            RoutingError: _routing_error,
         },
     )
+    app.router.redirect_slashes = False  # "/v2/models/m/" is not a route: a 404, not a 307
     app.state.m3trt = state
     return RequestLog(app, state)
 
@@ -251,7 +256,9 @@ def _timeout(parameters: dict[str, Any], limits: Limits) -> float:
         return limits.timeout_s
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ProtocolError("parameter 'timeout' must be a positive number of microseconds")
-    return min(limits.timeout_s, value / 1e6)
+    if value >= limits.timeout_s * 1e6:  # compared exactly: a 400-digit value has no float
+        return limits.timeout_s
+    return value / 1e6
 
 
 async def _queued(state: ServerState, model: ServedModel, work: Any, timeout: float) -> Any:
@@ -266,6 +273,14 @@ async def _queued(state: ServerState, model: ServedModel, work: Any, timeout: fl
 
 async def _error_response(_request: Request, exc: Exception) -> Response:
     return _as_response(exc)
+
+
+async def _routing_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 and 405 as the other errors are: JSON with one ``error`` line."""
+    assert isinstance(exc, RoutingError)
+    what = "no such route" if exc.status_code == 404 else str(exc.detail).lower()
+    message = f"{request.method} {_loggable_path(request.scope)}: {what}"
+    return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
 
 def _as_response(exc: BaseException) -> Response:
@@ -292,6 +307,15 @@ def _endpoint(path: str) -> tuple[str, str]:
     if parts == ["metrics"]:
         return "metrics", "-"
     return ("server" if parts == ["v2"] else "other"), "-"
+
+
+def _loggable_path(scope: Scope) -> str:
+    """The path as the client sent it, still percent-encoded, with anything unprintable as
+    ``\\xNN``: the decoded path let ``%0A`` write a forged line into the log, and ``%1B`` a
+    terminal escape sequence."""
+    raw = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+    text = raw.decode("ascii", "backslashreplace")
+    return "".join(c if " " < c < "\x7f" else f"\\x{ord(c):02x}" for c in text)
 
 
 class RequestLog:
@@ -330,7 +354,7 @@ class RequestLog:
                 "%s %s %s %d %.1f ms",
                 client[0],
                 scope["method"],
-                scope["path"],
+                _loggable_path(scope),
                 status,
                 seconds * 1e3,
             )
