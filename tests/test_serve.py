@@ -253,6 +253,7 @@ MALFORMED = {
     "too big a batch": ("infer", _infer_body([9, 64, 64, 3]), {}, 400, "1 to 8 per request"),
     "not an image": ("annotate", b"this is not an image at all", {}, 400, "body:"),
     "empty body": ("annotate", b"", {}, 400, "empty"),
+    "empty infer body": ("infer", b"", {}, 400, "the request body is empty"),
     "oversized body": ("annotate", b"\0" * (2 << 20), {}, 413, "over the limit"),
     "pixel bomb": ("annotate", _png(2000, 2000), {}, 400, "decompression bombs"),
     "gzip bomb": (

@@ -69,6 +69,8 @@ class InferRequest:
 
 def parse_infer_request(body: bytes, header_length: int | None = None) -> InferRequest:
     """Decode an infer body; ``header_length`` is the ``Inference-Header-Content-Length`` value."""
+    if not body:
+        raise ProtocolError("the request body is empty; send a JSON infer request")
     if header_length is None:
         header_length = len(body)
     if not 0 < header_length <= len(body):
