@@ -110,6 +110,17 @@ def test_empty_training_split_is_an_input_error(tmp_path, tiny_data, tiny_option
         train(manifest, tmp_path / "ckpt", tiny_options)
 
 
+def test_one_training_image_is_an_input_error(tmp_path, tiny_data, tiny_options):
+    """One training image and a val split got past the checks and failed in BatchNorm."""
+    rows = [json.loads(line) for line in tiny_data.read_text().splitlines()]
+    rows = [dict(r, image=str(tiny_data.parent / r["image"])) for r in rows if r["labels"]]
+    rows = [dict(rows[0], split="train"), dict(rows[1], split="val")]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(InputError, match="only 1 labelled training image; training needs"):
+        train(manifest, tmp_path / "ckpt", tiny_options)
+
+
 def test_lr_schedule_warms_up_then_decays():
     lrs = [lr_at(s, 100, 10, 1.0) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)

@@ -113,6 +113,11 @@ def split_records(
             f"{manifest.path}: the training split is empty (no labelled record with split "
             '"train" or without a split)'
         )
+    if len(train) < 2:  # a batch of one cannot train BatchNorm (a ValueError deep in torch)
+        raise InputError(
+            f"{manifest.path}: only 1 labelled training image; training needs at least 2 "
+            "(BatchNorm learns from batches of two or more)"
+        )
     if not val:
         if len(train) < 10:
             raise InputError(
