@@ -117,7 +117,11 @@ def test_bad_arguments(tmp_path):
         generate(tmp_path, n=N, size=SIZE, splits=(0.5, 0.2, 0.2))
     with pytest.raises(ValueError):
         generate(tmp_path, n=N, size=SIZE, seed=-1)
-    assert not (tmp_path / "manifest.jsonl").exists()
+    # too big to be meant (these were a MemoryError after an empty images/ was made), NaN
+    for kw in ({"n": 10**12}, {"size": 100_000}, {"splits": (float("nan"), 0.5, 0.5)}):
+        with pytest.raises(ValueError, match="from 20 to|from 32 to|non-negative fractions"):
+            generate(tmp_path / "big", **{"n": N, "size": SIZE, **kw})
+    assert not (tmp_path / "manifest.jsonl").exists() and not (tmp_path / "big").exists()
 
 
 def test_split_assignment():

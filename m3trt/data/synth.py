@@ -113,6 +113,10 @@ P_NO_TAGS = 0.11
 JPEG_QUALITY = 90
 MIN_N = 20
 MIN_IMAGE_SIZE = 32
+# Upper bounds, so that a typo is one line and not an allocation of terabytes: the manifest's rows
+# are held until written, and each image is drawn on a full-size pixel grid.
+MAX_N = 1_000_000
+MAX_IMAGE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -542,7 +546,8 @@ def sample_record(
 def split_assignment(n: int, seed: int, splits: Sequence[float]) -> list[str]:
     """The split of each image: indices shuffled with the seed, then sliced by the fractions."""
     fracs = [float(f) for f in splits]
-    if len(fracs) != len(SPLITS) or any(f < 0 for f in fracs) or abs(sum(fracs) - 1) > 1e-6:
+    bad = any(not 0 <= f <= 1 for f in fracs)  # also NaN, which every comparison fails
+    if len(fracs) != len(SPLITS) or bad or abs(sum(fracs) - 1) > 1e-6:
         raise ValueError(
             f"splits must be {len(SPLITS)} non-negative fractions ({', '.join(SPLITS)}) "
             f"summing to 1, not {tuple(splits)!r}"
@@ -574,10 +579,13 @@ def generate(
 
     The result depends only on ``(n, size, seed, splits, params)``: two calls give identical
     files."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < MIN_N:
-        raise ValueError(f"n must be an integer >= {MIN_N}, not {n!r}")
-    if isinstance(size, bool) or not isinstance(size, int) or size < MIN_IMAGE_SIZE:
-        raise ValueError(f"size must be an integer >= {MIN_IMAGE_SIZE}, not {size!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not MIN_N <= n <= MAX_N:
+        raise ValueError(f"n must be an integer from {MIN_N} to {MAX_N:,}, not {n!r}")
+    sized = isinstance(size, int) and not isinstance(size, bool)
+    if not sized or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+        raise ValueError(
+            f"size must be an integer from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}, not {size!r}"
+        )
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
     assignment = split_assignment(n, seed, splits)
