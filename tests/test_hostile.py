@@ -92,6 +92,22 @@ def test_non_utf8_names_round_trip_and_resume(tmp_path, int8_bundle, photos, fmt
     assert out.read_bytes() == before  # everything was done: nothing added, nothing lost
 
 
+def test_a_summary_names_non_utf8_outputs_as_the_results_name_paths(tmp_path, int8_bundle, photos):
+    """--summary-json wrote lone surrogates ("r\\udce9.jsonl"), which no UTF-8 reader keeps."""
+    import base64
+
+    out = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"r\xe9.jsonl")))
+    summary = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"s\xe9.json")))
+    code, output = infer(int8_bundle, photos, "-o", out, "--summary-json", summary)
+    assert code == 0, output
+    data = json.loads(summary.read_bytes().decode("utf-8"))
+    json.dumps(data, ensure_ascii=False).encode("utf-8")  # no lone surrogate left
+    assert data["output"] == str(tmp_path / "r\ufffd.jsonl")
+    assert base64.b64decode(data["output_bytes"]) == os.fsencode(out)
+    assert base64.b64decode(data["errors_file_bytes"]) == os.fsencode(errors_path(out))
+    assert "bundle_bytes" not in data  # a UTF-8 name is written as it is
+
+
 def test_jsonl_path_field_is_readable_text_with_exact_bytes_beside_it(
     tmp_path, int8_bundle, photos
 ):

@@ -50,6 +50,7 @@ from m3trt.runtime.results import (
     done_paths,
     errors_path,
     format_for,
+    path_fields,
 )
 from m3trt.runtime.walk import Found, check_roots, iter_images
 
@@ -101,6 +102,11 @@ class Summary:
         for key in ("pipeline", "profile"):
             if data[key] is None:
                 del data[key]
+        for key in ("bundle", "output", "errors_file"):  # as the results spell a path
+            fields = path_fields(data[key])
+            data[key] = fields["path"]
+            if "path_bytes" in fields:  # not valid UTF-8: its exact bytes beside it
+                data[f"{key}_bytes"] = fields["path_bytes"]
         return data
 
 
