@@ -624,3 +624,17 @@ def test_a_timeout_parameter_no_float_holds_is_the_servers_timeout(served):
     body["parameters"] = {"timeout": -(10**400)}
     code, _, answer = post(served, "/v2/models/tiny/infer", json.dumps(body).encode())
     assert code == 400 and "positive number of microseconds" in json.loads(answer)["error"]
+
+
+def test_a_client_that_leaves_mid_body_is_a_499_line_not_a_traceback(served, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        conn = _stalled_upload(served, "/v2/models/tiny/infer", length=100_000)
+        time.sleep(0.2)
+        conn.close()
+        deadline = time.monotonic() + 5
+        while not any(" 499 " in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.01)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

@@ -21,7 +21,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as RoutingError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -177,6 +177,7 @@ def create_app(models: Sequence[ServedModel], limits: Limits, metrics: Metrics |
                 for cls in (HTTPError, LimitError, ProtocolError, ImageDecodeError, ValueError)
             },
             RoutingError: _routing_error,
+            ClientDisconnect: _client_gone,
         },
     )
     app.router.redirect_slashes = False  # "/v2/models/m/" is not a route: a 404, not a 307
@@ -273,6 +274,12 @@ async def _queued(state: ServerState, model: ServedModel, work: Any, timeout: fl
 
 async def _error_response(_request: Request, exc: Exception) -> Response:
     return _as_response(exc)
+
+
+async def _client_gone(_request: Request, _exc: Exception) -> Response:
+    """The client left while its body was read: nobody to answer, nothing to log but the line
+    (499, nginx's "client closed request"); it was an ASGI traceback in the log."""
+    return Response(status_code=499)
 
 
 async def _routing_error(request: Request, exc: Exception) -> Response:
