@@ -1,9 +1,10 @@
-"""Recursive, deterministic, streaming walk over the images under the paths a user gives.
+"""Depth-first, deterministic, streaming walk over the images under the paths a user gives.
 
-Streaming (a generator over ``os.scandir``) keeps memory flat for a million files; names are
-sorted per folder so two runs see the same order (``--resume`` and diffs rely on it). Symbolic
-links are followed, but a folder already visited on this walk (a link loop) is entered once, and
-a broken or looping file link becomes an error entry, not a crash.
+Streaming (a generator over ``os.scandir``, with its own stack of folders) keeps memory flat for
+a million files at any depth; names are sorted per folder so two runs see the same order
+(``--resume`` and diffs rely on it). Symbolic links are followed, but a folder already visited on
+this walk (a link loop) is entered once, and a broken or looping file link becomes an error
+entry, not a crash.
 """
 
 from __future__ import annotations
