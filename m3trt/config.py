@@ -7,6 +7,7 @@ needs torch to be read.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,22 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CONFIG_VERSION = 1
 
 
+MIN_IMAGE_SIZE = 32  # five stride-2 stages leave one pixel
+MAX_IMAGE_SIZE = 8192  # as a bundle's graph contract allows
+MAX_WIDTH = 1 << 16  # labels, tags, hidden widths: far above any M3 model, far below a typo
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    if not ok or (high is not None and value > high):
+        span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise InputError(f"{name} must be an integer {span}, not {value!r}")
+
+
 @dataclass
 class Preprocessing:
     """How an image becomes the network input: squash-resize to size x size, /255, mean/std."""
@@ -28,6 +45,18 @@ class Preprocessing:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     resize: str = "squash"
+
+    def __post_init__(self) -> None:
+        # an edited image_size of 100000 asked export for 60 GB and eval for 894 GiB
+        _check_int("preprocessing.image_size", self.image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != 3 or not all(_finite_number(v) for v in values):
+                raise InputError(f"preprocessing.{name} must be 3 finite numbers, not {values!r}")
+        if min(self.std) <= 0:
+            raise InputError(f"preprocessing.std must be positive, not {self.std!r}")
+        if self.resize != "squash":
+            raise InputError(f"preprocessing.resize must be 'squash', not {self.resize!r}")
 
 
 @dataclass
@@ -57,13 +86,22 @@ class ModelConfig:
     decision_threshold: float | None = None
 
     def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
+        if not isinstance(self.backbone, str) or self.backbone not in BACKBONES:
             raise InputError(
                 f"unknown backbone {self.backbone!r}: choose one of {', '.join(BACKBONES)}"
             )
-        if self.num_labels < 1:
-            raise InputError("a model needs at least one label")
-        self.k_max = max(1, min(int(self.k_max), self.num_labels))
+        _check_int("model.num_labels", self.num_labels, 1, MAX_WIDTH)
+        _check_int("model.num_tags", self.num_tags, 0, MAX_WIDTH)
+        for name in ("tag_hidden", "quantity_hidden"):
+            _check_int(f"model.{name}", getattr(self, name), 1, MAX_WIDTH)
+        if self.visual_dim is not None:
+            _check_int("model.visual_dim", self.visual_dim, 1, MAX_WIDTH)
+        for name in ("tag_dropout", "tag_drop_all", "quantity_dropout"):
+            value = getattr(self, name)
+            if not _finite_number(value) or not 0 <= value <= 1:
+                raise InputError(f"model.{name} must be from 0 to 1, not {value!r}")
+        _check_int("model.k_max", self.k_max, 1, None)
+        self.k_max = min(self.k_max, self.num_labels)
         if self.decision_threshold is not None and not 0.0 < self.decision_threshold < 1.0:
             raise InputError(
                 f"decision_threshold must be between 0 and 1, not {self.decision_threshold}"
@@ -115,6 +153,8 @@ class CheckpointConfig:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{source}: not a valid m3trt checkpoint config ({exc})") from None
+        except InputError as exc:  # a field out of range: name the file too
+            raise InputError(f"{source}: {exc}") from None
         if len(config.label_names) != config.model.num_labels:
             raise InputError(f"{source}: label_names and model.num_labels disagree")
         if len(config.tag_vocab) != config.model.num_tags:

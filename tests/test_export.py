@@ -113,6 +113,14 @@ def test_parity_compare_passes_identical_and_names_the_failing_output():
     assert not report.ok and "scores differ by up to" in report.failure
 
 
+def test_parity_compare_fails_nan_outputs():
+    """NaN passed every ``delta <= atol`` test: NaN weights exported 'parity ok'."""
+    ref = outputs([[0.9, 0.1, 0.5, 0.3]], [2.0])
+    for broken in (outputs([[0.9, 0.1, float("nan"), 0.3]], [2.0]), outputs([[0.9] * 4], [np.inf])):
+        assert not compare(ref, broken).ok and "NaN or infinite" in compare(ref, broken).failure
+        assert not compare(broken, broken).ok
+
+
 def test_parity_compare_excuses_exact_ties_only():
     ref = outputs([[0.9, 0.5, 0.5, 0.1]], [2.0])
     swapped = [x.copy() for x in ref]

@@ -234,3 +234,64 @@ def test_a_looping_link_is_not_called_missing(tmp_path, command):
     assert "does not exist" not in output
     code, output = run(*[a.format(path=tmp_path / "gone", out=tmp_path / "out") for a in command])
     assert code == 2 and "does not exist" in output, output
+
+
+def _tampered_checkpoint(tmp_path: Path, edit_config=None, edit_weights=None) -> Path:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from tests.test_export import make_checkpoint
+
+    folder = make_checkpoint(tmp_path / "ckpt")
+    if edit_config is not None:
+        config = json.loads((folder / "config.json").read_text())
+        edit_config(config)
+        (folder / "config.json").write_text(json.dumps(config))
+    if edit_weights is not None:
+        state = load_file(folder / "model.safetensors")
+        edit_weights(state, torch)
+        save_file(state, folder / "model.safetensors")
+    return folder
+
+
+WEIGHTS = {
+    "NaN": (lambda s, t: s["visual.2.weight"].fill_(float("nan")), "holds NaN or infinite"),
+    "shape": (lambda s, t: s.__setitem__("visual.2.weight", t.zeros(3, 3)), "has shape [3, 3]"),
+    "bool": (
+        lambda s, t: s.__setitem__("visual.2.weight", s["visual.2.weight"] > 0),
+        "is torch.bool",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(WEIGHTS))
+def test_broken_weights_are_one_line_naming_the_tensor(tmp_path, case):
+    """NaN weights exported with "parity ok" into a bundle whose rows were not JSON; a wrong shape
+    was torch's several-line RuntimeError (exit 1); booleans were cast to floats unasked."""
+    edit, says = WEIGHTS[case]
+    folder = _tampered_checkpoint(tmp_path, edit_weights=edit)
+    code, output = run("export", folder, "-o", tmp_path / "m.onnx")
+    assert code == 2 and says in output and "visual.2.weight" in output, output
+    assert len(output.strip().splitlines()) == 1 and not (tmp_path / "m.onnx").exists()
+
+
+CONFIGS = {
+    "huge image": (lambda c: c["preprocessing"].update(image_size=100_000), "image_size"),
+    "no image": (lambda c: c["preprocessing"].update(image_size=0), "image_size"),
+    "zero std": (lambda c: c["preprocessing"].update(std=[0, 0, 0]), "std must be positive"),
+    "two means": (lambda c: c["preprocessing"].update(mean=[0.5, 0.5]), "mean must be 3"),
+    "text mean": (lambda c: c["preprocessing"].update(mean="abc"), "mean must be 3"),
+    "huge hidden": (lambda c: c["model"].update(tag_hidden=10**9), "model.tag_hidden"),
+    "negative hidden": (lambda c: c["model"].update(quantity_hidden=-1), "model.quantity_hidden"),
+    "listed backbone": (lambda c: c["model"].update(backbone=["resnet18"]), "unknown backbone"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIGS))
+def test_a_config_out_of_range_is_one_line_naming_the_file(tmp_path, case):
+    """Sizes in config.json were taken as they were: 60 GB asked of the allocator, exit 1."""
+    edit, says = CONFIGS[case]
+    folder = _tampered_checkpoint(tmp_path, edit_config=edit)
+    code, output = run("export", folder, "-o", tmp_path / "m.onnx")
+    assert code == 2 and says in output and "config.json" in output, output
+    assert len(output.strip().splitlines()) == 1

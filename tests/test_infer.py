@@ -462,3 +462,24 @@ def test_a_file_named_twice_or_inside_a_folder_given_is_annotated_once(tmp_path,
     (folder / "odd.jpeg2").write_bytes(first.read_bytes())
     paths = [found.path for found in iter_images([folder, folder / "odd.jpeg2"])]
     assert paths.count(str(folder / "link.jpg")) == 1 and paths[-1] == str(folder / "odd.jpeg2")
+
+
+def test_nan_outputs_are_that_images_error_and_the_rows_stay_json(
+    tmp_path, int8_bundle, test_images, monkeypatch
+):
+    """A bundle with broken weights gave NaN: the row was `"quantity": NaN`, not JSON."""
+    real = Annotator.decode
+
+    def first_is_nan(self, outputs):
+        outputs = dict(outputs, quantity=outputs["quantity"].copy())
+        outputs["quantity"][0] = np.nan
+        return real(self, outputs)
+
+    monkeypatch.setattr(Annotator, "decode", first_is_nan)
+    out = tmp_path / "out.jsonl"
+    code, output = infer(int8_bundle, test_images, "-o", out, "--batch-size", "8")
+    assert code == 0, output
+    rows, errors = jsonl(out), jsonl(errors_path(out))  # json.loads refuses nothing here...
+    assert "NaN" not in out.read_text()  # ...but NaN is no JSON: no row may hold one
+    assert len(errors) == 3 and all("NaN or infinite" in e["error"] for e in errors)
+    assert len(rows) + len(errors) == len(image_paths(test_images))

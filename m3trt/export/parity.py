@@ -129,7 +129,9 @@ def compare(
             else:
                 label_bad += 1
     failure = ""
-    if score_delta > atol:
+    if not all(np.isfinite(a).all() for a in (s_ref, q_ref, s_new, q_new)):
+        failure = "outputs are NaN or infinite (the weights are broken)"  # NaN passed every <=
+    elif not score_delta <= atol:
         failure = f"scores differ by up to {score_delta:.3g} (tolerance {atol:g})"
     elif k_bad:
         failure = f"k differs on {k_bad} of {len(s_ref)} inputs (quantity delta {q_delta:.3g})"

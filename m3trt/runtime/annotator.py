@@ -7,6 +7,7 @@ labels, optionally re-cut by a score threshold or a fixed top-k.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,12 @@ class Annotation:
     scores: list[float]
     k: int
     quantity: float
+
+    @property
+    def finite(self) -> bool:
+        """False when the engine gave NaN or infinity (a bundle with broken weights): such a row
+        is not JSON, and its labels mean nothing."""
+        return math.isfinite(self.quantity) and all(math.isfinite(s) for s in self.scores)
 
     def to_json(self, path: str | None = None) -> dict[str, Any]:
         head = {"path": path} if path is not None else {}

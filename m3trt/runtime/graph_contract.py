@@ -16,7 +16,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-MAX_IMAGE_SIZE = 8192  # the graph takes S x S images; no M3 model is trained on larger ones
+from m3trt.config import MAX_IMAGE_SIZE  # the graph takes S x S images
 
 # name -> (ONNX element type name, shape after the batch dimension, from the model info)
 _UINT8, _FLOAT, _FLOAT16, _INT32, _INT64 = "UINT8", "FLOAT", "FLOAT16", "INT32", "INT64"

@@ -247,26 +247,9 @@ class FolderRun:
         self, paths: Sequence[str], images: Sequence[np.ndarray], outputs: dict[str, np.ndarray]
     ) -> None:
         """One batch's annotations: sidecars (a failure is that image's error), rows, report."""
-        annotator, summary, report = self.annotator, self.summary, self.report
-        for path, image, annotation in zip(paths, images, annotator.decode(outputs), strict=True):
-            try:
-                written, kept = self.sidecars.write(path, annotation)
-            except (M3Error, OSError) as exc:  # that image's failure, never the run's end
-                self.fail(path, _reason(path, exc))
-                continue
-            self.writer.write(annotation.to_json(path))
-            summary.annotated += 1
-            summary.sidecars_written += written
-            summary.sidecars_kept += kept
-            if report is not None:
-                report.add(
-                    display_path(path),
-                    annotation.labels,
-                    annotation.scores,
-                    annotation.k,
-                    annotation.quantity,
-                    image,
-                )
+        annotations = self.annotator.decode(outputs)
+        for path, image, annotation in zip(paths, images, annotations, strict=True):
+            record(path, annotation, self.writer, self.sidecars, self.summary, self.report, image)
 
     def end_batch(self, count: int) -> None:
         """The batch reaches the disk (one synced write per file) and the progress bar."""
@@ -390,6 +373,36 @@ def _finish(run: FolderRun, paths: list[str], bad: list[Decoded], work: Future |
 def _output_failure(exc: OSError, fallback: Path) -> OutputFailure:
     where = os.fsdecode(exc.filename) if exc.filename else str(fallback)
     return OutputFailure(f"{where}: cannot write ({os_reason(exc)}); the results so far are valid")
+
+
+def record(
+    path: str,
+    annotation: Annotation,
+    writer: ResultWriter,
+    sidecars: Sidecars,
+    summary: Summary,
+    report: Any,
+    thumbnail: np.ndarray | Callable[[], np.ndarray | None] | None,
+) -> None:
+    """One annotated image, for every executor: its sidecars (a failure is that image's error),
+    its row, its counts and its report card (``thumbnail``, or a call that decodes one)."""
+    if not annotation.finite:
+        reason = "the model gave NaN or infinite scores (the bundle's weights are broken)"
+        _fail(path, reason, writer, summary, report)
+        return
+    try:
+        written, kept = sidecars.write(path, annotation)
+    except (M3Error, OSError) as exc:  # that image's failure, never the run's end
+        _fail(path, _reason(path, exc), writer, summary, report)
+        return
+    writer.write(annotation.to_json(path))
+    summary.annotated += 1
+    summary.sidecars_written += written
+    summary.sidecars_kept += kept
+    if report is not None:
+        image = thumbnail() if callable(thumbnail) else thumbnail
+        a = annotation
+        report.add(display_path(path), a.labels, a.scores, a.k, a.quantity, image)
 
 
 def _fail(path: str, reason: str, writer: ResultWriter, summary: Summary, report: Any) -> None:

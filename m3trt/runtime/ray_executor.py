@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ from m3trt.runtime.pipeline import (
     _write_summary,
     decoder,
     guarded_outputs,
+    record,
 )
 from m3trt.runtime.results import ResultWriter, done_paths, errors_path, format_for
 from m3trt.runtime.walk import Found, check_roots, iter_images
@@ -661,21 +663,9 @@ class _Job:
                 self.report.add_failure(path, error)
             return
         data = json.loads(row)
-        self.writer.write({"path": path, **data})
-        summary.annotated += 1
         annotation = Annotation(data["labels"], data["scores"], data["k"], data["quantity"])
-        written, kept = self.sidecars.write(path, annotation)
-        summary.sidecars_written += written
-        summary.sidecars_kept += kept
-        if self.report is not None:
-            self.report.add(
-                path,
-                annotation.labels,
-                annotation.scores,
-                annotation.k,
-                annotation.quantity,
-                self._thumbnail(path),
-            )
+        thumbnail = partial(self._thumbnail, path)
+        record(path, annotation, self.writer, self.sidecars, summary, self.report, thumbnail)
 
     def _thumbnail(self, path: str) -> np.ndarray | None:
         """The report shows its first ``limit`` images: decode those again on the driver."""

@@ -57,14 +57,36 @@ def load_checkpoint(folder: str | Path) -> tuple[M3Net, CheckpointConfig]:
         state = load_file(weights)
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(f"{weights}: cannot read weights ({exc})") from None
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise InputError(
-            f"{weights}: weights do not match config.json "
-            f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})"
-        )
+    _check_weights(weights, state, model.state_dict())
+    model.load_state_dict(state)
     model.eval()
     return model, config
+
+
+def _check_weights(
+    path: Path, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
+) -> None:
+    """Every tensor the model has, of its shape and kind, and finite: torch's own refusal of a
+    wrong shape was several lines, a tensor of booleans was cast to floats, and NaN weights made
+    a bundle whose results were not JSON."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise InputError(
+            f"{path}: weights do not match config.json "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    for name, want in expected.items():
+        got = state[name]
+        if got.shape != want.shape:
+            raise InputError(
+                f"{path}: tensor {name} has shape {list(got.shape)}, config.json gives "
+                f"{list(want.shape)}"
+            )
+        if got.dtype.is_floating_point != want.dtype.is_floating_point:
+            raise InputError(f"{path}: tensor {name} is {got.dtype}, not {want.dtype}")
+        if got.dtype.is_floating_point and not bool(torch.isfinite(got).all()):
+            raise InputError(f"{path}: tensor {name} holds NaN or infinite values")
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
