@@ -149,6 +149,23 @@ def test_resume_writes_only_what_is_missing(tmp_path, int8_bundle, folder, local
     assert jsonl(out) == jsonl(local_rows)
 
 
+def test_a_sidecar_that_cannot_be_written_fails_its_image_only(
+    tmp_path, int8_bundle, test_images, ray_session
+):
+    """As in the local pipeline; on the Ray driver such a failure ended the whole run."""
+    photos = tmp_path / "photos"
+    shutil.copytree(test_images, photos)
+    blocked = sorted(p for p in photos.iterdir() if p.is_file())[0]
+    blocked.with_suffix(".txt").mkdir()  # a folder where its sidecar would go
+    out = tmp_path / "o.jsonl"
+    options = InferOptions(output=out, batch_size=8, write_txt=True, overwrite=True)
+    summary = run_folder_ray(int8_bundle, [photos], options, RayOptions(num_workers=1))
+    assert (summary.annotated, summary.failed, summary.sidecars_written) == (23, 1, 23)
+    [error] = jsonl(errors_path(out))
+    assert error["path"] == str(blocked) and "cannot write sidecar" in error["error"]
+    assert str(blocked) not in {row["path"] for row in jsonl(out)}
+
+
 def test_tampered_bundle_fails_before_ray_starts(tmp_path, int8_bundle, folder):
     bad = tmp_path / "bad.m3"
     shutil.copytree(int8_bundle, bad)
