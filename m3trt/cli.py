@@ -792,12 +792,11 @@ def calibrate_cmd(
         require_images,
     )
     from m3trt.calibration.ranges import CalibrationSettings, StaleCache, calibrate
-    from m3trt.runtime.bundle import sha256_file
-    from m3trt.runtime.model_io import ModelInfo
+    from m3trt.runtime.graph_contract import check_source_graph, source_digest
 
     reporter = _reporter(ctx)
     _lock(ctx, out, "-o", partial(_check_calibration_out, out, overwrite))
-    info = ModelInfo.from_onnx_file(model)
+    info = check_source_graph(model)
     kw = dict(
         image_size=info.image_size,
         label_names=info.label_names,
@@ -812,7 +811,7 @@ def calibrate_cmd(
                 model,
                 images,
                 CalibrationSettings(method=method),
-                model_sha256=sha256_file(model),
+                model_sha256=source_digest(model),  # its external data too
                 cache_path=out,
                 on_batch=bar.advance,
                 replace=overwrite,

@@ -295,3 +295,126 @@ def test_a_config_out_of_range_is_one_line_naming_the_file(tmp_path, case):
     code, output = run("export", folder, "-o", tmp_path / "m.onnx")
     assert code == 2 and says in output and "config.json" in output, output
     assert len(output.strip().splitlines()) == 1
+
+
+# --- .onnx files given to build and calibrate --------------------------------------------------
+
+
+def _external(tiny_onnx: Path, folder: Path, location: str = "model.onnx.data") -> Path:
+    """The tiny graph with its weights in an external data file at ``location``."""
+    import onnx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = onnx.load(str(tiny_onnx))
+    out = folder / "model.onnx"
+    onnx.save_model(
+        model, str(out), save_as_external_data=True, location=location, size_threshold=1024
+    )
+    return out
+
+
+def test_an_onnx_source_with_external_data_builds_and_keys_its_calibration(
+    tmp_path, tiny_onnx, tiny_data
+):
+    """build copied only the .onnx (exit 1: external data not found); calibrate's cache key
+    missed weights changed in the external file (old ranges kept, even with --overwrite)."""
+    import onnx
+
+    source = _external(tiny_onnx, tmp_path / "ext")
+    code, output = run("build", source, "-o", tmp_path / "b.m3", "--precision", "fp32",
+                       "--target", "cpu", "--engine", "onnxruntime")  # fmt: skip
+    assert code == 0, output
+    reference = tmp_path / "b.m3" / "model.onnx"
+    assert not [t for t in onnx.load(str(reference)).graph.initializer if t.data_location]
+    ranges = tmp_path / "c.json"
+    calibrate = ["calibrate", source, "--data", tiny_data, "-o", ranges, "--count", "40"]
+    assert run(*calibrate)[0] == 0
+    before = ranges.read_bytes()
+    data = source.with_name("model.onnx.data")
+    weights = bytearray(data.read_bytes())
+    weights[:4096] = bytes(4096)  # other weights, the same .onnx file
+    data.write_bytes(bytes(weights))
+    code, output = run(*calibrate, "--overwrite")
+    assert code == 0 and "ranges written" in output and ranges.read_bytes() != before, output
+
+
+def _graph_variant(tiny_onnx: Path, out: Path, change) -> Path:
+    import onnx
+
+    model = onnx.load(str(tiny_onnx))
+    change(model, onnx)
+    onnx.save_model(model, str(out))
+    return out
+
+
+def _float_image(model, onnx):
+    model.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+
+
+def _custom_op(model, onnx):
+    model.graph.node.append(onnx.helper.make_node("Evil", ["image"], ["evil"], domain="com.evil"))
+
+
+def _subgraph(model, onnx):
+    branch = onnx.helper.make_graph([], "branch", [], [])
+    node = onnx.helper.make_node("If", ["cond"], [], then_branch=branch, else_branch=branch)
+    model.graph.node.append(node)
+
+
+def _both(source: Path, tmp_path: Path) -> list[list]:
+    return [
+        ["build", source, "-o", tmp_path / "b.m3", "--precision", "fp32"],
+        ["calibrate", source, "--data", tmp_path, "-o", tmp_path / "c.json"],
+    ]
+
+
+SOURCES = {
+    "float image": (_float_image, "input 'image' is FLOAT, its m3trt metadata implies UINT8"),
+    "custom op": (_custom_op, "is a com.evil::Evil operator"),
+    "subgraph": (_subgraph, "holds a subgraph"),
+}
+
+
+@pytest.mark.parametrize("case", list(SOURCES))
+def test_an_onnx_source_that_is_not_an_m3trt_export_is_one_line(tmp_path, tiny_onnx, case):
+    """These reached ONNX Runtime and ended in its multi-line errors (exit 1), or, for nested
+    If nodes, in gigabytes of memory."""
+    change, says = SOURCES[case]
+    source = _graph_variant(tiny_onnx, tmp_path / "m.onnx", change)
+    for command in _both(source, tmp_path):
+        code, output = run(*command)
+        assert code == 2 and says in output and str(source) in output, output
+        assert len(output.strip().splitlines()) == 1
+    assert not (tmp_path / "b.m3").exists() and not (tmp_path / "c.json").exists()
+
+
+@pytest.mark.parametrize("where", ["outside", "fifo"])
+def test_external_data_outside_the_folder_or_not_a_file_is_refused(tmp_path, tiny_onnx, where):
+    if where == "outside":  # onnx will not write such a location: moved there by hand
+        import onnx
+
+        source = _external(tiny_onnx, tmp_path / "ext")
+        source.with_name("model.onnx.data").rename(tmp_path / "outside.data")
+        model = onnx.load(str(source), load_external_data=False)
+        for tensor in model.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = "../outside.data"
+        source.write_bytes(model.SerializeToString())
+        says = "lies outside the model's folder"
+    else:
+        source = _external(tiny_onnx, tmp_path / "ext")
+        data = source.with_name("model.onnx.data")
+        data.unlink()
+        os.mkfifo(data)
+        says = "is a FIFO (named pipe), not a regular file"
+    for command in _both(source, tmp_path):
+        code, output = run(*command)
+        assert code == 2 and says in output, output
+
+
+def test_a_fifo_onnx_source_is_named_as_one(tmp_path):
+    source = hostile(tmp_path / "m.onnx", "fifo")
+    for command in _both(source, tmp_path):
+        code, output = run(*command)
+        assert code == 2 and "is a FIFO (named pipe)" in output, output

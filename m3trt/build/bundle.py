@@ -17,6 +17,7 @@ from m3trt.errors import InputError
 from m3trt.progress import SILENT, Reporter
 from m3trt.runtime.bundle import REFERENCE, Bundle, load_bundle, software_versions
 from m3trt.runtime.bundle_writer import write_bundle
+from m3trt.runtime.graph_contract import check_source_graph, external_files
 from m3trt.runtime.model_io import ModelInfo
 
 
@@ -41,12 +42,28 @@ def prepare_source(source: Path, work: Path, opset: int, reporter: Reporter) -> 
 
         report = export_checkpoint(source, reference, opset=opset, reporter=reporter)
         reporter.log(report.summary())
-    elif source.is_file() and source.suffix == ".onnx":
-        ModelInfo.from_onnx_file(source)  # refuses a graph that is not an m3trt export
-        shutil.copyfile(source, reference)
+    elif source.suffix == ".onnx" and not source.is_dir():
+        check_source_graph(source)  # refuses a graph that is not an m3trt export, one line
+        _copy_graph(source, reference)
     else:
         raise InputError(f"{source}: not a checkpoint folder (with config.json) or an .onnx file")
     return reference
+
+
+def _copy_graph(source: Path, reference: Path) -> None:
+    """The graph as one file: external data (checked by check_source_graph to be regular files
+    in the source's folder) is read in, since the build's work folder has only the .onnx."""
+    import onnx
+
+    with open(source, "rb") as f:
+        if not external_files(onnx.load(f, load_external_data=False)):
+            shutil.copyfile(source, reference)
+            return
+    model = onnx.load(str(source), load_external_data=True)
+    try:
+        onnx.save_model(model, str(reference))
+    except ValueError as exc:  # over protobuf's 2 GB for one message
+        raise InputError(f"{source}: its weights do not fit one ONNX file ({exc})") from None
 
 
 def _source(source: Path) -> dict[str, str]:

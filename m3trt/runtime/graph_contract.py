@@ -42,7 +42,11 @@ def _dims(value_info: Any) -> list[int | str | None]:
 
 
 def _check_values(
-    kind: str, found: Any, expected: dict[str, tuple[set[str], tuple[int, ...]]], where: str
+    kind: str,
+    found: Any,
+    expected: dict[str, tuple[set[str], tuple[int, ...]]],
+    where: str,
+    described_by: str = "bundle.json",
 ) -> list[str]:
     import onnx
 
@@ -55,16 +59,16 @@ def _check_values(
             continue
         elem = onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type)
         if elem not in types:
-            problems.append(f"{kind} {name!r} is {elem}, bundle.json implies {'/'.join(types)}")
+            problems.append(f"{kind} {name!r} is {elem}, {described_by} implies {'/'.join(types)}")
         dims = _dims(value)
         if dims[1:] != list(shape):
             problems.append(
-                f"{kind} {name!r} has shape {dims}, bundle.json implies [batch, "
+                f"{kind} {name!r} has shape {dims}, {described_by} implies [batch, "
                 f"{', '.join(map(str, shape))}]".replace(", ]", "]")
             )
     extra = sorted(set(by_name) - set(expected)) if kind == "input" else []
     if extra:
-        problems.append(f"the graph has inputs bundle.json does not describe: {extra}")
+        problems.append(f"the graph has inputs {described_by} does not describe: {extra}")
     return problems
 
 
@@ -105,7 +109,7 @@ def _check_metadata(info: Any, props: dict[str, str], where: str) -> list[str]:
     return problems
 
 
-def _external_files(model: Any) -> set[str]:
+def external_files(model: Any) -> set[str]:
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
     files = set()
@@ -148,7 +152,7 @@ def check_graph(
     problems += _check_values("output", model.graph.output, outputs, where)
     allowed = {os.path.normpath(f) for f in artifact_files}
     root = os.path.realpath(folder)
-    for location in sorted(_external_files(model)):
+    for location in sorted(external_files(model)):
         target = os.path.realpath(os.path.join(graph.parent, location))
         relative = os.path.relpath(target, root)
         if relative.startswith(os.pardir) or os.path.isabs(location):
@@ -160,3 +164,97 @@ def check_graph(
             f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         )
         raise BundleError(f"{where}: does not match {graph.name}: {shown}; rebuild the bundle")
+
+
+MAX_SOURCE_BYTES = 2 << 30  # protobuf's own limit for one message
+MAX_NODES = 100_000  # an M3 graph has a few hundred
+STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
+
+
+def check_source_graph(path: Path) -> Any:
+    """An .onnx file given to ``build`` or ``calibrate``: the ModelInfo of its m3trt metadata,
+    after checking that the graph is what that metadata describes, that it is plain (no control
+    flow, no custom operators: m3trt's exports have none; 20 nested ``If`` nodes in 190 MB took
+    7.7 GB before ONNX Runtime gave up) and that its external data are regular files in its own
+    folder. Raises BundleError (one line, exit 2) otherwise."""
+    import onnx
+
+    from m3trt.data.safe_open import open_regular
+    from m3trt.runtime.model_io import EXPORT, BundleError, ModelInfo
+
+    try:
+        f = open_regular(path, "ONNX model", MAX_SOURCE_BYTES)  # a FIFO or a device: one line
+    except FileNotFoundError:
+        raise BundleError(f"{path}: ONNX model not found; {EXPORT}") from None
+    with f:
+        try:
+            model = onnx.load_model_from_string(f.read())  # its external data is not read here
+        except Exception as exc:  # protobuf raises assorted types on garbage
+            detail = " ".join(str(exc).split())[:200]
+            raise BundleError(f"{path}: not a readable ONNX model ({detail}); {EXPORT}") from None
+    problems = _plain_graph(model.graph)
+    if problems:
+        raise BundleError(f"{path}: not an m3trt export: {problems[0]}; {EXPORT}")
+    info = ModelInfo.from_onnx_metadata({p.key: p.value for p in model.metadata_props}, str(path))
+    check_model_info(info, str(path))
+    inputs, outputs = _expected(info)
+    where, metadata = str(path), "its m3trt metadata"
+    problems = _check_values("input", model.graph.input, inputs, where, metadata)
+    problems += _check_values("output", model.graph.output, outputs, where, metadata)
+    problems += [_outside(path, location) for location in sorted(external_files(model))]
+    problems = [p for p in problems if p]
+    if problems:
+        raise BundleError(f"{path}: {'; '.join(problems[:3])}")
+    return info
+
+
+def _plain_graph(graph: Any) -> list[str]:
+    if len(graph.node) > MAX_NODES:
+        return [f"{len(graph.node):,} nodes (an M3 graph has a few hundred)"]
+    for node in graph.node:
+        if node.domain not in STANDARD_DOMAINS:
+            return [f"node {node.name!r} is a {node.domain}::{node.op_type} operator"]
+        if any(a.HasField("g") or len(a.graphs) for a in node.attribute):
+            return [f"node {node.name!r} ({node.op_type}) holds a subgraph"]
+    return []
+
+
+def _outside(path: Path, location: str) -> str:
+    """Why external data at ``location`` may not be read ('' when it may): ONNX Runtime and onnx
+    refuse escaping paths too, but as a traceback, and only when the weights are loaded."""
+    import stat
+
+    from m3trt.data.safe_open import file_kind
+
+    folder = os.path.realpath(path.parent)
+    target = os.path.realpath(os.path.join(path.parent, location))
+    if os.path.isabs(location) or os.path.relpath(target, folder).startswith(os.pardir):
+        return f"external data {location!r} lies outside the model's folder"
+    try:
+        mode = os.stat(target).st_mode
+    except OSError as exc:
+        return f"external data {location!r}: {exc.strerror or exc}"
+    if not stat.S_ISREG(mode):
+        return f"external data {location!r} is {file_kind(mode)}, not a regular file"
+    return ""
+
+
+def source_digest(path: Path) -> str:
+    """sha256 over an .onnx file and its external data, in order: the calibration cache's key
+    (the file alone missed weights changed in its external data)."""
+    import hashlib
+
+    import onnx
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        model = onnx.load(f, load_external_data=False)
+        f.seek(0)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    for location in sorted(external_files(model)):
+        digest.update(b"\0" + location.encode())
+        with open(os.path.join(path.parent, location), "rb") as data:
+            for chunk in iter(lambda: data.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
