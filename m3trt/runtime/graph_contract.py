@@ -17,6 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from m3trt.config import MAX_IMAGE_SIZE  # the graph takes S x S images
+from m3trt.runtime.onnx_scan import flat_graph_problem
+
+MAX_SOURCE_BYTES = 2 << 30  # protobuf's own limit for one message
+MAX_NODES = 100_000  # an M3 graph has a few hundred
+STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
 
 # name -> (ONNX element type name, shape after the batch dimension, from the model info)
 _UINT8, _FLOAT, _FLOAT16, _INT32, _INT64 = "UINT8", "FLOAT", "FLOAT16", "INT32", "INT64"
@@ -142,7 +147,13 @@ def check_graph(
 
     check_model_info(info, where)
     try:
-        model = onnx.load(str(graph), load_external_data=False)
+        data = graph.read_bytes()  # hashed already: a regular file of the bundle
+        flat = flat_graph_problem(data, MAX_NODES)  # before parsing: parsing is what costs
+        if flat:
+            raise BundleError(f"{where}: {graph.name} is not an m3trt graph: {flat}")
+        model = onnx.load_model_from_string(data)
+    except BundleError:
+        raise
     except Exception as exc:  # protobuf raises assorted types on garbage
         detail = " ".join(str(exc).split())[:200]
         raise BundleError(f"{graph}: not a readable ONNX graph ({detail})") from None
@@ -166,11 +177,6 @@ def check_graph(
         raise BundleError(f"{where}: does not match {graph.name}: {shown}; rebuild the bundle")
 
 
-MAX_SOURCE_BYTES = 2 << 30  # protobuf's own limit for one message
-MAX_NODES = 100_000  # an M3 graph has a few hundred
-STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
-
-
 def check_source_graph(path: Path) -> Any:
     """An .onnx file given to ``build`` or ``calibrate``: the ModelInfo of its m3trt metadata,
     after checking that the graph is what that metadata describes, that it is plain (no control
@@ -187,12 +193,15 @@ def check_source_graph(path: Path) -> Any:
     except FileNotFoundError:
         raise BundleError(f"{path}: ONNX model not found; {EXPORT}") from None
     with f:
-        try:
-            model = onnx.load_model_from_string(f.read())  # its external data is not read here
-        except Exception as exc:  # protobuf raises assorted types on garbage
-            detail = " ".join(str(exc).split())[:200]
-            raise BundleError(f"{path}: not a readable ONNX model ({detail}); {EXPORT}") from None
-    problems = _plain_graph(model.graph)
+        data = f.read()
+    try:
+        problems = [flat] if (flat := flat_graph_problem(data, MAX_NODES)) else []
+        if not problems:  # parsed only once the scan passed: parsing is what costs
+            model = onnx.load_model_from_string(data)  # its external data is not read here
+            problems = _custom_operators(model.graph)
+    except Exception as exc:  # protobuf raises assorted types on garbage
+        detail = " ".join(str(exc).split())[:200]
+        raise BundleError(f"{path}: not a readable ONNX model ({detail}); {EXPORT}") from None
     if problems:
         raise BundleError(f"{path}: not an m3trt export: {problems[0]}; {EXPORT}")
     info = ModelInfo.from_onnx_metadata({p.key: p.value for p in model.metadata_props}, str(path))
@@ -208,15 +217,12 @@ def check_source_graph(path: Path) -> Any:
     return info
 
 
-def _plain_graph(graph: Any) -> list[str]:
-    if len(graph.node) > MAX_NODES:
-        return [f"{len(graph.node):,} nodes (an M3 graph has a few hundred)"]
-    for node in graph.node:
-        if node.domain not in STANDARD_DOMAINS:
-            return [f"node {node.name!r} is a {node.domain}::{node.op_type} operator"]
-        if any(a.HasField("g") or len(a.graphs) for a in node.attribute):
-            return [f"node {node.name!r} ({node.op_type}) holds a subgraph"]
-    return []
+def _custom_operators(graph: Any) -> list[str]:
+    return [
+        f"node {node.name!r} is a {node.domain}::{node.op_type} operator"
+        for node in graph.node
+        if node.domain not in STANDARD_DOMAINS
+    ][:1]
 
 
 def _outside(path: Path, location: str) -> str:
