@@ -97,6 +97,11 @@ def test_missing_images_are_reported_not_dropped(tmp_path):
     m = read_manifest(path, allow_missing_images=True)
     assert [r.image for r in m.records] == ["a.jpg"]
     assert [r.image for r in m.missing_images] == ["gone.jpg"]
+    import os
+
+    os.mkfifo(tmp_path / "gone.jpg")  # there, but not a file to read: said as such
+    with pytest.raises(ManifestError, match="line 2: image is a FIFO .named pipe., not a regular"):
+        read_manifest(path)
 
 
 def test_missing_and_empty_manifest(tmp_path):

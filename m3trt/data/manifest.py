@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from m3trt.atomic import write_text
+from m3trt.data.safe_open import file_kind
 from m3trt.errors import InputError, ManifestError
 
 SPLITS = ("train", "val", "test")
@@ -226,12 +227,23 @@ def read_manifest(
     if check_images:
         missing = [r for r in records if not r.path.is_file()]
         if missing and not allow_missing_images:
-            problems = [f"line {r.line}: image not found: {r.image}" for r in missing]
+            problems = [f"line {r.line}: image {_not_a_file(r.path)}: {r.image}" for r in missing]
             raise ManifestError(_summarise(path, problems, "missing images"))
         if missing:
             gone = {id(r) for r in missing}
             records = [r for r in records if id(r) not in gone]
     return Manifest(path=path, records=records, label_names=label_names, missing_images=missing)
+
+
+def _not_a_file(path: Path) -> str:
+    """Why an image is not a file to read, in words ("not found" was said of a FIFO too)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "not found"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    return f"is {file_kind(mode)}, not a regular file"
 
 
 def write_manifest(
