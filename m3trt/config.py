@@ -153,8 +153,10 @@ class CheckpointConfig:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{source}: not a valid m3trt checkpoint config ({exc})") from None
-        except InputError as exc:  # a field out of range: name the file too
-            raise InputError(f"{source}: {exc}") from None
+        except InputError as exc:  # a field out of range: name the file too (once)
+            message = str(exc)
+            named = message.startswith(f"{source}: ")
+            raise InputError(message if named else f"{source}: {message}") from None
         if len(config.label_names) != config.model.num_labels:
             raise InputError(f"{source}: label_names and model.num_labels disagree")
         if len(config.tag_vocab) != config.model.num_tags:

@@ -436,3 +436,38 @@ def test_the_wire_scan_refuses_subgraphs_and_node_floods_without_parsing(tiny_on
     for broken in (data[: len(data) // 2], b"\xff" * 64, b"\x0b\x00"):  # cut, endless varint, group
         with pytest.raises(NotProtobuf):
             flat_graph_problem(broken, 10**5)
+
+
+def test_a_bundles_engine_graph_as_a_source_points_to_the_plain_graph(tmp_path, int8_bundle):
+    engine = int8_bundle / "model.int8.onnx"  # ONNX Runtime's fused graph (com.microsoft ops)
+    code, output = run("build", engine, "-o", tmp_path / "b.m3", "--precision", "fp32")
+    assert code == 2 and "build from the plain graph (a bundle's model.onnx)" in output, output
+
+
+def test_a_config_error_names_the_file_once(tmp_path):
+    from tests.test_export import make_checkpoint
+
+    folder = make_checkpoint(tmp_path / "ckpt")
+    config = json.loads((folder / "config.json").read_text())
+    config["version"] = 99
+    (folder / "config.json").write_text(json.dumps(config))
+    code, output = run("export", folder, "-o", tmp_path / "m.onnx")
+    assert code == 2 and output.count("config.json") == 1 and "newer than" in output, output
+
+
+def test_a_fifo_among_calibration_images_fails_alone(tmp_path, tiny_data):
+    """It hung `calibrate` for ever: Pillow's own open of a FIFO blocks."""
+    from m3trt.calibration.data import load_image_set
+    from m3trt.data.images import load_image
+    from m3trt.errors import ImageDecodeError
+
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    images = sorted((tiny_data.parent / "images").iterdir())[:3]
+    for image in images:
+        shutil.copyfile(image, folder / image.name)
+    fifo = hostile(folder / "b-fifo.jpg", "fifo")
+    with pytest.raises(ImageDecodeError, match="is a FIFO"):
+        load_image(fifo, 32)
+    found = load_image_set(folder, image_size=32, label_names=["a"], tag_vocab=[])
+    assert found.failed == [str(fifo)] and len(found.images) == 3

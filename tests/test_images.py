@@ -322,7 +322,7 @@ def test_directory(tmp_path):
     path.mkdir()
     with pytest.raises(ImageDecodeError) as excinfo:
         load_image(str(path), S)
-    assert_decode_error(excinfo, path, "is a directory")
+    assert_decode_error(excinfo, path, "is a folder, not a regular file")
 
 
 def test_permission_denied_simulated(tmp_path, monkeypatch):

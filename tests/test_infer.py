@@ -483,3 +483,23 @@ def test_nan_outputs_are_that_images_error_and_the_rows_stay_json(
     assert "NaN" not in out.read_text()  # ...but NaN is no JSON: no row may hold one
     assert len(errors) == 3 and all("NaN or infinite" in e["error"] for e in errors)
     assert len(rows) + len(errors) == len(image_paths(test_images))
+
+
+def test_a_named_file_is_taken_when_its_folder_could_not_be_listed(tmp_path, monkeypatch):
+    """`infer dir dir/a.jpg` with dir unlistable (mode 0311): a.jpg was skipped as walked."""
+    from m3trt.runtime import walk
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"x")
+    real = os.scandir
+
+    def refuse(path):
+        if os.path.realpath(path) == os.path.realpath(folder):
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(walk.os, "scandir", refuse)
+    found = list(walk.iter_images([folder, folder / "a.jpg"]))
+    assert [f.path for f in found] == [str(folder), str(folder / "a.jpg")]
+    assert "cannot list folder" in found[0].error and found[1].error is None

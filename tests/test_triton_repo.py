@@ -214,3 +214,14 @@ def test_an_entry_a_killed_export_moved_aside_is_put_back(tmp_path, int8_bundle)
     assert code == 0, out
     assert parse(repo / "tiny").name == "tiny"
     assert sorted(p.name for p in repo.iterdir()) == [".tiny.lock", "tiny"]
+
+
+def test_a_name_of_the_cut_length_leaves_longer_names_leftovers_alone(tmp_path, int8_bundle):
+    """temp_sibling keeps 100 characters: NAME of exactly 100 shares them with NAME + more."""
+    name = "m" * 100
+    repo = tmp_path / "repo"
+    other = repo / f".{name}.tmp-4242-0123abcd"  # could be the staging of name + "x", running
+    other.mkdir(parents=True)
+    code, out = export(int8_bundle, repo, "--name", name)
+    assert code == 0, out
+    assert other.is_dir()

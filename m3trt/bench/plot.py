@@ -10,6 +10,8 @@ from typing import Any
 from m3trt.atomic import publish, temp_sibling
 from m3trt.errors import InputError, M3Error
 
+PLOT_FORMATS = ("png", "svg", "pdf")
+
 
 def _pyplot() -> Any:
     try:
@@ -30,11 +32,11 @@ def check_plot_path(path: Path) -> None:
     formats = plt.figure().canvas.get_supported_filetypes()
     plt.close("all")
     ending = path.suffix.lower().lstrip(".")
-    if ending not in formats:
+    if ending not in PLOT_FORMATS or ending not in formats:  # .pgf needs LaTeX when it saves
         shown = f"'.{ending}'" if ending else "no ending"
         raise InputError(
-            f"--plot {path}: {shown} is not an image format matplotlib writes; "
-            "end the name in .png, .svg or .pdf"
+            f"--plot {path}: {shown} is not a format --plot writes; end the name in .png, .svg "
+            "or .pdf"
         )
 
 

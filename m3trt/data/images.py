@@ -22,7 +22,8 @@ import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from m3trt.data.native_memory import TRIM_AFTER_BYTES, release_free_memory
-from m3trt.errors import ImageDecodeError
+from m3trt.data.safe_open import open_regular
+from m3trt.errors import ImageDecodeError, InputError
 
 DEFAULT_MAX_PIXELS = 100_000_000
 """Decompression-bomb limit (width * height, read from the header before decoding)."""
@@ -194,9 +195,27 @@ def _positive_int(value: int, what: str) -> int:
     return value
 
 
-def _open(source: ImageSource, where: str) -> Image.Image:
-    """Open lazily: Pillow reads the header (format, mode, size), not the pixels."""
-    fp = _as_openable(source)
+@contextmanager
+def _open(source: ImageSource, where: str) -> Iterator[Image.Image]:
+    """Open lazily: Pillow reads the header (format, mode, size), not the pixels. A path is
+    opened as a regular file first: Pillow's own open of a FIFO blocked for ever (a calibration
+    folder with a FIFO named .jpg hung ``calibrate``, Ctrl-C included)."""
+    if not isinstance(source, str | os.PathLike):
+        with _pillow_open(_as_openable(source), source, where) as img:
+            yield img
+        return
+    try:
+        f = open_regular(source, "image")
+    except FileNotFoundError as exc:
+        raise ImageDecodeError(f"{where}: {_reason(exc, source)}") from exc
+    except InputError as exc:  # "NAME: image is a FIFO ...": said with this call's name
+        detail = str(exc).removeprefix(f"{os.fsdecode(source)}: ")
+        raise ImageDecodeError(f"{where}: {detail}") from None
+    with f, _pillow_open(f, source, where) as img:
+        yield img
+
+
+def _pillow_open(fp: str | os.PathLike | IO[bytes], source: ImageSource, where: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             # Our exact, per-call max_pixels replaces Pillow's global warning; its hard error

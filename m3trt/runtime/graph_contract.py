@@ -166,7 +166,7 @@ def check_graph(
     for location in sorted(external_files(model)):
         target = os.path.realpath(os.path.join(graph.parent, location))
         relative = os.path.relpath(target, root)
-        if relative.startswith(os.pardir) or os.path.isabs(location):
+        if _climbs(relative) or os.path.isabs(location):
             problems.append(f"external data {location!r} lies outside the bundle")
         elif os.path.normpath(relative) not in allowed:
             problems.append(f"external data {location!r} is not an artifact (not hashed)")
@@ -218,11 +218,15 @@ def check_source_graph(path: Path) -> Any:
 
 
 def _custom_operators(graph: Any) -> list[str]:
-    return [
-        f"node {node.name!r} is a {node.domain}::{node.op_type} operator"
-        for node in graph.node
-        if node.domain not in STANDARD_DOMAINS
-    ][:1]
+    for node in graph.node:
+        if node.domain == "com.microsoft":  # a bundle's engine graph, fused for ONNX Runtime
+            return [
+                f"node {node.name!r} is ONNX Runtime's {node.op_type}: the graph was optimized "
+                "for one engine; build from the plain graph (a bundle's model.onnx)"
+            ]
+        if node.domain not in STANDARD_DOMAINS:
+            return [f"node {node.name!r} is a {node.domain}::{node.op_type} operator"]
+    return []
 
 
 def _outside(path: Path, location: str) -> str:
@@ -234,7 +238,7 @@ def _outside(path: Path, location: str) -> str:
 
     folder = os.path.realpath(path.parent)
     target = os.path.realpath(os.path.join(path.parent, location))
-    if os.path.isabs(location) or os.path.relpath(target, folder).startswith(os.pardir):
+    if os.path.isabs(location) or _climbs(os.path.relpath(target, folder)):
         return f"external data {location!r} lies outside the model's folder"
     try:
         mode = os.stat(target).st_mode
@@ -243,6 +247,11 @@ def _outside(path: Path, location: str) -> str:
     if not stat.S_ISREG(mode):
         return f"external data {location!r} is {file_kind(mode)}, not a regular file"
     return ""
+
+
+def _climbs(relative: str) -> bool:
+    """Whether a relative path leaves its folder ('..weights.bin' is a name, not a climb)."""
+    return relative == os.pardir or relative.startswith(os.pardir + os.sep)
 
 
 def source_digest(path: Path) -> str:

@@ -55,16 +55,17 @@ def iter_images(
     """Files named on the command line are taken as they are; folders are searched for files
     with one of ``extensions`` (case-insensitive). Each folder entry comes once, however it is
     reached: a file named twice, or named and inside a folder given too, is annotated once."""
-    seen: set[tuple[int, int]] = set()  # folders entered
+    seen: set[tuple[int, int]] = set()  # folders entered (listed or not: loops end)
+    listed: set[tuple[int, int]] = set()  # folders whose files the walk yielded
     named: set[tuple[tuple[int, int], str]] = set()  # files named: (their folder, their name)
     for root in roots:
         if root.is_dir():
-            yield from _walk_dir(root, extensions, seen, named)
+            yield from _walk_dir(root, extensions, seen, listed, named)
             continue
         folder = _folder_key(os.path.dirname(root) or ".")
         if folder is not None:
             entry = (folder, root.name)
-            walked = folder in seen and os.path.splitext(root.name)[1].lower() in extensions
+            walked = folder in listed and os.path.splitext(root.name)[1].lower() in extensions
             if entry in named or walked:
                 continue
             named.add(entry)
@@ -103,6 +104,7 @@ def _walk_dir(
     root: Path,
     extensions: frozenset[str],
     seen: set[tuple[int, int]],
+    listed: set[tuple[int, int]],
     named: set[tuple[tuple[int, int], str]],
 ) -> Iterator[Found]:
     """Depth first, names sorted, with a stack of its own rather than recursion, which stopped
@@ -111,11 +113,12 @@ def _walk_dir(
     pending: str | None = str(root)
     while True:
         if pending is not None:
-            listed = _list_folder(pending, seen)
-            if isinstance(listed, Found):
-                yield listed
-            elif listed is not None:
-                stack.append(listed)
+            entries = _list_folder(pending, seen)
+            if isinstance(entries, Found):
+                yield entries
+            elif entries is not None:
+                listed.add(entries[0])
+                stack.append(entries)
             pending = None
         if not stack:
             return

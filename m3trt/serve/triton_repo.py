@@ -348,7 +348,7 @@ def _clear_leftovers(folder: Path) -> None:
     lock, so no export of it is running): Triton would try to load each as a model, and a failed
     load stops Triton's start by default (``--exit-on-error``). An entry moved aside by a run
     killed before it published the new one is put back."""
-    if len(folder.name) > TEMP_NAME_CHARS:  # temp_sibling cuts names: another NAME's could match
+    if len(folder.name) >= TEMP_NAME_CHARS:  # temp_sibling cuts names: another NAME's could match
         return
     left = re.compile(rf"\.{re.escape(folder.name)}\.(tmp|old)-\d+-[0-9a-f]{{8}}")
     for path in sorted(folder.parent.iterdir()):
