@@ -638,3 +638,25 @@ def test_a_client_that_leaves_mid_body_is_a_499_line_not_a_traceback(served, cap
             assert time.monotonic() < deadline, caplog.text
             time.sleep(0.01)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_nan_outputs_are_a_500_never_invalid_json(served, images, monkeypatch):
+    """A hand-made bundle with broken weights: `annotate` answered a 400 (JSONResponse refused
+    NaN, a ValueError) and a JSON v2 infer wrote bare NaN, which is not JSON."""
+    from m3trt.runtime.annotator import Annotator
+
+    real = Annotator.run
+
+    def nan_scores(self, images, tags=None):
+        outputs = dict(real(self, images, tags))
+        outputs["scores"] = np.full_like(outputs["scores"], np.nan)
+        return outputs
+
+    monkeypatch.setattr(Annotator, "run", nan_scores)
+    _, batch = images
+    code, _, body = post(served, "/v2/models/tiny/annotate", _png(64, 64))
+    assert code == 500 and "NaN or infinite scores" in json.loads(body)["error"], body
+    code, _, body = post(served, "/v2/models/tiny/infer", _infer_body([1, 64, 64, 3]))
+    assert code == 500 and "ask for it as binary data" in json.loads(body)["error"], body
+    result = triton_infer(httpclient.InferenceServerClient(served), batch[:1], binary=True)
+    assert np.isnan(result.as_numpy("scores")).all()  # binary carries NaN as it is

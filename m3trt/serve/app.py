@@ -34,6 +34,7 @@ from m3trt.serve.metrics import Metrics
 from m3trt.serve.model import VERSION, ServedModel
 from m3trt.serve.protocol import (
     HEADER_LENGTH,
+    OutputNotJSON,
     ProtocolError,
     encode_infer_response,
     parse_infer_request,
@@ -142,6 +143,8 @@ def create_app(models: Sequence[ServedModel], limits: Limits, metrics: Metrics |
         tags = [t for v in request.query_params.getlist("tags") for t in v.split(",") if t.strip()]
         work = model.annotate(body, tags, state.decoder)
         annotation = await _queued(state, model, work, state.limits.timeout_s)
+        if not annotation.finite:
+            raise HTTPError(500, "the model gave NaN or infinite scores (its weights are broken)")
         return JSONResponse({"model_name": model.name, **annotation.to_json()})
 
     async def metrics(_request: Request) -> Response:
@@ -174,7 +177,14 @@ def create_app(models: Sequence[ServedModel], limits: Limits, metrics: Metrics |
         exception_handlers={
             **{
                 cls: _error_response
-                for cls in (HTTPError, LimitError, ProtocolError, ImageDecodeError, ValueError)
+                for cls in (
+                    HTTPError,
+                    LimitError,
+                    ProtocolError,
+                    ImageDecodeError,
+                    ValueError,
+                    OutputNotJSON,
+                )
             },
             RoutingError: _routing_error,
             ClientDisconnect: _client_gone,
@@ -293,6 +303,8 @@ async def _routing_error(request: Request, exc: Exception) -> Response:
 def _as_response(exc: BaseException) -> Response:
     if isinstance(exc, HTTPError):
         status, message, headers = exc.status, str(exc), exc.headers
+    elif isinstance(exc, OutputNotJSON):
+        status, message, headers = 500, str(exc), {}
     elif isinstance(exc, LimitError):
         status, message, headers = exc.status, str(exc), {}
     elif isinstance(exc, ProtocolError | ImageDecodeError | ValueError):

@@ -254,6 +254,11 @@ def _requested_outputs(value: Any, binary_default: bool) -> list[RequestedOutput
     return result
 
 
+class OutputNotJSON(Exception):
+    """The model's own output cannot be written as JSON: the server's fault (500), not the
+    request's."""
+
+
 def encode_infer_response(
     model_name: str,
     outputs: dict[str, np.ndarray],
@@ -278,6 +283,11 @@ def encode_infer_response(
             tensor["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise OutputNotJSON(
+                    f"output {item.name!r} holds NaN or infinite values, which JSON cannot "
+                    "carry (the bundle's weights may be broken); ask for it as binary data"
+                )
             tensor["data"] = array.reshape(-1).tolist()
         tensors.append(tensor)
     head: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
