@@ -48,6 +48,17 @@ class ExistingPath(click.Path):
         return super().convert(value, param, ctx)
 
 
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that refuses NaN and infinity, which pass its comparisons: ``--max-drop
+    nan`` turned the regression gate off (``drop > nan`` is never true)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
 class M3Group(click.Group):
     """Turns exceptions into one-line messages and exit codes instead of tracebacks."""
 
@@ -399,8 +410,8 @@ def _print_import(summary: Any) -> None:
 @click.option(
     "--batch-size", default=32, show_default=True, type=click.IntRange(2, MAX_TRAIN_BATCH)
 )
-@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True))
-@click.option("--weight-decay", default=1e-4, show_default=True, type=click.FloatRange(0))
+@click.option("--lr", default=1e-3, show_default=True, type=FiniteFloatRange(0, min_open=True))
+@click.option("--weight-decay", default=1e-4, show_default=True, type=FiniteFloatRange(0))
 @click.option("--seed", default=0, show_default=True)
 @click.option("--no-tags", is_flag=True, help="Visual-only ablation: no tag branch.")
 @click.option("--single-scale", is_flag=True, help="Ablation: no fusion branch.")
@@ -421,21 +432,21 @@ def _print_import(summary: Any) -> None:
     "--tag-drop-all",
     default=0.3,
     show_default=True,
-    type=click.FloatRange(0, 1),
+    type=FiniteFloatRange(0, 1),
     help="P(all tags of a training sample are zeroed).",
 )
 @click.option(
     "--tag-drop-each",
     default=0.0,
     show_default=True,
-    type=click.FloatRange(0, 1, max_open=True),
+    type=FiniteFloatRange(0, 1, max_open=True),
     help="P(each tag of a training sample is removed): simulates incomplete tags.",
 )
 @click.option(
     "--aux-visual-weight",
     default=1.0,
     show_default=True,
-    type=click.FloatRange(0),
+    type=FiniteFloatRange(0),
     help="Weight of a training-only image-only classification loss (not exported); 0 turns it "
     "off (the recipe before issue 15).",
 )
@@ -443,7 +454,7 @@ def _print_import(summary: Any) -> None:
     "--aux-tags-weight",
     default=0.0,
     show_default=True,
-    type=click.FloatRange(0),
+    type=FiniteFloatRange(0),
     help="Weight of a training-only tags-only classification loss (not exported).",
 )
 @click.option(
@@ -463,7 +474,7 @@ def _print_import(summary: Any) -> None:
     "--tag-skip-lr-mult",
     default=50.0,
     show_default=True,
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteFloatRange(0, min_open=True),
     help="Learning rate of the tag -> label path, as a multiple of --lr.",
 )
 @click.option(
@@ -484,7 +495,7 @@ def _print_import(summary: Any) -> None:
     "--augment-shift",
     default=0.0,
     show_default=True,
-    type=click.FloatRange(0, 0.5),
+    type=FiniteFloatRange(0, 0.5),
     help="Random translation of training images, up to this fraction of the side (0: flips only).",
 )
 @click.option(
@@ -558,7 +569,7 @@ def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
     "--threshold",
     default=0.5,
     show_default=True,
-    type=click.FloatRange(0, 1),
+    type=FiniteFloatRange(0, 1),
     help="Score threshold of the 'threshold' decoding mode.",
 )
 @click.option(
@@ -579,14 +590,14 @@ def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
     "--atol",
     default=1e-2,
     show_default=True,
-    type=click.FloatRange(0),
+    type=FiniteFloatRange(0),
     help="Bundles only: absolute tolerance per output element vs the FP32 reference.",
 )
 @click.option(
     "--rtol",
     default=1e-2,
     show_default=True,
-    type=click.FloatRange(0),
+    type=FiniteFloatRange(0),
     help="Bundles only: relative tolerance per output element vs the FP32 reference.",
 )
 @click.option(
@@ -598,7 +609,7 @@ def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
     "--max-drop",
     default=0.5,
     show_default=True,
-    type=click.FloatRange(0),
+    type=FiniteFloatRange(0),
     help="Allowed drop per figure, in metric points.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing --json file.")
@@ -901,12 +912,12 @@ def _check_calibration_out(out: Path, overwrite: bool) -> None:
     "--max-of1-drop",
     default=1.0,
     show_default=True,
-    type=click.FloatRange(0),
+    type=FiniteFloatRange(0),
     help="Accuracy budget: O-F1 points INT8 may lose against FP32.",
 )
 @click.option(
     "--max-disagreement",
-    type=click.FloatRange(0, 100),
+    type=FiniteFloatRange(0, 100),
     help="Also limit the %% of images whose label set may change.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
@@ -1019,7 +1030,7 @@ def inspect_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="JSONL with {path, tags} per image (implies --tags manifest).",
 )
-@click.option("--threshold", type=click.FloatRange(0, 1), help="Keep labels scoring at least X.")
+@click.option("--threshold", type=FiniteFloatRange(0, 1), help="Keep labels scoring at least X.")
 @click.option(
     "--top-k", type=click.IntRange(1), help="Keep the N best labels (with --threshold: at most N)."
 )
@@ -1094,9 +1105,9 @@ def inspect_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
     "--num-workers", type=click.IntRange(1), help="Ray actors [default: CPUs / per worker]."
 )
 @click.option(
-    "--cpus-per-worker", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True)
+    "--cpus-per-worker", default=1.0, show_default=True, type=FiniteFloatRange(0, min_open=True)
 )
-@click.option("--gpus-per-worker", default=0.0, show_default=True, type=click.FloatRange(0))
+@click.option("--gpus-per-worker", default=0.0, show_default=True, type=FiniteFloatRange(0))
 @click.option(
     "--bundle-via",
     default="auto",
@@ -1241,7 +1252,7 @@ def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tu
     "--warmup",
     default=1.0,
     show_default=True,
-    type=click.FloatRange(0, 86400),
+    type=FiniteFloatRange(0, 86400),
     callback=_finite,
     help="Seconds.",
 )
@@ -1249,7 +1260,7 @@ def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tu
     "--duration",
     default=3.0,
     show_default=True,
-    type=click.FloatRange(0, 86400),
+    type=FiniteFloatRange(0, 86400),
     callback=_finite,
     help="Seconds timed (at most a day).",
 )
@@ -1292,7 +1303,7 @@ def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tu
     type=click.Path(dir_okay=False, path_type=Path),
     help="An earlier --json: exit 1 if a ratio fell by more than --max-slowdown.",
 )
-@click.option("--max-slowdown", default=1.10, show_default=True, type=click.FloatRange(1.0))
+@click.option("--max-slowdown", default=1.10, show_default=True, type=FiniteFloatRange(1.0))
 @click.option("--overwrite", is_flag=True, help="Replace an existing --json or --plot file.")
 @quiet_option
 @click.pass_context
@@ -1361,7 +1372,13 @@ def bench_cmd(ctx: click.Context, bundle: Path, **kw: Any) -> None:
     type=float,
     help="Per-request timeout, seconds.",
 )
-@click.option("--max-body-mb", default=64.0, show_default=True, help="Request body limit, MiB.")
+@click.option(
+    "--max-body-mb",
+    default=64.0,
+    show_default=True,
+    type=FiniteFloatRange(1 / 1024, 1 << 20),  # 1 KiB to 1 TiB: inf crashed the start
+    help="Request body limit, MiB.",
+)
 @click.option(
     "--max-pixels", default=40_000_000, show_default=True, help="Largest image to decode."
 )
@@ -1369,7 +1386,7 @@ def bench_cmd(ctx: click.Context, bundle: Path, **kw: Any) -> None:
     "--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
 )
 @click.option("--engine", **_ENGINE_OPTION)
-@click.option("--threads", type=int, help="Engine threads (default: all cores).")
+@click.option("--threads", type=click.IntRange(1, 256), help="Engine threads (default: all cores).")
 @click.option("--no-access-log", is_flag=True, help="No log line per request.")
 def serve_cmd(bundles: tuple[str, ...], **kw: Any) -> None:
     """Serve BUNDLE... (or NAME=BUNDLE) over HTTP with the KServe v2 / Open Inference Protocol.

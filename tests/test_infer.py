@@ -503,3 +503,49 @@ def test_a_named_file_is_taken_when_its_folder_could_not_be_listed(tmp_path, mon
     found = list(walk.iter_images([folder, folder / "a.jpg"]))
     assert [f.path for f in found] == [str(folder), str(folder / "a.jpg")]
     assert "cannot list folder" in found[0].error and found[1].error is None
+
+
+def test_the_api_takes_one_images_words_and_refuses_what_it_would_misread(annotator, test_images):
+    """`annotate(path, tags=["moon"])` split each word into letters and dropped them, silently."""
+    path = image_paths(test_images)[0]
+    vocab = annotator.info.tag_vocab[:3]
+    assert annotator.annotate(path, tags=vocab) == annotator.annotate([path], tags=[vocab])
+    assert annotator.annotate(path, tags=[vocab]) == annotator.annotate([path], tags=[vocab])
+    with pytest.raises(TypeError, match="one list of words"):
+        annotator.annotate([path], tags=vocab[:1])  # a list of images takes a list per image
+    with pytest.raises(TypeError, match="one list of words"):
+        annotator.annotate([path], tags=[[5]])
+    for size in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            annotator.annotate([path, path], batch_size=size)
+    data = Path(path).read_bytes()
+    assert annotator.annotate(bytearray(data)) == annotator.annotate(memoryview(data))
+    assert len(annotator.annotate(bytearray(data))) == 1
+
+
+@pytest.mark.parametrize(
+    "kw", [{"top_k": 2.5}, {"threshold": True}, {"threshold": "0.5"}, {"threads": 10**6}]
+)
+def test_load_refuses_odd_settings_at_once(int8_bundle, kw):
+    from m3trt.errors import M3Error
+
+    with pytest.raises(M3Error, match="must be"):
+        Annotator.load(int8_bundle, device="cpu", **kw)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["eval", "{bundle}", "{manifest}", "--threshold", "nan"],
+        ["eval", "{bundle}", "{manifest}", "--max-drop", "nan"],
+        ["bench", "{bundle}", "--max-slowdown", "nan"],
+        ["serve", "{bundle}", "--max-body-mb", "inf"],
+        ["serve", "{bundle}", "--threads", "100000"],
+    ],
+    ids=lambda a: " ".join(a[i] for i in (0, -2, -1)),
+)
+def test_nan_and_runaway_numbers_are_usage_errors(int8_bundle, tiny_data, args):
+    """NaN passed click's FloatRange: `--max-drop nan` turned the regression gate off."""
+    args = [a.format(bundle=int8_bundle, manifest=tiny_data) for a in args]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "Invalid value for" in result.output, result.output

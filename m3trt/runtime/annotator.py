@@ -61,10 +61,12 @@ class Decoding:
     top_k: int | None = None
 
     def __post_init__(self) -> None:
-        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
-            raise M3Error(f"--threshold must be between 0 and 1, not {self.threshold}")
-        if self.top_k is not None and self.top_k < 1:
-            raise M3Error(f"--top-k must be at least 1, not {self.top_k}")
+        t, k = self.threshold, self.top_k
+        number = isinstance(t, int | float) and not isinstance(t, bool)
+        if t is not None and not (number and 0.0 <= t <= 1.0):
+            raise M3Error(f"--threshold must be a number from 0 to 1, not {t!r}")
+        if k is not None and not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
+            raise M3Error(f"--top-k must be an integer of at least 1, not {k!r}")
 
     def cut(self, scores: np.ndarray, topk: np.ndarray, k: int) -> np.ndarray:
         """Label indices for one image, by descending score."""
@@ -114,6 +116,10 @@ class Annotator:
         ``auto`` or a registry name such as ``onnxruntime``/``openvino``). ``runs``: batches the
         caller runs at once from threads (the folder pipeline), where the engine allows it."""
         decoding = Decoding(threshold, top_k)
+        if threads is not None and not (
+            isinstance(threads, int) and not isinstance(threads, bool) and 1 <= threads <= 256
+        ):  # 10**6 threads ran for minutes, growing by gigabytes
+            raise M3Error(f"threads must be an integer from 1 to 256, not {threads!r}")
         if not isinstance(bundle, Bundle):
             bundle = load_bundle(bundle, verify=verify)
         opened, choice = open_engine(bundle, device, engine=engine, threads=threads, runs=runs)
@@ -174,10 +180,16 @@ class Annotator:
         *,
         batch_size: int = DEFAULT_BATCH,
     ) -> list[Annotation]:
-        """Annotate paths, PIL images or uint8 arrays (one or a list); ``tags``: words per image."""
+        """Annotate paths, PIL images or uint8 arrays (one or a list); ``tags``: a list of words
+        per image (for one image given alone, its list of words)."""
         items = _as_list(images)
-        if tags is not None and len(tags) != len(items):
-            raise M3Error(f"got {len(items)} images but {len(tags)} tag lists")
+        if tags is not None:
+            words = not isinstance(tags, str | bytes) and isinstance(tags, Sequence)
+            if _is_single(images) and words and all(isinstance(w, str) for w in tags):
+                tags = [tags]  # one image's words (its [[words]] still works too)
+            tags = _tag_rows(tags, len(items))
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}")
         result: list[Annotation] = []
         for start, stop in _batches(len(items), batch_size):
             batch = np.stack([self.prepare(x) for x in items[start:stop]])
@@ -186,12 +198,37 @@ class Annotator:
         return result
 
 
+def _is_single(images: Any) -> bool:
+    """One image, not a list of them (bytes-like buffers are one image's encoded bytes)."""
+    if isinstance(images, np.ndarray):
+        return images.ndim != 4
+    return isinstance(images, str | Path | bytes | bytearray | memoryview) or not isinstance(
+        images, Sequence
+    )
+
+
 def _as_list(images: Any) -> list[Any]:
-    if isinstance(images, str | Path | bytes) or not isinstance(images, Sequence):
-        if isinstance(images, np.ndarray) and images.ndim == 4:
-            return list(images)
-        return [images]
-    return list(images)
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return list(images)
+    return [images] if _is_single(images) else list(images)
+
+
+def _tag_rows(tags: Any, n: int) -> list[list[str]]:
+    """Tags as one list of words per image, checked: a list of words for a list of images was
+    read as one 'list' per image, each word split into letters and silently dropped."""
+    shape = "tags must be one list of words (str) per image"
+    if isinstance(tags, str | bytes) or not isinstance(tags, Sequence):
+        raise TypeError(f"{shape}, not {type(tags).__name__}")
+    rows = []
+    for row in tags:
+        if isinstance(row, str | bytes) or not isinstance(row, Sequence):
+            raise TypeError(f"{shape}; got a {type(row).__name__} where a list of words goes")
+        if not all(isinstance(word, str) for word in row):
+            raise TypeError(f"{shape}; got {row!r}")
+        rows.append(list(row))
+    if len(rows) != n:
+        raise M3Error(f"got {n} images but {len(rows)} tag lists")
+    return rows
 
 
 def _batches(n: int, size: int) -> Iterator[tuple[int, int]]:
