@@ -490,3 +490,31 @@ def test_overwrite_replaces_a_linked_output_never_its_target(tmp_path, int8_bund
     assert code == 0, output
     assert victim.read_text() == "a user's file\n"
     assert not out.is_symlink() and read_results(out)
+
+
+def test_read_results_is_as_guarded_as_resume(tmp_path, int8_bundle, photos):
+    """The documented reader hung on a FIFO, took a str path as an AttributeError, read a CSV
+    named x.out as JSON, and answered a torn last line or a foreign file with raw errors."""
+    from m3trt.errors import InputError
+
+    out = tmp_path / "x.out"
+    code, output = infer(int8_bundle, photos, "-o", out, "--format", "csv")
+    assert code == 0, output
+    rows = read_results(str(out), "csv")
+    assert len(rows) == len(good_images(photos)) and rows == read_results(out, fmt="csv")
+    jsonl = tmp_path / "r.jsonl"
+    assert infer(int8_bundle, photos, "-o", jsonl)[0] == 0
+    text = jsonl.read_text()
+    jsonl.write_text(text + text.splitlines()[0][:20])  # a torn last line: not a row
+    assert len(read_results(jsonl)) == len(rows)
+    jsonl.write_text(text + "[1, 2]\n")
+    with pytest.raises(InputError, match=rf"{jsonl}:{len(rows) + 1}: not a row of m3trt's"):
+        read_results(jsonl)
+    foreign = tmp_path / "f.csv"
+    foreign.write_text("a,b\r\n1,2\r\n")
+    with pytest.raises(InputError, match="not m3trt's CSV"):
+        read_results(foreign)
+    fifo = tmp_path / "p.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="is a FIFO"):
+        read_results(fifo)

@@ -465,26 +465,64 @@ class ResultWriter:
         self.close()
 
 
-def read_results(path: Path) -> list[dict[str, Any]]:
-    """Rows of a results or errors file in either format (tests, eval and users' scripts);
-    ``path`` is the exact name (from ``path_bytes`` when present)."""
-    text = path.read_bytes().decode("utf-8")  # no newline translation: a name may hold a CR
-    if path.suffix.lower() != ".csv":
-        rows = [json.loads(line) for line in text.split("\n") if line.strip()]
-        for row in rows:
-            row["path"] = path_from_fields(row)
-            row.pop("path_bytes", None)
-        return rows
+MAX_READ_BYTES = 4 << 30  # a results file of some ten million images
+
+
+def read_results(path: str | Path, fmt: str | None = None) -> list[dict[str, Any]]:
+    """Rows of a results or errors file in either format (``fmt``, else the name's ending, as
+    ``infer`` chose it); ``path`` of each row is the exact name (from ``path_bytes`` when
+    present). A last JSONL line without its newline, as a kill leaves it, is not a row. A file
+    that is not m3trt's raises InputError naming the file and line."""
+    from m3trt.data.safe_open import read_regular
+
+    path = Path(path)
+    data = read_regular(path, "results file", MAX_READ_BYTES)  # a FIFO hung, /dev/zero grew
+    try:
+        text = data.decode("utf-8")  # no newline translation: a name may hold a CR
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start}); not m3trt's") from None
+    if format_for(path, fmt) == "jsonl":
+        return _jsonl_rows(path, text)
+    return _csv_rows(path, text)
+
+
+def _jsonl_rows(path: Path, text: str) -> list[dict[str, Any]]:
     rows = []
-    for row in csv.DictReader(io.StringIO(text, newline="")):
-        scores = row["scores"]
-        rows.append(
-            {
-                "path": path_from_fields(row),
-                "labels": split_list(row["labels"]),
-                "scores": [float(s) for s in scores.split(LIST_SEPARATOR)] if scores else [],
-                "k": int(row["k"]),
-                "quantity": float(row["quantity"]),
-            }
-        )
+    lines = text.split("\n")[:-1]  # the piece after the last newline is torn (or empty)
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+            row["path"] = path_from_fields(row)
+        except (ValueError, RecursionError) as exc:
+            detail = " ".join(str(exc).split())[:120] or type(exc).__name__
+            raise InputError(f"{path}:{number}: not a row of m3trt's ({detail})") from None
+        row.pop("path_bytes", None)
+        rows.append(row)
+    return rows
+
+
+def _csv_rows(path: Path, text: str) -> list[dict[str, Any]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is None or not set(CSV_COLUMNS[:5]) <= set(reader.fieldnames):
+        raise InputError(f"{path}: not m3trt's CSV (its header is not {','.join(CSV_COLUMNS)})")
+    rows = []
+    for row in reader:
+        try:
+            scores = row["scores"]
+            rows.append(
+                {
+                    "path": path_from_fields(row),
+                    "labels": split_list(row["labels"]),
+                    "scores": [float(s) for s in scores.split(LIST_SEPARATOR)] if scores else [],
+                    "k": int(row["k"]),
+                    "quantity": float(row["quantity"]),
+                }
+            )
+        except (ValueError, TypeError, AttributeError) as exc:
+            line = reader.line_num
+            raise InputError(f"{path}:{line}: not a row of m3trt's ({exc})") from None
     return rows
