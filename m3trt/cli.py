@@ -1332,9 +1332,10 @@ def bench_cmd(ctx: click.Context, bundle: Path, **kw: Any) -> None:
     )
     baseline = None
     if kw["baseline"]:
-        from m3trt.bench.regression import load_baseline
+        from m3trt.bench.regression import check_speed_baseline, load_baseline
 
         baseline = load_baseline(kw["baseline"], "speed")  # bad: fails before the long run
+        check_speed_baseline(kw["baseline"], baseline, kw["against"], kw["batch_sizes"])
     report = run_bench(bundle, options, reporter=_reporter(ctx))
     click.echo(format_bench(report))
     if kw["json_path"]:

@@ -133,8 +133,13 @@ def test_bench_baseline_exit_codes(tmp_path, bench_json, int8_bundle):
     (tmp_path / "slow.json").write_text(json.dumps(slow))
     code, output = cli(*args, "--baseline", tmp_path / "slow.json")
     assert code == 1 and "regression: batch 4:" in output
+    # what the options alone reveal is refused before the run (it came after the timing)
     code, output = cli(*args[:-2], "--baseline", tmp_path / "slow.json")  # no --against
-    assert code == 2 and "--against" in output
+    assert code == 2 and "--against" in output and "batch" not in output.split("error")[0]
+    code, output = cli(*args[:-1], "torch", "--baseline", tmp_path / "slow.json")
+    assert code == 2 and "measured against 'onnx-fp32', not 'torch'" in output
+    code, output = cli(*args, "--batch-sizes", "2", "--baseline", tmp_path / "slow.json")
+    assert code == 2 and "no batch size in common with the baseline's (4)" in output
     (tmp_path / "bad.json").write_text("{not json")
     code, output = cli(*args, "--baseline", tmp_path / "bad.json")
     assert code == 2 and "bad.json" in output
@@ -200,3 +205,12 @@ def test_bench_splits_transfers_and_compute(tmp_path, int8_bundle):
         assert set(result[part]) == {"min", "max", "mean", "median", "p90", "p95", "p99"}
         assert 0 <= result[part]["min"] <= result[part]["max"]
     assert result["compute_ms"]["median"] > result["h2d_ms"]["median"]
+
+
+def test_an_accuracy_baseline_without_its_image_count_is_refused_before_the_run(tmp_path):
+    from m3trt.bench.regression import load_baseline
+
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps({"mAP": 0.6, "modes": {"top3": {"OF1": 0.5, "CF1": 0.4}}}))
+    with pytest.raises(M3Error, match="does not say how many images it scored"):
+        load_baseline(path, "accuracy")

@@ -7,7 +7,7 @@ points (1 point = 0.01), and each one that dropped by more than the budget gives
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,27 @@ def load_baseline(path: Path, kind: str = "accuracy") -> dict[str, Any]:
         any(figures(data)) if kind == "accuracy" else _speed_shape(data)
     ):
         raise InputError(f"{path}: not a baseline written by m3trt {command} --json")
+    if kind == "accuracy" and not _count(data.get("n_images")):  # compared after the run
+        raise InputError(f"{path}: the baseline does not say how many images it scored")
     return data
+
+
+def check_speed_baseline(
+    path: Path, baseline: dict[str, Any], against: str | None, batch_sizes: Sequence[int]
+) -> None:
+    """What compare_speed refuses after the run, refused before it where the options tell."""
+    if not against:
+        raise InputError("--baseline compares speed ratios: run with --against REFERENCE")
+    then = baseline["reference"]["name"]
+    if against in ("torch", "onnx-fp32") and against != then:  # a bundle's name: after loading
+        raise InputError(f"{path}: the baseline was measured against {then!r}, not {against!r}")
+    if not {str(b) for b in batch_sizes} & set(baseline["ratios"]):
+        shown = ",".join(sorted(baseline["ratios"], key=int))
+        raise InputError(f"{path}: no batch size in common with the baseline's ({shown})")
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _speed_shape(data: dict[str, Any]) -> bool:
