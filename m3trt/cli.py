@@ -1238,6 +1238,7 @@ def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tu
         sizes = tuple(int(x) for x in value.split(",") if x.strip())
     except ValueError:
         raise click.BadParameter(f"{value!r}: give positive integers, e.g. 1,8,32") from None
+    sizes = tuple(dict.fromkeys(sizes))  # "1,1" timed batch 1 twice into one ratio
     if not sizes or min(sizes) < 1 or max(sizes) > MAX_CALL_BATCH:
         raise click.BadParameter(
             f"{value!r}: give integers from 1 to {MAX_CALL_BATCH}, e.g. 1,8,32"

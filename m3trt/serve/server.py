@@ -124,12 +124,13 @@ def serve(
     app = create_app(models, options.limits, metrics)
     sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
+    url_host = f"[{bound_host}]" if ":" in bound_host else bound_host  # an IPv6 address
     for model in models:
         say(f"model {model.name}: {model.annotator.description}")
     if not is_loopback(host):
         say(f"warning: listening on {host}, reachable from other machines; there is no auth")
     say(
-        f"serving {', '.join(m.name for m in models)} on http://{bound_host}:{bound_port} "
+        f"serving {', '.join(m.name for m in models)} on http://{url_host}:{bound_port} "
         f"(max batch {options.max_batch}, max queue delay {options.max_delay_ms:g} ms)"
     )
     server = uvicorn_server(app, options.limits)
