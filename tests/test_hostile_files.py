@@ -104,7 +104,8 @@ def test_a_baseline_figure_of_the_wrong_type_is_skipped(tmp_path):
     from m3trt.bench.regression import figures, load_baseline
 
     path = tmp_path / "b.json"
-    path.write_text(json.dumps({"mAP": 0.5, "modes": {"x": 1, "y": {"CF1": "high"}}}))
+    baseline = {"n_images": 30, "mAP": 0.5, "modes": {"x": 1, "y": {"CF1": "high"}}}
+    path.write_text(json.dumps(baseline))
     assert dict(figures(load_baseline(path))) == {"mAP": 0.5}
 
 
