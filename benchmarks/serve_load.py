@@ -321,10 +321,11 @@ def sigterm_under_load(bundle: Path, model: str, image: np.ndarray) -> dict[str,
             "lost": len(logged) - ok[0]}  # fmt: skip
 
 
-def rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory now (VmRSS) or at its peak (VmHWM), from /proc."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 

@@ -36,14 +36,6 @@ UVICORN_OWN = (
 )
 
 
-def peak_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def flood(url: str, model: str, count: int, seconds: float, pid: int) -> dict[str, Any]:
     host, port = url.rsplit(":", 1)
     tensor = {"name": "image", "datatype": "UINT8", "shape": [1, 64, 64, 3], "data": [0] * 12288}
@@ -62,7 +54,7 @@ def flood(url: str, model: str, count: int, seconds: float, pid: int) -> dict[st
         except BlockingIOError:
             time.sleep(0.01)
     took = time.monotonic() - start
-    during, peak = rss_mib(pid), peak_rss_mib(pid)
+    during, peak = rss_mib(pid), rss_mib(pid, "VmHWM")
     conn.close()
     time.sleep(2.0)
     return {
