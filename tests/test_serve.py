@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -218,6 +219,20 @@ def _infer_body(shape, datatype="UINT8", data=None) -> bytes:
     return json.dumps({"inputs": [tensor]}).encode()
 
 
+def _tags_body(bad: str | None, num_tags: int) -> bytes:
+    """An infer body whose tags hold one non-finite value: in JSON (``bad``) or, with None,
+    as binary float32 data after the header (the test takes its length from the first NUL)."""
+    image = {"name": "image", "shape": [1, 64, 64, 3], "datatype": "UINT8", "data": [0] * 12288}
+    tags = {"name": "tags", "shape": [1, num_tags], "datatype": "FP32"}
+    if bad is None:
+        tags["parameters"] = {"binary_data_size": 4 * num_tags}
+        values = np.zeros(num_tags, np.float32)
+        values[-1] = np.nan
+        return json.dumps({"inputs": [image, tags]}).encode() + values.tobytes()
+    tags["data"] = [0] * (num_tags - 1) + ["BAD"]
+    return json.dumps({"inputs": [image, tags]}).replace('"BAD"', bad).encode()
+
+
 MALFORMED = {
     "bad json": ("infer", b'{"inputs": [', {}, 400, "not valid JSON"),
     "wrong shape": ("infer", _infer_body([1, 8, 8, 3]), {}, 400, "expected [-1, 64, 64, 3]"),
@@ -264,13 +279,24 @@ MALFORMED = {
         "after decompression",
     ),
     "unknown encoding": ("infer", b"{}", {"Content-Encoding": "br"}, 415, "not supported"),
+    "huge integer": ("infer", b'{"inputs": [], "id": ' + b"9" * 5000 + b"}", {}, 400, "JSON"),
+    "NaN tags": ("infer", partial(_tags_body, "NaN"), {}, 400, "not a finite number"),
+    "infinite tags": ("infer", partial(_tags_body, "-Infinity"), {}, 400, "not a finite number"),
+    "binary NaN tags": (
+        "infer",
+        partial(_tags_body, None),
+        {"Inference-Header-Content-Length": None},
+        400,
+        "not a finite number",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(MALFORMED), ids=list(MALFORMED))
-def test_malformed_requests_get_a_4xx_and_the_server_keeps_serving(served, images, case):
+def test_malformed_requests_get_a_4xx_and_the_server_keeps_serving(served, annotator, images, case):
     url = served
     endpoint, body, headers, status, reason = MALFORMED[case]
+    body = body(annotator.info.num_tags) if callable(body) else body
     body = body if isinstance(body, bytes) else body.encode()
     if "Inference-Header-Content-Length" in headers:
         headers = {"Inference-Header-Content-Length": str(body.index(b"\0"))}

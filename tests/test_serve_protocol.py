@@ -93,7 +93,7 @@ def test_response_encoding_json_and_binary():
         (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "INT32", "data": [1.5]}]}', None,
          "must be integers"),
         (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "FP16", "data": [1e9]}]}', None,
-         "overflow"),
+         "beyond FP16"),
         (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": ["x"]}]}', None,
          "numbers only"),
         (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}]}xxxx', 10**6,

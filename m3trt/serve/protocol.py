@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from m3trt.runtime.model_io import one_line
+
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
     "UINT8": np.dtype(np.uint8),
@@ -115,6 +117,8 @@ def _json_object(raw: bytes | memoryview) -> dict[str, Any]:
         value = json.loads(bytes(raw))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"the request is not valid JSON: {exc}") from None
+    except ValueError as exc:  # an integer longer than Python converts
+        raise ProtocolError(f"the request is not usable JSON: {one_line(exc)[:120]}") from None
     except RecursionError:
         raise ProtocolError("the request JSON is nested too deeply") from None
     if not isinstance(value, dict):
@@ -154,10 +158,24 @@ def _decode_input(raw: Any, binary: memoryview, offset: int) -> tuple[str, np.nd
                 f"input {name!r}: binary data ends after {len(binary) - offset} of {size} bytes"
             )
         flat = np.frombuffer(binary[offset : offset + size], dtype=dtype.newbyteorder("<"))
-        return name, flat.astype(dtype, copy=True).reshape(shape), size
+        return name, _finite(flat.astype(dtype, copy=True).reshape(shape), name), size
     if "data" not in raw:
         raise ProtocolError(f"input {name!r} has neither 'data' nor binary_data_size")
     return name, _from_json_data(raw["data"], shape, dtype, name), 0
+
+
+def _finite(array: np.ndarray, name: str) -> np.ndarray:
+    """Float inputs hold finite numbers: a NaN tag weight would come back as NaN scores."""
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise _not_finite(name, array.dtype)
+    return array
+
+
+def _not_finite(name: str, dtype: np.dtype) -> ProtocolError:
+    return ProtocolError(
+        f"input {name!r}: holds a value that is not a finite number "
+        f"(NaN, an infinity, or beyond {_NAMES[dtype]}'s range)"
+    )
 
 
 def _shape(value: Any, name: str) -> list[int]:
@@ -208,10 +226,8 @@ def _from_json_data(data: Any, shape: list[int], dtype: np.dtype, name: str) -> 
         with np.errstate(over="ignore"):
             array = np.array(flat, dtype=np.float64).astype(dtype)
     except OverflowError:  # a JSON integer of hundreds of digits: no float holds it
-        raise ProtocolError(f"input {name!r}: values overflow {_NAMES[dtype]}") from None
-    if not np.isfinite(array).all():
-        raise ProtocolError(f"input {name!r}: values overflow {_NAMES[dtype]}")
-    return array.reshape(shape)
+        raise _not_finite(name, dtype) from None
+    return _finite(array, name).reshape(shape)
 
 
 def _flatten(data: list[Any], name: str) -> list[Any]:
