@@ -72,6 +72,8 @@ def test_edited_field_is_refused(tmp_path, bundle, test_images, change, words):
     [
         ("[" * 100_000 + "]" * 100_000, ["nested too deeply"]),
         ('{"schema_version": ' + "9" * 5000 + "}", ["unusable JSON"]),
+        ('{"schema_version": 1, "x": NaN}', ["unusable JSON", "NaN is not a JSON number"]),
+        ('{"schema_version": 1, "x": -Infinity}', ["-Infinity is not a JSON number"]),
     ],
 )
 def test_hostile_json_is_one_line(tmp_path, bundle, test_images, text, words):

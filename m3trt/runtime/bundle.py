@@ -251,7 +251,7 @@ def _read_manifest(manifest: Path) -> dict[str, Any]:
         reason = exc if isinstance(exc, InputError) else f"{manifest}: cannot be read ({exc})"
         raise _error(f"{reason}; {REBUILD}") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_not_json_number)
     except json.JSONDecodeError as exc:
         raise _error(f"{manifest}: not valid JSON ({exc}); {REBUILD}") from None
     except RecursionError:
@@ -262,6 +262,12 @@ def _read_manifest(manifest: Path) -> dict[str, Any]:
         raise _error(f"{manifest}: must hold a JSON object; {REBUILD}")
     _check_schema(data, manifest)
     return data
+
+
+def _not_json_number(name: str) -> float:
+    """m3trt writes bundle.json without NaN or infinities (``allow_nan=False``); Python's reader
+    would take them, and a NaN then passes every range check and reaches ``inspect --json``."""
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _check_schema(data: dict[str, Any], manifest: Path) -> None:
