@@ -1246,6 +1246,12 @@ def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tu
     return sizes
 
 
+def _reference(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.strip():  # "" measured the bundle alone, silently
+        raise click.BadParameter("give torch, onnx-fp32 or a bundle's path (empty given)")
+    return value
+
+
 @main.command("bench")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_batch_sizes)
@@ -1277,7 +1283,11 @@ def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tu
     type=ExistingPath(file_okay=False, path_type=Path),
     help="Measure end to end over these images (decoding included).",
 )
-@click.option("--against", help="Reference in the same process: torch, onnx-fp32 or a bundle.")
+@click.option(
+    "--against",
+    callback=_reference,
+    help="Reference in the same process: torch, onnx-fp32 or a bundle.",
+)
 @click.option(
     "--checkpoint",
     type=click.Path(file_okay=False, path_type=Path),
@@ -1355,9 +1365,21 @@ def bench_cmd(ctx: click.Context, bundle: Path, **kw: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------- serve
+def _host(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    if not value.strip():  # "" listened on every interface, which nobody asks for by omission
+        raise click.BadParameter("give an address: 127.0.0.1, or 0.0.0.0 for every interface")
+    return value
+
+
 @main.command("serve")
 @click.argument("bundles", nargs=-1, required=True)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    callback=_host,
+    help="Address to listen on (0.0.0.0 or :: for every interface).",
+)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--max-batch-size", default=16, show_default=True, help="Images per engine call.")
 @click.option(

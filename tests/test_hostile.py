@@ -370,6 +370,12 @@ def test_bench_refuses_an_endless_duration(int8_bundle):
     assert result.exit_code == 2 and "--duration" in result.output
 
 
+def test_bench_refuses_an_empty_reference(int8_bundle):
+    """``--against ""`` measured the bundle alone and said nothing of the reference."""
+    result = CliRunner().invoke(main, ["bench", str(int8_bundle), "--against", ""])
+    assert result.exit_code == 2 and "--against" in result.output and "empty" in result.output
+
+
 def test_data_synth_refuses_a_folder_that_is_not_empty(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
     result = CliRunner().invoke(main, ["data", "synth", str(tmp_path), "--n", "10"])

@@ -451,11 +451,15 @@ def test_serve_usage_errors_are_one_line(int8_bundle, tmp_path):
         ([str(int8_bundle), "--max-queue", "4", "--max-batch-size", "8"], "--max-queue must be"),
         ([str(int8_bundle), "--timeout", "0"], "--timeout must be positive"),
         ([str(int8_bundle), "--timeout", "inf"], "--timeout must be positive"),
+        (["x="], "x=: names no bundle"),
     ]
     for args, reason in cases:
         result = CliRunner().invoke(main, ["serve", *args])
         assert result.exit_code == 2, result.output
         assert reason in result.output and len(result.output.strip().splitlines()) == 1
+    # An empty --host listened on every interface.
+    result = CliRunner().invoke(main, ["serve", str(int8_bundle), "--host", ""])
+    assert result.exit_code == 2 and "Invalid value for '--host'" in result.output
 
 
 def test_request_timeout_answers_504_and_the_server_goes_on(int8_bundle, images):

@@ -38,6 +38,8 @@ def parse_model_specs(args: Sequence[str]) -> list[tuple[str, Path]]:
         if not sep:
             path = arg
             name = Path(arg.rstrip("/\\")).name.removesuffix(BUNDLE_SUFFIX)
+        elif not path:  # Path("") is ".", which was then reported as "not an m3trt bundle"
+            raise InputError(f"{arg}: names no bundle; use NAME=BUNDLE")
         if not name or "/" in name or not name.isprintable() or name.strip() != name:
             raise InputError(f"{arg}: cannot name a model {name!r}; use NAME=BUNDLE")
         if any(name == n for n, _ in specs):
