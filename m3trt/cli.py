@@ -23,7 +23,7 @@ import click
 
 from m3trt import __version__
 from m3trt.constants import MAX_CALL_BATCH, MAX_TRAIN_BATCH
-from m3trt.errors import InputError, M3Error, OutputFailure
+from m3trt.errors import InputError, M3Error, OutputFailure, terminal_safe
 from m3trt.progress import Reporter
 
 EXIT_FAILURE = 1
@@ -94,7 +94,7 @@ def _unexpected(ctx: click.Context, exc: BaseException) -> str:
 def _fail(ctx: click.Context, message: str, code: int, exc: BaseException) -> None:
     if (ctx.obj or {}).get("verbose"):
         traceback.print_exception(exc)
-    click.echo(message, err=True)
+    click.echo(terminal_safe(message), err=True)
     ctx.exit(code)
 
 
@@ -175,6 +175,16 @@ def _model_files(model: Path) -> tuple[Path, ...]:
     if (model / "bundle.json").exists():
         return (model,)
     return tuple(model / name for name in CHECKPOINT_ENTRIES)
+
+
+def _manifest_files(data: Path) -> tuple[Path, Path]:
+    """A manifest and the labels.txt read beside it; for a folder, the manifest.jsonl in it (a
+    folder of images holds neither, and an output may then sit beside its images)."""
+    from m3trt.data.manifest import LABELS_FILE
+
+    if data.is_dir():
+        return data / "manifest.jsonl", data / LABELS_FILE
+    return data, data.parent / LABELS_FILE
 
 
 def _claim(
@@ -639,7 +649,9 @@ def eval_cmd(
 
     if split not in ("train", "val", "test", "all"):
         raise click.BadParameter("choose train, val, test or all", param_hint="--split")
-    _claim(ctx, {"--json": json_path}, overwrite, (*_model_files(model), manifest))
+    _claim(
+        ctx, {"--json": json_path}, overwrite, (*_model_files(model), *_manifest_files(manifest))
+    )
     # Read before the run: a bad baseline fails first, and --json may then replace it.
     reference = _load_baseline(baseline)
     if (model / "bundle.json").is_file() or model.name == "bundle.json":
@@ -806,7 +818,8 @@ def calibrate_cmd(
     from m3trt.runtime.graph_contract import check_source_graph, source_digest
 
     reporter = _reporter(ctx)
-    _lock(ctx, out, "-o", partial(_check_calibration_out, out, overwrite))
+    inputs = (model, *_manifest_files(data))
+    _lock(ctx, out, "-o", partial(_check_calibration_out, out, overwrite, inputs))
     info = check_source_graph(model)
     kw = dict(
         image_size=info.image_size,
@@ -833,11 +846,15 @@ def calibrate_cmd(
     click.echo(f"{out}: {len(images)} images, {method}: {state}")
 
 
-def _check_calibration_out(out: Path, overwrite: bool) -> None:
+def _check_calibration_out(out: Path, overwrite: bool, inputs: tuple[Path, ...]) -> None:
     """``calibrate -o`` replaces only a calibration cache (and one of other ranges only with
-    --overwrite): never a FIFO, a folder or another file that happens to sit there."""
+    --overwrite): never a FIFO, a folder or another file that happens to sit there, and never
+    one of its ``inputs``, even with --overwrite."""
     from m3trt.calibration.ranges import read_cache
     from m3trt.data.safe_open import file_kind
+    from m3trt.runtime.outputs import check_apart
+
+    check_apart({"-o": out}, inputs)
 
     try:
         mode = out.stat().st_mode

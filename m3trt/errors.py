@@ -4,6 +4,27 @@
 with code 2, without a traceback. Anything else is a failure (exit code 1).
 """
 
+import re
+
+# Control characters (escape sequences recolour, retitle or rewrite a terminal), bidi overrides,
+# line separators and lone surrogates (a file name's undecodable bytes): shown as escapes.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def terminal_safe(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` (which may quote a hostile file name or file) safe to print: one line unless
+    ``keep_newlines``, nothing a terminal would act on."""
+
+    def escape(match: re.Match[str]) -> str:
+        char = match.group()
+        if keep_newlines and char == "\n":
+            return char
+        if "\udc80" <= char <= "\udcff":  # a byte of a name that is not UTF-8: show that byte
+            return f"\\x{ord(char) - 0xDC00:02x}"
+        return char.encode("unicode_escape", "backslashreplace").decode("ascii")
+
+    return _UNSAFE.sub(escape, text)
+
 
 class M3Error(Exception):
     """A problem the user can fix; its message names the file, the problem and the fix."""

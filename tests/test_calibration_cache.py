@@ -128,3 +128,19 @@ def test_a_replaced_bundles_broken_calibration_is_ignored(tmp_path):
     assert not _is_cache(tmp_path / "absent.json")
     broken.write_text(json.dumps({"format": 1, "key": {}, "ranges": {}}))
     assert _is_cache(broken)
+
+
+def test_calibrate_never_replaces_its_own_inputs(tmp_path, tiny_onnx, tiny_data):
+    """-o MODEL.onnx --overwrite turned the model into a 17 KB JSON; -o the --data manifest, or
+    the labels.txt beside it, replaced those. Copies: a failure must not harm shared fixtures."""
+    import shutil
+
+    model = shutil.copy(tiny_onnx, tmp_path / "model.onnx")
+    data = shutil.copy(tiny_data, tmp_path / "manifest.jsonl")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("circle\n")
+    for out in (model, data, labels):
+        before = out.read_bytes()
+        code, output = run("calibrate", model, "--data", data, "-o", out, "--overwrite")
+        assert code == 2 and "-o is an input of this run" in output, output
+        assert out.read_bytes() == before

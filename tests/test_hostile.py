@@ -524,3 +524,15 @@ def test_read_results_is_as_guarded_as_resume(tmp_path, int8_bundle, photos):
     os.mkfifo(fifo)
     with pytest.raises(InputError, match="is a FIFO"):
         read_results(fifo)
+
+
+def test_error_lines_escape_what_a_terminal_would_act_on(tmp_path):
+    """A manifest naming the image 'b\\nc\\x1b[2J.jpg' printed a two-line error that cleared
+    the screen; a non-UTF-8 byte is shown as the byte it is."""
+    rows = [{"image": "b\nc\x1b[2J.jpg", "labels": ["x"]}, {"image": "\udcff.jpg", "labels": ["x"]}]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(main, ["train", str(manifest), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert len(result.output.strip().splitlines()) == 1 and "\x1b" not in result.output
+    assert "b\\nc\\x1b[2J.jpg" in result.output and "\\xff.jpg" in result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -510,3 +511,55 @@ def test_coco_captions_unknown_image(coco: Path, tmp_path: Path) -> None:
 def test_coco_bad_split_option(coco: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="split"):
         import_coco(coco, tmp_path / "out", split="dev")
+
+
+# ----------------------------------------------------------------------- names that are not text
+
+
+def test_coco_file_name_that_is_not_utf8_round_trips(coco: Path, tmp_path: Path) -> None:
+    """A lone surrogate (a file name's non-UTF-8 byte, as os.fsdecode holds it) crashed the
+    manifest writer with UnicodeEncodeError; it is written escaped and reads back as the file."""
+    data = json.loads(coco.read_text(encoding="utf-8"))
+    data["images"][0]["file_name"] = "caf\udce9.jpg"
+    coco.write_text(json.dumps(data), encoding="utf-8")
+    _jpeg(coco.parent.parent / "val2017" / "caf\udce9.jpg")
+    out = tmp_path / "out"
+    import_coco(coco, out)
+    manifest = read_manifest(out / "manifest.jsonl", allow_missing_images=True)
+    assert os.fsencode(manifest.records[0].path).endswith(b"/caf\xe9.jpg")
+    assert manifest.records[0].path.is_file()
+
+
+@pytest.mark.parametrize("name", ["a\nb", "a\u2028b", "x\x1b[31m", "\udcff"])
+def test_coco_category_that_cannot_be_a_label(coco: Path, tmp_path: Path, name: str) -> None:
+    """'a\\nb' was written to labels.txt as two lines: the import said it worked, and the
+    dataset it wrote was then refused by its own reader."""
+    data = json.loads(coco.read_text(encoding="utf-8"))
+    data["categories"][1]["name"] = name
+    coco.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(InputError, match=r"categories\[1\] name .* holds a"):
+        import_coco(coco, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_nuswide_image_list_that_is_not_utf8_names_the_files(nus: Path, tmp_path: Path) -> None:
+    """Latin-1 decoding made b'\\xff.jpg' the name 'ÿ.jpg' (UTF-8 c3 bf): the image on disk
+    was counted missing."""
+    lists = nus / "ImageList"
+    for name in ("Imagelist.txt", "TrainImagelist.txt"):
+        data = (lists / name).read_bytes().replace(b"0003_512.jpg", b"0003_\xff.jpg")
+        (lists / name).write_bytes(data)
+    old = nus / "Flickr" / "actor" / "0003_512.jpg"
+    old.rename(os.fsdecode(os.path.join(os.fsencode(old.parent), b"0003_\xff.jpg")))
+    summary = import_nuswide(nus, tmp_path / "out")
+    assert summary.n_missing_images == 1  # only the one the fixture leaves out
+    assert read_manifest(tmp_path / "out" / "manifest.jsonl", allow_missing_images=True)
+
+
+def test_nuswide_label_file_that_is_a_fifo_is_named_as_one(nus: Path, tmp_path: Path) -> None:
+    """It was reported as 'label file not found'."""
+    path = nus / "Groundtruth" / "AllLabels" / "Labels_sky.txt"
+    path.unlink()
+    os.mkfifo(path)
+    with pytest.raises(InputError, match=r"Labels_sky\.txt: label file is a FIFO"):
+        import_nuswide(nus, tmp_path / "out")

@@ -68,6 +68,12 @@ def test_duplicate_label_in_labels_txt(tmp_path):
         ('{"image": "a.jpg", "labels": "dog"}', '"labels" must be a list of strings'),
         ('{"image": "a.jpg", "labels": ["a"], "tags": [1]}', '"tags" must be a list of strings'),
         ('{"image": "a.jpg", "labels": ["a"], "split": "dev"}', '"split" must be one of'),
+        # labels.txt holds one name a line: these names could not be kept there
+        ('{"image": "a.jpg", "labels": ["a\\nb"]}', "label 'a\\nb' holds a control"),
+        ('{"image": "a.jpg", "labels": ["a\\u2028b"]}', "holds a control character or a line"),
+        # not Unicode: train then crashed writing the model's metadata as UTF-8
+        ('{"image": "a.jpg", "labels": ["\\udcff"]}', "holds a lone surrogate"),
+        ('{"image": "a.jpg", "labels": ["a"], "tags": ["\\ud800x"]}', "tag '\\ud800x' holds"),
     ],
 )
 def test_bad_lines_are_reported_with_their_number(tmp_path, line, reason):
@@ -146,3 +152,28 @@ def test_vocab_encoding_ignores_unknown_names():
     np.testing.assert_array_equal(vocab.encode_many([["y"], []]), [[0, 1, 0], [0, 0, 0]])
     with pytest.raises(ValueError):
         Vocab(["x", "x"])
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dangling link", "folder"])
+def test_a_labels_txt_that_is_not_a_file_is_named(tmp_path, kind):
+    """It was skipped as if absent: the label order silently fell back to the sorted names."""
+    import os
+
+    path = make(tmp_path, [{"image": "a.jpg", "labels": ["dog"]}])
+    labels = tmp_path / "labels.txt"
+    if kind == "fifo":
+        os.mkfifo(labels)
+    elif kind == "folder":
+        labels.mkdir()
+    else:
+        labels.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ManifestError, match="labels.txt"):
+        read_manifest(path)
+
+
+def test_a_labels_txt_name_with_a_line_separator_is_refused(tmp_path):
+    """splitlines() cut a name at U+0085 or U+2028 where the manifest reader did not."""
+    path = make(tmp_path, [{"image": "a.jpg", "labels": ["dog"]}])
+    (tmp_path / "labels.txt").write_text("dog\r\ncat\u2028x\n")
+    with pytest.raises(ManifestError, match=r"labels.txt:2: label 'cat.u2028x' holds a control"):
+        read_manifest(path)

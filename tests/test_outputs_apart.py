@@ -49,6 +49,12 @@ def test_eval_json_onto_its_manifest_is_refused(tmp_path, bundle, tiny_data):
     code, output = run("eval", bundle, manifest, "--json", manifest, "--overwrite")
     assert code == 2 and f"{manifest}: --json is an input of this run" in output, output
     assert manifest.read_bytes() == before
+    # the labels.txt read beside it too: once replaced, the dataset could not be read
+    labels = tmp_path / "labels.txt"
+    labels.write_text("circle\n")
+    code, output = run("eval", bundle, manifest, "--json", labels, "--overwrite")
+    assert code == 2 and f"{labels}: --json is an input of this run" in output, output
+    assert labels.read_text() == "circle\n"
 
 
 def test_bench_json_inside_its_bundle_is_refused(bundle):

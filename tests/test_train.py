@@ -54,6 +54,14 @@ def test_refuses_to_overwrite_a_checkpoint(tiny_checkpoint, tiny_data, tiny_opti
         train(tiny_data, folder, tiny_options)
 
 
+def test_refuses_a_folder_holding_files_it_did_not_write(tmp_path, tiny_data, tiny_options):
+    """Only config.json was looked for: a user's model.safetensors was replaced, silently."""
+    (tmp_path / "model.safetensors").write_text("precious")
+    with pytest.raises(InputError, match=r"files this run did not write \('model.safetensors'\)"):
+        train(tiny_data, tmp_path, tiny_options)
+    assert (tmp_path / "model.safetensors").read_text() == "precious"
+
+
 def test_resume_continues_where_it_stopped(tmp_path, tiny_data, tiny_options, monkeypatch):
     options = TrainOptions(**{**tiny_options.__dict__, "epochs": 2})
     straight = train(tiny_data, tmp_path / "straight", options)

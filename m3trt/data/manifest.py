@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,9 +75,27 @@ class Manifest:
         return counts
 
 
+# A lone surrogate (JSON's "\udcff") cannot be written as UTF-8: train then failed in export's
+# metadata. Control characters and line breaks cannot be kept in labels.txt, one name a line.
+_NOT_TEXT = re.compile("[\ud800-\udfff]")
+_NOT_A_LABEL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def name_problem(name: str, *, label: bool) -> str | None:
+    """Why ``name`` cannot be a label (``label``) or a tag, in words; None when it can."""
+    if (_NOT_A_LABEL if label else _NOT_TEXT).search(name) is None:
+        return None
+    if _NOT_TEXT.search(name):
+        return "holds a lone surrogate, which is not Unicode text"
+    return "holds a control character or a line break"
+
+
 def _string_list(value: object, key: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f'"{key}" must be a list of strings')
+    for name in value:
+        if (problem := name_problem(name, label=key == "labels")) is not None:
+            raise ValueError(f"{key[:-1]} {name!r} {problem}")
     return tuple(value)
 
 
@@ -123,13 +142,17 @@ def parse_line(text: str, root: Path, line: int) -> Record:
 
 def read_label_file(path: Path) -> list[str]:
     """Read ``labels.txt``: one name per line, blank lines ignored, duplicates refused."""
-    lines = _read_text(path, "label file", MAX_LABEL_FILE_BYTES).splitlines()
+    # "\n" only: splitlines() also splits at U+2028 and U+0085, which a name may not hold
+    # but which the manifest, split at "\n", reads as part of one.
+    lines = _read_text(path, "label file", MAX_LABEL_FILE_BYTES).split("\n")
     names: list[str] = []
     seen: dict[str, int] = {}
     for number, raw in enumerate(lines, 1):
         name = raw.strip()
         if not name:
             continue
+        if (problem := name_problem(name, label=True)) is not None:
+            raise ManifestError(f"{path}:{number}: label {name!r} {problem}")
         if name in seen:
             raise ManifestError(
                 f"{path}:{number}: label {name!r} is listed twice (first on line {seen[name]})"
@@ -207,7 +230,7 @@ def read_manifest(
         raise ManifestError(f"{path}: manifest has no records")
 
     label_path = Path(labels_file) if labels_file else path.parent / LABELS_FILE
-    if labels_file or label_path.is_file():
+    if labels_file or os.path.lexists(label_path):  # a FIFO or dangling link: say so
         label_names = read_label_file(label_path)
         known = set(label_names)
         unknown = [
@@ -257,14 +280,18 @@ def write_manifest(
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(
         path,
-        "".join(
-            json.dumps(r.to_json() if isinstance(r, Record) else r, ensure_ascii=False) + "\n"
-            for r in rows
-        ),
+        "".join(_json_line(r.to_json() if isinstance(r, Record) else r) for r in rows),
     )
     if label_names is not None:
         _atomic_write(path.parent / LABELS_FILE, "".join(f"{n}\n" for n in label_names))
     return path
+
+
+def _json_line(row: dict) -> str:
+    """UTF-8 where it can be; a file name that is not UTF-8 (its bytes held as lone surrogates,
+    as ``os.fsdecode`` gives them) is written escaped, which reads back to the same bytes."""
+    line = json.dumps(row, ensure_ascii=False)
+    return (line if _NOT_TEXT.search(line) is None else json.dumps(row)) + "\n"
 
 
 def _atomic_write(path: Path, text: str) -> None:

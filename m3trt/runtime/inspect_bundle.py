@@ -6,9 +6,9 @@ Plain text without square-bracket lists, so it is safe to print through rich (st
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from m3trt.errors import terminal_safe
 from m3trt.runtime.bundle import Bundle
 
 INDENT = "  "
@@ -32,13 +32,9 @@ def describe_bundle(bundle: Bundle) -> str:
     return printable("\n\n".join(sections)) + "\n"
 
 
-_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
 def printable(text: str) -> str:
-    """Text from bundle.json made safe for a terminal: control characters (escape sequences
-    that recolour, retitle or rewrite the screen) and bidi overrides shown as ``\\xNN``."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    """Text from bundle.json made safe for a terminal, its line breaks kept."""
+    return terminal_safe(text, keep_newlines=True)
 
 
 def inspect_json(bundle: Bundle) -> dict[str, Any]:

@@ -297,6 +297,23 @@ def _manifest_hash(manifest: Manifest) -> str:
     return hashlib.sha256(manifest.path.read_bytes()).hexdigest()[:16]
 
 
+def _check_fresh_folder(out_dir: Path) -> None:
+    """A new run writes into a new or empty folder: it replaces ``model.safetensors`` and
+    ``last/`` wholesale, so a folder holding anything may hold a file the user wants kept."""
+    try:
+        present = sorted(os.fsdecode(e.name) for e in os.scandir(out_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if not present:
+        return
+    what = "a checkpoint" if "config.json" in present else "files this run did not write"
+    shown = ", ".join(repr(n) for n in present[:3]) + (", ..." if len(present) > 3 else "")
+    raise InputError(
+        f"{out_dir}: already holds {what} ({shown}); continue an interrupted run with "
+        "--resume, or train into a new or empty folder"
+    )
+
+
 def train(
     manifest_path: str | Path,
     out_dir: str | Path,
@@ -317,8 +334,8 @@ def train(
             raise InputError(f"{out_dir}: was trained on a different manifest; cannot resume")
         options = TrainOptions(**state["options"])
         start_epoch, history, best = state["epoch"], state["history"], state["best"]
-    elif (out_dir / "config.json").exists():
-        raise InputError(f"{out_dir}: already holds a checkpoint; use --resume or another -o")
+    else:
+        _check_fresh_folder(out_dir)
     train_records, val_records, counts = split_records(manifest, options.val_fraction, options.seed)
     if state is not None:
         config = CheckpointConfig.from_json(state["config"], str(out_dir / "last/trainer.json"))

@@ -18,7 +18,7 @@ from m3trt.data.importers.common import (
     manifest_path,
     manifest_row,
 )
-from m3trt.data.manifest import SPLITS, normalise_tag, write_manifest
+from m3trt.data.manifest import SPLITS, name_problem, normalise_tag, write_manifest
 from m3trt.data.safe_open import read_json
 from m3trt.errors import InputError
 
@@ -161,6 +161,8 @@ def import_coco(
     for i, cat in enumerate(categories):
         cid = _field(cat, "id", "id", instances, f"categories[{i}]")
         name = str(_field(cat, "name", "str", instances, f"categories[{i}]")).strip()
+        if (problem := name_problem(name, label=True)) is not None:
+            raise InputError(f"{instances}: categories[{i}] name {name!r} {problem}")
         if cid in cat_name:
             raise InputError(f"{instances}: category id {cid!r} is listed twice")
         if name in cat_name.values():

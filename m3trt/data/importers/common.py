@@ -119,17 +119,20 @@ def manifest_row(image: str, labels: list[str], tags: list[str], split: str | No
 MAX_LIST_BYTES = 256 << 20
 
 
-def read_lines(path: Path, what: str) -> list[str]:
-    """Text lines of a small list file, trailing blank lines dropped."""
+def read_lines(path: Path, what: str, *, names: bool = False) -> list[str]:
+    """Text lines of a small list file, trailing blank lines dropped. A list of file ``names``
+    keeps bytes that are not UTF-8 as the file system does (``os.fsdecode``), so that each
+    names the file on disk; other lists fall back to Latin-1 text."""
     try:
         data = read_regular(path, what, MAX_LIST_BYTES)
     except FileNotFoundError:
         raise InputError(f"{path}: {what} not found") from None
     try:
-        text = data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig", "surrogateescape" if names else "strict")
     except UnicodeDecodeError:
         text = data.decode("latin-1")
-    lines = text.splitlines()
+    # A file name may hold U+2028 or U+0085, where splitlines() would cut it.
+    lines = [x.removesuffix("\r") for x in text.split("\n")] if names else text.splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     return lines

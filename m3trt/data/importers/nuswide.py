@@ -21,7 +21,7 @@ from m3trt.data.importers.common import (
     manifest_row,
     read_lines,
 )
-from m3trt.data.manifest import normalise_tag, write_manifest
+from m3trt.data.manifest import name_problem, normalise_tag, write_manifest
 from m3trt.data.safe_open import open_regular, read_regular
 from m3trt.errors import InputError
 
@@ -154,7 +154,7 @@ def _split_map(paths: dict[str, Path], index: dict[str, int], list_name: str) ->
     split_of: dict[int, str] = {}
     where: dict[int, str] = {}
     for split, path in paths.items():
-        for number, entry in enumerate(read_lines(path, "split list"), 1):
+        for number, entry in enumerate(read_lines(path, "split list", names=True), 1):
             if not entry.strip():
                 continue
             key = _nus_key(entry).casefold()
@@ -203,6 +203,9 @@ def import_nuswide(
     concepts = [c.strip() for c in read_lines(concepts_path, "concept list") if c.strip()]
     if not concepts:
         raise InputError(f"{concepts_path}: concept list is empty; re-extract it")
+    for concept in concepts:
+        if (problem := name_problem(concept, label=True)) is not None:
+            raise InputError(f"{concepts_path}: concept {concept!r} {problem}; re-extract it")
     dup = next((c for i, c in enumerate(concepts) if c in concepts[:i]), None)
     if dup is not None:
         raise InputError(f"{concepts_path}: concept {dup!r} is listed twice; re-extract it")
@@ -221,14 +224,14 @@ def import_nuswide(
     label_dir = root / "Groundtruth" / "AllLabels"
     label_paths = [label_dir / f"Labels_{c}.txt" for c in concepts]
     for path in label_paths:
-        if not path.is_file():
+        if not os.path.lexists(path):  # a FIFO or a link to /dev/zero is named as such later
             raise InputError(
                 f"{path}: label file not found; extract Groundtruth.zip (AllLabels) into the root"
             )
 
     keys: list[str] = []
     index: dict[str, int] = {}
-    for number, entry in enumerate(read_lines(list_path, "image list"), 1):
+    for number, entry in enumerate(read_lines(list_path, "image list", names=True), 1):
         key = _nus_key(entry)
         if not key:
             raise InputError(f"{list_path}:{number}: empty image path; re-extract the file")
