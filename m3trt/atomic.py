@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from m3trt.errors import WriteFailure
+
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 _FLAGS |= getattr(os, "O_BINARY", 0)
 
@@ -71,13 +73,17 @@ def write_bytes(path: str | Path, data: bytes | memoryview, *, overwrite: bool =
     ``overwrite`` is off."""
     path = Path(path)
     temp = temp_sibling(path)
-    fd = os.open(temp, _FLAGS, 0o666)
     try:
+        fd = os.open(temp, _FLAGS, 0o666)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         return publish(temp, path, overwrite=overwrite)
+    except WriteFailure:
+        raise
+    except OSError as exc:
+        raise WriteFailure(path, exc) from exc
     finally:
         temp.unlink(missing_ok=True)
 
@@ -106,5 +112,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(temp, "rb+") as f:
             os.fsync(f.fileno())
         publish(temp, path)
+    except WriteFailure:
+        raise
+    except OSError as exc:  # the block only writes the temp file
+        raise WriteFailure(path, exc) from exc
     finally:
         temp.unlink(missing_ok=True)

@@ -88,6 +88,9 @@ class M3Group(click.Group):
 def _unexpected(ctx: click.Context, exc: BaseException) -> str:
     """A bug's one line; the advice to rerun with --verbose only where it was not given."""
     hint = "" if (ctx.obj or {}).get("verbose") else " (rerun with --verbose)"
+    if isinstance(exc, OSError) and exc.strerror:  # a full disk in a copy: the files, in words
+        names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+        return f"error: {' -> '.join(names) + ': ' if names else ''}{exc.strerror}{hint}"
     return f"error: {type(exc).__name__}: {exc}{hint}"
 
 
@@ -1164,6 +1167,7 @@ def infer_cmd(ctx: click.Context, bundle: Path, paths: tuple[Path, ...], **kw: A
         decode=kw["decode"],
         streams=kw["streams"],
         profile=kw["profile"],
+        inputs=(kw["verify_key"],) if kw["verify_key"] else (),
     )
     _verify(bundle, kw["verify_key"])
     load_kwargs = {

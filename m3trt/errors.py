@@ -45,3 +45,16 @@ class ManifestError(InputError):
 class OutputFailure(Exception):
     """Writing an output failed (a full disk, a vanished folder): not the user's input, so the
     CLI exits 1, but the message still names the file and says what went wrong."""
+
+
+class WriteFailure(OSError, OutputFailure):
+    """A file could not be written whole (a full disk, a file-size limit): still an OSError for
+    the callers that handle those, and one line naming the file for the CLI."""
+
+    def __init__(self, path: object, exc: BaseException) -> None:
+        reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())
+        super().__init__(getattr(exc, "errno", None), reason)  # the cause's errno, strerror
+        self.path = path
+
+    def __str__(self) -> str:
+        return f"{self.path}: cannot write ({self.strerror})"

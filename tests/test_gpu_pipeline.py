@@ -81,7 +81,9 @@ def cpu_annotator() -> Annotator:
 
 
 def annotator_for(engine: Engine) -> Annotator:
-    bundle = SimpleNamespace(name="fake.m3", model=INFO, precision="fp16")
+    bundle = SimpleNamespace(
+        name="fake.m3", path=Path("/nonexistent/fake.m3"), model=INFO, precision="fp16"
+    )
     choice = DeviceChoice(engine.device, engine.kind, "engine", "test")
     return Annotator(bundle, engine, choice, Decoding())
 

@@ -5,6 +5,8 @@ error, never a hang or a read without end."""
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -472,3 +474,78 @@ def test_a_fifo_among_calibration_images_fails_alone(tmp_path, tiny_data):
         load_image(fifo, 32)
     found = load_image_set(folder, image_size=32, label_names=["a"], tag_vocab=[])
     assert found.failed == [str(fifo)] and len(found.images) == 3
+
+
+def test_synth_overwrite_replaces_links_and_never_writes_through_them(tmp_path):
+    """A dataset folder of links to originals: --overwrite wrote the new images and settings
+    into the user's files (a symbolic link followed, a hard link's shared bytes truncated)."""
+    out = tmp_path / "set"
+    (out / "images").mkdir(parents=True)
+    originals = {name: tmp_path / name for name in ("photo.jpg", "hard.jpg", "cfg.json")}
+    for path in originals.values():
+        path.write_text(f"the user's {path.name}")
+    (out / "images" / "000000.jpg").symlink_to(originals["photo.jpg"])
+    os.link(originals["hard.jpg"], out / "images" / "000001.jpg")
+    (out / "synth.json").symlink_to(originals["cfg.json"])
+    code, output = run("data", "synth", out, "--n", "20", "--size", "32", "--overwrite")
+    assert code == 0, output
+    for path in originals.values():
+        assert path.read_text() == f"the user's {path.name}"
+    assert not (out / "images" / "000000.jpg").is_symlink()
+    assert (out / "images" / "000001.jpg").read_bytes()[:2] == b"\xff\xd8"  # a JPEG
+
+
+def test_a_write_that_fails_names_its_file_in_one_line(tmp_path):
+    """A file-size limit (or a full disk) ended export, train, eval --json and others in
+    'error: OSError: [Errno 27] File too large (rerun with --verbose)', naming no file."""
+    script = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)); "
+        "from m3trt.cli import main; sys.exit(main())"
+    )
+    for args, names in (
+        (["data", "synth", tmp_path / "s", "--n", "50", "--size", "256"], "000000.jpg: cannot"),
+        (["data", "synth", tmp_path / "t", "--n", "400", "--size", "32"], "manifest.jsonl: cannot"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", script, "-q", *map(str, args)], capture_output=True, text=True
+        )
+        assert done.returncode == 1 and names in done.stderr, done.stderr
+        assert "write (File too large)" in done.stderr and "Errno" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert not [p for p in (tmp_path / args[2].name).rglob(".*tmp-*")]  # no temp left
+
+
+def test_a_report_that_cannot_be_written_leaves_no_temp_files(tmp_path, int8_bundle, test_images):
+    """On a full disk the report's hidden part files stayed (their close() flushed into the
+    full disk and failed before they were removed), keeping the disk full for --resume."""
+    script = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 15, 1 << 15)); "
+        "from m3trt.cli import main; sys.exit(main())"
+    )
+    out = tmp_path / "out"
+    args = ["infer", int8_bundle, test_images, "-o", out / "r.jsonl", "--report", out / "r.html"]
+    done = subprocess.run(
+        [sys.executable, "-c", script, "-q", *map(str, args)], capture_output=True, text=True
+    )
+    assert done.returncode == 1 and "r.html: cannot write" in done.stderr, done.stderr
+    left = sorted(p.name for p in out.iterdir())
+    assert left == [".r.errors.jsonl.lock", ".r.html.lock", ".r.jsonl.lock", "r.jsonl"], left
+
+
+def test_a_torn_results_file_that_cannot_be_cut_is_one_line(
+    tmp_path, int8_bundle, test_images, monkeypatch
+):
+    """A read-only results file with a torn tail ended --resume in a PermissionError (exit 1)."""
+    import m3trt.runtime.results as results
+
+    out = tmp_path / "r.jsonl"
+    code, output = run("infer", int8_bundle, test_images, "-o", out)
+    assert code == 0, output
+    out.write_bytes(out.read_bytes() + b'{"path": "torn')
+
+    def refuse(path, length):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(results.os, "truncate", refuse)
+    code, output = run("infer", int8_bundle, test_images, "-o", out, "--resume")
+    assert code == 2 and "r.jsonl: cannot cut its torn last line (Permission denied)" in output

@@ -121,7 +121,7 @@ def test_lock_path_of_folders_without_a_name(tmp_path, monkeypatch):
 def test_a_lock_path_that_cannot_be_made_is_one_line(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     with (
-        pytest.raises(InputError, match=r"cannot lock the output"),
+        pytest.raises(InputError, match=r"file: is not a folder, so .*ckpt cannot go in it"),
         output_lock(tmp_path / "file" / "ckpt"),
     ):
         pass
@@ -156,3 +156,32 @@ def test_a_refused_build_leaves_no_lock_file(tmp_path, tiny_onnx):
         code, output = run("build", tiny_onnx, "-o", out, "--precision", "fp32", "--target", "cpu")
         assert code == 2 and str(out) in output, output
         assert not lock_path(out).exists()
+
+
+def test_infer_locks_its_errors_file_and_the_file_a_link_names(tmp_path, int8_bundle, test_images):
+    """-o a.jsonl and -o a.csv share a.errors.jsonl, which was not locked: both runs wrote their
+    error lines into it. -o alias.jsonl (a link to k.jsonl) took the lock .alias.jsonl.lock,
+    so two --resume runs appended to k.jsonl at once."""
+    infer = ["infer", int8_bundle, test_images]
+    with output_lock(tmp_path / "a.errors.jsonl"):  # a run with -o a.jsonl
+        code, output = run(*infer, "-o", tmp_path / "a.csv")
+    assert code == 2 and "another m3trt run is writing it" in output, output
+    assert not (tmp_path / "a.csv").exists()
+
+    (tmp_path / "k.jsonl").write_text("")
+    (tmp_path / "alias.jsonl").symlink_to("k.jsonl")
+    assert lock_path(tmp_path / "alias.jsonl") == lock_path(tmp_path / "k.jsonl")
+    with output_lock(tmp_path / "k.jsonl"):
+        code, output = run(*infer, "-o", tmp_path / "alias.jsonl", "--resume")
+    assert code == 2 and "another m3trt run is writing it" in output, output
+
+
+def test_an_output_under_a_file_or_named_dash_is_one_clear_line(tmp_path, int8_bundle):
+    (tmp_path / "afile").write_text("mine")
+    for out, says in (
+        (tmp_path / "afile" / "o.jsonl", "afile: is not a folder"),
+        ("-", "not to standard output"),
+    ):
+        code, output = run("infer", int8_bundle, tmp_path, "-o", out)
+        assert code == 2 and says in output, output
+    assert (tmp_path / "afile").read_text() == "mine" and not (tmp_path / "-").exists()

@@ -86,3 +86,26 @@ def test_export_beside_its_checkpoint_files_is_fine(tmp_path, tiny_checkpoint):
     code, output = run("export", ckpt, "-o", ckpt / "model.onnx")
     assert code == 0, output
     assert (ckpt / "model.onnx").is_file()
+
+
+def test_infer_never_writes_into_its_bundle_or_over_its_tag_manifest(
+    tmp_path, bundle, test_images, tiny_data
+):
+    """-o BUNDLE/model.onnx --overwrite turned the model into JSONL, --report BUNDLE/bundle.json
+    into HTML, and -o onto --tags-manifest replaced the manifest with results; all exit 0."""
+    tags = tmp_path / "tags.jsonl"
+    shutil.copyfile(tiny_data, tags)
+    model = bundle / load_bundle(bundle).engine_artifact.file
+    before = {p: p.read_bytes() for p in (model, bundle / "bundle.json", tags)}
+    infer = ["infer", bundle, test_images, "--overwrite"]
+    for extra, says in (
+        (["-o", model], "-o is inside an input of this run"),
+        (["-o", bundle / "new.jsonl"], "-o is inside an input of this run"),
+        (["-o", tmp_path / "r.jsonl", "--report", bundle / "bundle.json"], "--report is inside"),
+        (["-o", tags, "--tags", "manifest", "--tags-manifest", tags], "-o is an input"),
+    ):
+        code, output = run(*infer, *extra)
+        assert code == 2 and says in output, output
+    assert {p: p.read_bytes() for p in before} == before
+    assert not (bundle / "new.jsonl").exists()
+    load_bundle(bundle, verify=True)

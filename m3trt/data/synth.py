@@ -25,8 +25,10 @@ so that tests (and curious users) can study the distributions without drawing pi
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -34,8 +36,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from m3trt.atomic import write_text
 from m3trt.data.digits import DIGIT_LABELS, DIGIT_SYNONYMS, sample_digits
 from m3trt.data.manifest import SPLITS, write_manifest
+from m3trt.errors import WriteFailure
+
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 
 OBJECT_LABELS: tuple[str, ...] = (
     "circle",
@@ -563,6 +569,19 @@ def split_assignment(n: int, seed: int, splits: Sequence[float]) -> list[str]:
     return out
 
 
+def _write_new(path: Path, data: bytes | memoryview) -> None:
+    """A new file at ``path``: what ``--overwrite`` found there is removed, never written
+    through (a link, or a hard link sharing a user's original, kept its target's bytes)."""
+    if os.path.lexists(path):
+        os.unlink(path)
+    try:
+        fd = os.open(path, _NEW_FILE, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except OSError as exc:
+        raise WriteFailure(path, exc) from exc
+
+
 def generate(
     out_dir: str | Path,
     *,
@@ -599,7 +618,9 @@ def generate(
     for i in range(n):
         labels, tags, img = sample_record(seed, i, size, params, assignment[i])
         rel = f"images/{i:0{width}d}.jpg"
-        img.save(out / rel, format="JPEG", quality=JPEG_QUALITY)
+        encoded = io.BytesIO()
+        img.save(encoded, format="JPEG", quality=JPEG_QUALITY)
+        _write_new(out / rel, encoded.getbuffer())
         total_labels += len(labels)
         rows.append({"image": rel, "labels": labels, "tags": tags, "split": assignment[i]})
         if progress is not None:
@@ -607,7 +628,7 @@ def generate(
     names = label_names_of(params)
     manifest = write_manifest(out / "manifest.jsonl", rows, names)
     settings = {"n": n, "size": size, "seed": seed, "splits": list(splits), **asdict(params)}
-    (out / "synth.json").write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+    write_text(out / "synth.json", json.dumps(settings, indent=1) + "\n")
     counts = {name: assignment.count(name) for name in SPLITS}
     return SynthSummary(
         out_dir=out,

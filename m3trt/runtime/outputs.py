@@ -28,8 +28,12 @@ REPORT_MARKER = b'<meta name="generator" content="m3trt'
 def lock_path(output: Path) -> Path:
     """``out/results.jsonl`` -> ``out/.results.jsonl.lock`` (hidden; it stays after the run).
     A folder output locks the same way, beside it: ``runs/x.m3`` -> ``runs/.x.m3.lock``."""
+    if str(output) == "-":  # wrote a file named "-" where a user expects standard output
+        raise InputError("-: m3trt writes its outputs to files, not to standard output; name one")
     named = output
-    if output.name in ("", ".."):  # "." and "x/..": the folder they resolve to (links followed)
+    # "." and "x/..": the folder they resolve to; a link: the file it names, so that two runs
+    # given the file and a link to it take one lock (links in the folders resolve alike)
+    if output.name in ("", "..") or output.is_symlink():
         named = Path(os.path.realpath(output))
     if not named.name:
         raise InputError(f"{output}: the root folder cannot be an output; choose a folder in it")
@@ -187,6 +191,11 @@ def output_lock(output: Path, option: str = "-o") -> Iterator[Path]:
             f"to end, or choose another {option} (lock: {path})"
         ) from None
     except OSError as exc:
+        for folder in (path.parent, *path.parent.parents):  # EEXIST named the lock, not this
+            if os.path.lexists(folder) and not folder.is_dir():
+                raise InputError(
+                    f"{folder}: is not a folder, so {output} cannot go in it"
+                ) from None
         raise InputError(f"{path}: cannot lock the output ({exc.strerror or exc})") from None
     try:
         holder = {

@@ -19,12 +19,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from m3trt.atomic import write_text
 from m3trt.data.images import (
     DEFAULT_DECODE_MEMORY,
     DEFAULT_MAX_PIXELS,
@@ -42,7 +42,7 @@ from m3trt.runtime.decoding import (
     decode_ahead,
     decoder,
 )
-from m3trt.runtime.outputs import check_outputs, checked_locks
+from m3trt.runtime.outputs import check_apart, check_outputs, checked_locks
 from m3trt.runtime.profile import StageProfile
 from m3trt.runtime.results import (
     ResultWriter,
@@ -76,6 +76,9 @@ class InferOptions:
     decode: str = "auto"  # auto | cpu | gpu (GPU decoding needs the GPU pipeline)
     streams: int = 2  # CUDA streams of the GPU pipeline
     profile: bool = False  # per-stage times into the summary (and printed by the CLI)
+    # What the run reads besides PATHS (the bundle, a key); --tags-manifest is added. No output
+    # may be, or sit inside, one of them, even with --overwrite.
+    inputs: tuple[Path, ...] = ()
 
 
 @dataclass
@@ -174,37 +177,45 @@ def run_folder(
         raise InputError(f"--batch-size must be at least 1, not {options.batch_size}")
     roots = check_roots(paths)
     fmt = format_for(options.output, options.fmt)
-    with guarded_outputs(options, roots) as protected:
+    with guarded_outputs(options, roots, annotator.bundle.path) as protected:
         gpu = _gpu_plan(annotator, options, reporter)
         summary = _run_locked(annotator, roots, fmt, options, reporter, protected, gpu)
-    if options.summary_json is not None:
-        _write_summary(options.summary_json, summary)
+        if options.summary_json is not None:  # under its lock, like every other output
+            _write_summary(options.summary_json, summary)
     return summary
 
 
 @contextmanager
-def guarded_outputs(options: InferOptions, roots: list[Path]) -> Iterator[list[Path]]:
+def guarded_outputs(options: InferOptions, roots: list[Path], bundle: Path) -> Iterator[list[Path]]:
     """Every executor's gate to writing: the outputs checked (``check_outputs``: no input, no
-    user file without ``--overwrite``), locked for the run's whole length (results, report,
-    summary), and checked again under the locks (another run may have written one in between).
-    Yields what a sidecar must never replace: the outputs and the locks."""
+    user file without ``--overwrite``; ``check_apart``: never ``bundle`` or another input file),
+    locked for the run's whole length (results, report, summary), and checked again under the
+    locks (another run may have written one in between). Yields what a sidecar must never
+    replace: the outputs and the locks."""
     outputs = {
         "results": options.output,
         "errors": errors_path(options.output),
         "report": options.report,
         "summary": options.summary_json,
     }
-    check = partial(
-        check_outputs,
-        outputs,
-        list(roots),
-        options.extensions,
-        overwrite=options.overwrite,
-        resume=options.resume,
-    )
+    inputs = [bundle, *options.inputs, *filter(None, [options.tags_manifest])]
+    options_of = {"-o": options.output, "-o (its errors file)": outputs["errors"]}
+    options_of |= {"--report": options.report, "--summary-json": options.summary_json}
+
+    def check() -> None:
+        check_apart(options_of, inputs)
+        check_outputs(
+            outputs,
+            list(roots),
+            options.extensions,
+            overwrite=options.overwrite,
+            resume=options.resume,
+        )
+
     # The report and summary are locked too: a run with another -o may name them.
     locked = {
         "-o": options.output,
+        "-o (its errors file)": outputs["errors"],  # a.jsonl and a.csv share a.errors.jsonl
         "--report": options.report,
         "--summary-json": options.summary_json,
     }
@@ -416,13 +427,10 @@ def _write_summary(path: Path, summary: Summary) -> None:
     """``--summary-json``, replaced atomically (check_outputs has allowed it)."""
     import json
 
-    temp = path.with_name(f".{path.name}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temp.write_text(json.dumps(summary.to_json(), indent=2) + "\n", encoding="utf-8")
-        os.replace(temp, path)
-    except OSError as exc:
-        temp.unlink(missing_ok=True)
+        write_text(path, json.dumps(summary.to_json(), indent=2) + "\n")  # a planted link
+    except OSError as exc:  # at a fixed temp name was followed
         raise OutputFailure(f"{path}: cannot write the summary ({os_reason(exc)})") from None
 
 

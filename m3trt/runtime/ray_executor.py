@@ -421,12 +421,12 @@ def run_folder_ray(
     roots = check_roots(paths)
     fmt = format_for(options.output, options.fmt)
     ray = import_ray()
-    with guarded_outputs(options, roots) as protected:
+    with guarded_outputs(options, roots, bundle.path) as protected:
         summary = _run_locked(
             ray, bundle, roots, fmt, options, ray_options, load_kwargs, reporter, protected
         )
-    if options.summary_json is not None:
-        _write_summary(options.summary_json, summary)
+        if options.summary_json is not None:  # under its lock, like every other output
+            _write_summary(options.summary_json, summary)
     return summary
 
 

@@ -14,6 +14,7 @@ user-supplied is HTML-escaped. The output is a pure function of the inputs (no c
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import math
@@ -230,8 +231,9 @@ class ReportWriter:
     def _discard_temps(self) -> None:
         self._closed = True
         for handle, temp in ((self._cards, self._cards_path), (self._fails, self._fails_path)):
-            handle.close()
-            temp.unlink(missing_ok=True)
+            temp.unlink(missing_ok=True)  # first: on a full disk, close() fails (its flush)
+            with contextlib.suppress(OSError):  # the file is gone; its unwritten buffer too
+                handle.close()
 
 
 def write_report(

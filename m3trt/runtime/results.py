@@ -315,7 +315,11 @@ def done_paths(output: Path, fmt: str) -> set[str]:
         plans.append((path, keep))
     for path, keep in plans:
         if path.stat().st_size != keep:
-            os.truncate(path, keep)
+            try:
+                os.truncate(path, keep)
+            except OSError as exc:  # read-only: --resume could not append to it either
+                reason = exc.strerror or exc
+                raise InputError(f"{path}: cannot cut its torn last line ({reason})") from None
     return done
 
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from m3trt.atomic import atomic_path, write_json
 from m3trt.config import CheckpointConfig
 from m3trt.data.safe_open import read_json
-from m3trt.errors import InputError
+from m3trt.errors import InputError, WriteFailure
 from m3trt.model import M3Net
 
 CONFIG_FILE = "config.json"
@@ -23,10 +23,12 @@ AUX_FILE = "aux.safetensors"
 
 
 def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, meta: dict | None = None):
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(
-            {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=meta
-        )
+        try:
+            save_file(tensors, tmp, metadata=meta)
+        except SafetensorError as exc:  # its I/O errors (a full disk) are not OSErrors
+            raise WriteFailure(path, exc) from None
 
 
 def save_checkpoint(folder: str | Path, model: M3Net, config: CheckpointConfig) -> Path:
