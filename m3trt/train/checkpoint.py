@@ -3,6 +3,8 @@ loading a checkpoint cannot execute code. The resumable training state lives in 
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from m3trt.atomic import atomic_path, write_json
+from m3trt.atomic import atomic_path, fsync_dir, publish, temp_sibling, write_json
 from m3trt.config import CheckpointConfig
 from m3trt.data.safe_open import read_json
 from m3trt.errors import InputError, WriteFailure
@@ -20,6 +22,9 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 LAST_DIR = "last"
 AUX_FILE = "aux.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+TRAINER_FILE = "trainer.json"
+UNFITTED_DIR = "unfitted"  # in last/: the best checkpoint before the steps fitted on val
 
 
 def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, meta: dict | None = None):
@@ -123,26 +128,99 @@ def save_training_state(
 ) -> None:
     """The state ``--resume`` needs: weights, optimizer moments, RNG and progress (no pickle).
 
-    Training-only heads (``aux``) are kept here, never in the checkpoint that gets exported."""
-    last = Path(folder) / LAST_DIR
-    last.mkdir(parents=True, exist_ok=True)
-    _atomic_save_tensors(model.state_dict(), last / WEIGHTS_FILE)
-    if aux is not None and aux.state_dict():
-        _atomic_save_tensors(aux.state_dict(), last / AUX_FILE)
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
-    opt_tensors["__rng__"] = torch.get_rng_state()
-    _atomic_save_tensors(opt_tensors, last / "optimizer.safetensors")
-    write_json(last / "trainer.json", {**trainer, "optimizer": opt_meta}, indent=1)
+    Training-only heads (``aux``) are kept here, never in the checkpoint that gets exported.
+    The files are written to a staging folder that then replaces ``last/`` whole: replaced one
+    by one, a kill between them left one epoch's weights beside another's optimizer, and
+    ``--resume`` took that silently."""
+    folder = Path(folder)
+    recover_training_state(folder)
+    staging = temp_sibling(folder / LAST_DIR)
+    staging.mkdir(parents=True)
+    try:
+        _atomic_save_tensors(model.state_dict(), staging / WEIGHTS_FILE)
+        if aux is not None and aux.state_dict():
+            _atomic_save_tensors(aux.state_dict(), staging / AUX_FILE)
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+        opt_tensors["__rng__"] = torch.get_rng_state()
+        _atomic_save_tensors(opt_tensors, staging / OPTIMIZER_FILE)
+        write_json(staging / TRAINER_FILE, {**trainer, "optimizer": opt_meta}, indent=1)
+        _swap_in(staging, folder / LAST_DIR)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap_in(staging: Path, last: Path) -> None:
+    """``staging`` becomes ``last``; the old one is moved aside first and removed after, so a
+    kill at any point leaves one whole state (``recover_training_state`` puts it back)."""
+    aside = temp_sibling(last, "old") if last.exists() else None
+    try:
+        if aside is not None:
+            os.rename(last, aside)
+        os.rename(staging, last)
+        fsync_dir(last.parent)
+    except OSError as exc:
+        if aside is not None and not last.exists():
+            os.rename(aside, last)
+        raise WriteFailure(last, exc) from exc
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def recover_training_state(folder: Path) -> None:
+    """Undo what a killed save left: a ``last/`` moved aside comes back, staging folders and
+    temp files go. Run under the folder's lock (``train`` holds it)."""
+    last = folder / LAST_DIR
+    aside = sorted(folder.glob(f".{LAST_DIR}.old-*"))
+    if aside and not last.exists():
+        os.rename(aside.pop(), last)
+    for leftover in (*aside, *folder.glob(f".{LAST_DIR}.tmp-*"), *last.glob(".*.tmp-*")):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+def mark_finished(folder: Path) -> None:
+    """Say in ``last/trainer.json`` that the run ended, fitting on val included: a --resume of
+    it would fit the already fitted weights again."""
+    trainer_file = folder / LAST_DIR / TRAINER_FILE
+    state = read_training_state(folder)
+    write_json(trainer_file, {**state, "finished": True}, indent=1)
+
+
+def keep_unfitted(folder: Path) -> None:
+    """The best epoch's checkpoint as the epochs left it, before the steps fitted on val fold
+    into its weights: kept once (hard links, no copy), put back when a run is resumed after a
+    kill among those steps, so that they never apply twice."""
+    kept = folder / LAST_DIR / UNFITTED_DIR
+    names = (WEIGHTS_FILE, CONFIG_FILE)
+    if kept.is_dir():
+        for name in names:
+            temp = temp_sibling(folder / name)
+            os.link(kept / name, temp)
+            publish(temp, folder / name)
+        return
+    staging = temp_sibling(kept)
+    staging.mkdir()
+    try:
+        for name in names:
+            os.link(folder / name, staging / name)  # each save replaces the file, never edits it
+        os.rename(staging, kept)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def read_training_state(folder: str | Path) -> dict[str, Any]:
     """The JSON half of ``last/``: progress, options and config, read before the model is built."""
-    trainer_file = Path(folder) / LAST_DIR / "trainer.json"
+    folder = Path(folder)
+    recover_training_state(folder)
+    trainer_file = folder / LAST_DIR / TRAINER_FILE
     try:
         state = read_json(trainer_file, "training state", 64 << 20)
     except FileNotFoundError:
         raise InputError(
-            f"{folder}: nothing to resume (no {LAST_DIR}/trainer.json); drop --resume"
+            f"{folder}: nothing to resume (no {LAST_DIR}/{TRAINER_FILE}: the run stopped before "
+            "its first epoch ended); remove it, or train into a new or empty folder"
         ) from None
     if not isinstance(state, dict):
         raise InputError(f"{trainer_file}: training state must be a JSON object")
@@ -162,7 +240,7 @@ def restore_training_state(
         model.load_state_dict(load_file(last / WEIGHTS_FILE))
         if aux is not None and aux.state_dict():
             aux.load_state_dict(load_file(last / AUX_FILE))
-        tensors = load_file(last / "optimizer.safetensors")
+        tensors = load_file(last / OPTIMIZER_FILE)
         torch.set_rng_state(tensors.pop("__rng__"))
         optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:

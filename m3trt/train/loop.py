@@ -27,7 +27,11 @@ from m3trt.model import M3Net, load_backbone_weights
 from m3trt.progress import SILENT, Reporter
 from m3trt.train.balance import AuxHeads, drop_each_tag
 from m3trt.train.checkpoint import (
+    LAST_DIR,
+    TRAINER_FILE,
+    keep_unfitted,
     load_checkpoint,
+    mark_finished,
     read_training_state,
     restore_training_state,
     save_checkpoint,
@@ -308,9 +312,13 @@ def _check_fresh_folder(out_dir: Path) -> None:
         return
     what = "a checkpoint" if "config.json" in present else "files this run did not write"
     shown = ", ".join(repr(n) for n in present[:3]) + (", ..." if len(present) > 3 else "")
+    resumable = (out_dir / LAST_DIR / TRAINER_FILE).is_file() or any(
+        n.startswith(f".{LAST_DIR}.old-")
+        for n in present  # a save killed mid-swap
+    )
+    hint = "continue an interrupted run with --resume, or" if resumable else "remove it, or"
     raise InputError(
-        f"{out_dir}: already holds {what} ({shown}); continue an interrupted run with "
-        "--resume, or train into a new or empty folder"
+        f"{out_dir}: already holds {what} ({shown}); {hint} train into a new or empty folder"
     )
 
 
@@ -330,6 +338,11 @@ def train(
     state: dict[str, Any] | None = None
     if resume:
         state = read_training_state(out_dir)
+        if state.get("finished"):
+            raise InputError(
+                f"{out_dir}: this run has finished (all {state.get('epoch')} epochs and the "
+                "steps fitted on val); nothing to resume. Train into a new folder to train again"
+            )
         if state.get("manifest_hash") != manifest_hash:
             raise InputError(f"{out_dir}: was trained on a different manifest; cannot resume")
         options = TrainOptions(**state["options"])
@@ -414,6 +427,9 @@ def train(
                 "manifest_hash": manifest_hash,
             },
         )
+    # The steps below fold what they fit into the best checkpoint: they start from it as the
+    # epochs left it, also when a kill stopped them and the run is resumed.
+    keep_unfitted(out_dir)
     # Keep the history of every epoch in the best checkpoint's summary.
     final = CheckpointConfig.load(out_dir / "config.json")
     final.training = _summary(options, counts, manifest, best, history, started)
@@ -454,6 +470,7 @@ def train(
             if "predicted_k" in best["val"]["modes"]
             else f"decision threshold {fitted['threshold']:g} ({fitted['source']})"
         )
+    mark_finished(out_dir)
     return TrainResult(out_dir, best["epoch"], best["val"], history, counts)
 
 
