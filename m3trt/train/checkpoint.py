@@ -197,17 +197,26 @@ def keep_unfitted(folder: Path) -> None:
     if kept.is_dir():
         for name in names:
             temp = temp_sibling(folder / name)
-            os.link(kept / name, temp)
+            _link_or_copy(kept / name, temp)
             publish(temp, folder / name)
         return
     staging = temp_sibling(kept)
     staging.mkdir()
     try:
         for name in names:
-            os.link(folder / name, staging / name)  # each save replaces the file, never edits it
+            _link_or_copy(folder / name, staging / name)
         os.rename(staging, kept)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link where the file system has them (a save replaces a file, never edits it, so
+    the link keeps the old bytes), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def read_training_state(folder: str | Path) -> dict[str, Any]:
