@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from m3trt.errors import WriteFailure
+from m3trt.errors import InputError, WriteFailure
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 _FLAGS |= getattr(os, "O_BINARY", 0)
@@ -118,3 +120,29 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise WriteFailure(path, exc) from exc
     finally:
         temp.unlink(missing_ok=True)
+
+
+def clear_leftovers(folder: Path) -> None:
+    """Remove the hidden staging folders (``temp_sibling``) a killed writer of ``folder`` left
+    beside it, and put back an old ``folder`` it had moved aside before publishing the new one.
+    Run only under ``folder``'s lock, so that no writer of it is running."""
+    if len(folder.name) >= TEMP_NAME_CHARS:  # temp_sibling cuts names: another NAME's could match
+        return
+    left = re.compile(rf"\.{re.escape(folder.name)}\.(tmp|old)-\d+-[0-9a-f]{{8}}")
+    try:
+        entries = sorted(folder.parent.iterdir())
+    except OSError:
+        return  # nothing to clear where the folder cannot be listed; the write will say why
+    for path in entries:
+        if not (found := left.fullmatch(path.name)) or path.is_symlink() or not path.is_dir():
+            continue
+        if found.group(1) == "old" and not os.path.lexists(folder):
+            try:
+                path.rename(folder)
+            except OSError as exc:
+                raise InputError(
+                    f"{path}: a killed run moved {folder} here and it cannot be put back "
+                    f"({exc.strerror or exc}); move it back by hand"
+                ) from None
+        else:
+            shutil.rmtree(path, ignore_errors=True)

@@ -11,10 +11,13 @@ import gc
 import json
 import math
 import os
+import signal
 import stat
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from typing import Any
 import click
 
 from m3trt import __version__
+from m3trt.atomic import clear_leftovers
 from m3trt.constants import MAX_CALL_BATCH, MAX_TRAIN_BATCH
 from m3trt.errors import InputError, M3Error, OutputFailure, terminal_safe
 from m3trt.progress import Reporter
@@ -63,6 +67,10 @@ class M3Group(click.Group):
     """Turns exceptions into one-line messages and exit codes instead of tracebacks."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        with _sigterm_as_interrupt():
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
@@ -83,6 +91,25 @@ class M3Group(click.Group):
             ctx.exit(130)
         except Exception as exc:  # a bug or an environment failure, not the user's input
             _fail(ctx, _unexpected(ctx, exc), EXIT_FAILURE, exc)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``timeout``, ``docker stop``, systemd) stops a command as Ctrl-C does, with its
+    cleanup: locks released, temp files and build folders removed, the partial report and
+    summary written. Python's default for it is to die at once and leave all of them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _unexpected(ctx: click.Context, exc: BaseException) -> str:
@@ -975,6 +1002,7 @@ def build_cmd(ctx: click.Context, source: Path, out: Path, **kw: Any) -> None:
         overwrite=kw["overwrite"],
     )
     _lock(ctx, out, "-o", partial(check_options, out, options))
+    clear_leftovers(out)  # a killed build's staging folder (hundreds of MB) beside it
     bundle = build_bundle(source, out, options, reporter=_reporter(ctx))
     if kw["sign_key"] is not None:
         from m3trt.runtime.signing import sign_bundle

@@ -529,7 +529,8 @@ def test_a_report_that_cannot_be_written_leaves_no_temp_files(tmp_path, int8_bun
     )
     assert done.returncode == 1 and "r.html: cannot write" in done.stderr, done.stderr
     left = sorted(p.name for p in out.iterdir())
-    assert left == [".r.errors.jsonl.lock", ".r.html.lock", ".r.jsonl.lock", "r.jsonl"], left
+    ours = [".r.errors.jsonl.lock", ".r.html.lock", ".r.jsonl.lock", ".r.jsonl.run.json"]
+    assert left == [*ours, "r.jsonl"], left
 
 
 def test_a_torn_results_file_that_cannot_be_cut_is_one_line(
@@ -549,3 +550,40 @@ def test_a_torn_results_file_that_cannot_be_cut_is_one_line(
     monkeypatch.setattr(results.os, "truncate", refuse)
     code, output = run("infer", int8_bundle, test_images, "-o", out, "--resume")
     assert code == 2 and "r.jsonl: cannot cut its torn last line (Permission denied)" in output
+
+
+def test_a_resume_that_matches_nothing_says_so(tmp_path, int8_bundle, test_images):
+    """PATHS spelled otherwise than in the first run (a link, a relative path) skipped none of
+    the rows already written and annotated every image again, silently."""
+    out = tmp_path / "r.jsonl"
+    assert run("infer", int8_bundle, test_images, "-o", out)[0] == 0
+    alias = tmp_path / "alias"
+    alias.symlink_to(test_images)
+    result = CliRunner().invoke(
+        main, ["infer", str(int8_bundle), str(alias), "-o", str(out), "--resume"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "note: none of the 24 files already in" in result.output
+    assert "give PATHS as the first run did" in result.output
+    result = CliRunner().invoke(
+        main, ["infer", str(int8_bundle), str(test_images), "-o", str(out), "--resume"]
+    )
+    assert "note: none" not in result.output
+
+
+def test_resume_with_another_bundle_is_refused(tmp_path, int8_bundle, test_images):
+    """Rows carry no bundle: --resume with another one appended its rows to the first one's."""
+    other = tmp_path / "other.m3"
+    shutil.copytree(int8_bundle, other)
+    manifest = json.loads((other / "bundle.json").read_text())
+    manifest["name"] = "other"
+    (other / "bundle.json").write_text(json.dumps(manifest))
+    out = tmp_path / "r.jsonl"
+    assert run("infer", int8_bundle, test_images, "-o", out)[0] == 0
+    lines = out.read_bytes().splitlines(keepends=True)
+    out.write_bytes(b"".join(lines[:5]))  # an interrupted run
+    code, output = run("infer", other, test_images, "-o", out, "--resume")
+    assert code == 2 and "its rows came from bundle " in output and "--overwrite" in output
+    assert out.read_bytes() == b"".join(lines[:5])
+    code, output = run("infer", int8_bundle, test_images, "-o", out, "--resume")
+    assert code == 0 and out.read_bytes().count(b"\n") == len(lines), output

@@ -177,3 +177,21 @@ def test_a_labels_txt_name_with_a_line_separator_is_refused(tmp_path):
     (tmp_path / "labels.txt").write_text("dog\r\ncat\u2028x\n")
     with pytest.raises(ManifestError, match=r"labels.txt:2: label 'cat.u2028x' holds a control"):
         read_manifest(path)
+
+
+def test_json_problems_read_as_sentences(tmp_path):
+    """'Unterminated string starting at at column 9', an integer's message cut mid-word at the
+    advice to Python programmers, and 'byte 4823' without its line."""
+    cases = [
+        ('{"image": "a.jpg', "(Unterminated string starting at: column 11)"),
+        ('{"image": "a.jpg", "labels": [], "n": ' + "9" * 5000 + "}", "value has 5000 digits)"),
+    ]
+    for line, says in cases:
+        path = make(tmp_path, [{"image": "a.jpg", "labels": ["a"]}, line])
+        with pytest.raises(ManifestError) as info:
+            read_manifest(path)
+        assert says in str(info.value) and "set_int_max_str_digits" not in str(info.value)
+    path = tmp_path / "manifest.jsonl"
+    path.write_bytes(b'{"image": "a.jpg", "labels": ["a"]}\n{"image": "\xff"}\n')
+    with pytest.raises(ManifestError, match=r"is not UTF-8 text \(line 2, byte 47\)"):
+        read_manifest(path)

@@ -185,3 +185,42 @@ def test_an_output_under_a_file_or_named_dash_is_one_clear_line(tmp_path, int8_b
         code, output = run("infer", int8_bundle, tmp_path, "-o", out)
         assert code == 2 and says in output, output
     assert (tmp_path / "afile").read_text() == "mine" and not (tmp_path / "-").exists()
+
+
+def test_build_clears_what_a_killed_build_left_beside_its_bundle(tmp_path, tiny_onnx):
+    """A killed build left its staging folder (.x.m3.tmp-PID-HEX, tens of MB) for good."""
+    out = tmp_path / "x.m3"
+    staging = tmp_path / ".x.m3.tmp-123-0123abcd"
+    (staging / "partial").mkdir(parents=True)
+    other = tmp_path / ".y.m3.tmp-123-0123abcd"  # another bundle's: not this build's to remove
+    other.mkdir()
+    code, output = run("build", tiny_onnx, "-o", out, "--precision", "fp32", "--target", "cpu")
+    assert code == 0, output
+    assert not staging.exists() and other.exists() and (out / "bundle.json").is_file()
+
+
+def test_sigterm_stops_a_build_with_its_cleanup(tmp_path, tiny_onnx, tiny_data):
+    """SIGTERM (timeout, docker stop, systemd) killed the process at once: its build folder in
+    TMPDIR (94 MB for a tiny model) and its staging folder stayed. It now stops as Ctrl-C does."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    out = tmp_path / "x.m3"
+    args = [sys.executable, "-m", "m3trt.cli", "-q", "build", str(tiny_onnx), "-o", str(out)]
+    args += ["--precision", "int8", "--calib", str(tiny_data), "--engine", "onnxruntime"]
+    env = {**os.environ, "TMPDIR": str(temp)}
+    proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(temp.glob("m3trt-build-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(temp.glob("m3trt-build-*")), "the build never started"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err, err
+    assert not list(temp.glob("m3trt-build-*")) and not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".x.m3.tmp")] == []

@@ -108,11 +108,12 @@ def parse_json_object(text: str) -> dict[str, Any]:
     try:
         row = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+        raise ValueError(f"not valid JSON ({exc.msg}: column {exc.colno})") from None
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
     except ValueError as exc:  # e.g. an integer with more than 4300 digits
-        raise ValueError(f"not usable JSON ({' '.join(str(exc).split())[:120]})") from None
+        reason = " ".join(str(exc).split(";")[0].split())[:120]  # no advice to programmers
+        raise ValueError(f"not usable JSON ({reason})") from None
     if not isinstance(row, dict):
         raise ValueError("a line must be a JSON object")
     return row
@@ -182,7 +183,10 @@ def _read_text(path: Path, what: str, max_bytes: int) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ManifestError(f"{path}: {what} is not UTF-8 text (byte {exc.start})") from None
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ManifestError(
+            f"{path}: {what} is not UTF-8 text (line {line}, byte {exc.start})"
+        ) from None
 
 
 def _summarise(path: Path, problems: list[str], what: str) -> str:

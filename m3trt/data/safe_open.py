@@ -113,9 +113,9 @@ def read_json(path: str | os.PathLike, what: str, max_bytes: int) -> object:
     except UnicodeDecodeError:
         reason = "not UTF-8"
     except json.JSONDecodeError as exc:
-        reason = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+        reason = f"{exc.msg}: line {exc.lineno} column {exc.colno}"  # msg may end "at"
     except ValueError as exc:  # an integer longer than Python converts
-        reason = str(exc).split("\n")[0][:80]
+        reason = str(exc).split(";")[0][:100]  # not the advice to Python programmers
     except RecursionError:
         reason = "nested too deeply"
     raise NotJSON(f"{os.fsdecode(path)}: {what} is not valid JSON ({reason})")

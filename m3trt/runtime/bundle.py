@@ -257,7 +257,8 @@ def _read_manifest(manifest: Path) -> dict[str, Any]:
     except RecursionError:
         raise _error(f"{manifest}: JSON nested too deeply; {REBUILD}") from None
     except ValueError as exc:  # an integer longer than Python converts
-        raise _error(f"{manifest}: unusable JSON ({_one_line(exc)[:120]}); {REBUILD}") from None
+        reason = _one_line(exc).split(";")[0][:120]  # not the advice to Python programmers
+        raise _error(f"{manifest}: unusable JSON ({reason}); {REBUILD}") from None
     if not isinstance(data, dict):
         raise _error(f"{manifest}: must hold a JSON object; {REBUILD}")
     _check_schema(data, manifest)

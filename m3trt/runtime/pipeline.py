@@ -52,6 +52,7 @@ from m3trt.runtime.results import (
     format_for,
     path_fields,
 )
+from m3trt.runtime.run_record import note_bundle, record_path
 from m3trt.runtime.walk import Found, check_roots, iter_images
 
 
@@ -220,7 +221,9 @@ def guarded_outputs(options: InferOptions, roots: list[Path], bundle: Path) -> I
         "--summary-json": options.summary_json,
     }
     with checked_locks(locked, check) as locks:
-        yield [p for p in outputs.values() if p is not None] + locks
+        note_bundle(options.output, bundle, resume=options.resume)
+        record = record_path(options.output)
+        yield [p for p in outputs.values() if p is not None] + locks + [record]
 
 
 def _gpu_plan(annotator: Annotator, options: InferOptions, reporter: Reporter) -> Any:
@@ -297,6 +300,8 @@ def _run_locked(
     sidecars = Sidecars(options.write_xmp, options.write_txt, options.overwrite, protected)
     todo = (f for f in iter_images(roots, options.extensions) if f.path not in done)
     summary.skipped = skipped
+    if (note := resume_note(options.output, done, skipped)) is not None:
+        reporter.log(note)
     start = time.perf_counter()
     writer = ResultWriter(options.output, fmt, resume=options.resume, overwrite=options.overwrite)
     report = _open_report(options, annotator)
@@ -432,6 +437,17 @@ def _write_summary(path: Path, summary: Summary) -> None:
         write_text(path, json.dumps(summary.to_json(), indent=2) + "\n")  # a planted link
     except OSError as exc:  # at a fixed temp name was followed
         raise OutputFailure(f"{path}: cannot write the summary ({os_reason(exc)})") from None
+
+
+def resume_note(output: Path, done: set[str], skipped: int) -> str | None:
+    """Why a --resume that skipped nothing is worth a look: the rows name files as the first
+    run's walk spelled them (``./photos/a.jpg`` is not ``/data/photos/a.jpg``)."""
+    if not done or skipped:
+        return None
+    return (
+        f"note: none of the {len(done):,} files already in {output} is among these PATHS, so "
+        "nothing is skipped; give PATHS as the first run did to continue it"
+    )
 
 
 def _count(roots: list[Path], extensions: frozenset[str], done: set[str]) -> tuple[int, int]:

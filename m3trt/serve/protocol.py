@@ -118,7 +118,8 @@ def _json_object(raw: bytes | memoryview) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"the request is not valid JSON: {exc}") from None
     except ValueError as exc:  # an integer longer than Python converts
-        raise ProtocolError(f"the request is not usable JSON: {one_line(exc)[:120]}") from None
+        reason = one_line(exc).split(";")[0][:120]  # not the advice to Python programmers
+        raise ProtocolError(f"the request is not usable JSON: {reason}") from None
     except RecursionError:
         raise ProtocolError("the request JSON is nested too deeply") from None
     if not isinstance(value, dict):

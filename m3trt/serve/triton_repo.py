@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from m3trt.atomic import TEMP_NAME_CHARS, fsync_dir, temp_sibling
+from m3trt.atomic import clear_leftovers, fsync_dir, temp_sibling
 from m3trt.constants import MAX_BATCH
 from m3trt.errors import InputError
 from m3trt.runtime.bundle import (
@@ -246,7 +246,7 @@ def export_triton(
             "REPO_DIR or --name"
         )
     with checked_locks({"--name": folder}, lambda: _check_target(folder, overwrite)):
-        _clear_leftovers(folder)
+        clear_leftovers(folder)  # Triton would load each as a model and, failing, not start
         _publish(folder, text, bundle, role, filename, overwrite)
     return TritonExport(folder, platform, limit, role, checked)
 
@@ -341,29 +341,6 @@ def _check_target(folder: Path, overwrite: bool) -> None:
         raise InputError(f"{folder} exists and is not a folder; choose another --name or REPO_DIR")
     if folder.exists() and not overwrite:
         raise InputError(f"{folder} exists; pass --overwrite to replace it")
-
-
-def _clear_leftovers(folder: Path) -> None:
-    """Remove the hidden folders a killed export of ``folder`` left beside it (run under its
-    lock, so no export of it is running): Triton would try to load each as a model, and a failed
-    load stops Triton's start by default (``--exit-on-error``). An entry moved aside by a run
-    killed before it published the new one is put back."""
-    if len(folder.name) >= TEMP_NAME_CHARS:  # temp_sibling cuts names: another NAME's could match
-        return
-    left = re.compile(rf"\.{re.escape(folder.name)}\.(tmp|old)-\d+-[0-9a-f]{{8}}")
-    for path in sorted(folder.parent.iterdir()):
-        if not (found := left.fullmatch(path.name)) or path.is_symlink() or not path.is_dir():
-            continue
-        if found.group(1) == "old" and not os.path.lexists(folder):
-            try:
-                path.rename(folder)
-            except OSError as exc:
-                raise InputError(
-                    f"{path}: a killed export moved {folder} here and it cannot be put back "
-                    f"({exc.strerror or exc}); move it back by hand"
-                ) from None
-        else:
-            shutil.rmtree(path, ignore_errors=True)  # one that stays costs only a Triton warning
 
 
 def _publish(

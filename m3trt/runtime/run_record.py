@@ -1,0 +1,68 @@
+"""Which bundle wrote a results file, so that ``--resume`` never mixes two models' rows.
+
+A row names its file and labels, not the model that gave them: resuming ``r.jsonl`` with another
+bundle appended the second model's rows to the first one's, silently. Each run notes the bundle
+it used (the SHA-256 of its ``bundle.json``, which holds every artifact's hash) in a hidden file
+beside the results, ``.r.jsonl.run.json``, written under the output's lock; ``--resume`` with
+another bundle is refused. Results written before this note existed resume as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from m3trt.atomic import write_text
+from m3trt.data.safe_open import read_regular
+from m3trt.errors import InputError
+from m3trt.runtime.bundle import BUNDLE_FILE, MAX_MANIFEST_BYTES
+
+MARKER = "m3trt_run"
+MAX_BYTES = 1 << 16
+
+
+def record_path(output: Path) -> Path:
+    """``out/r.jsonl`` -> ``out/.r.jsonl.run.json``."""
+    return output.with_name(f".{output.name}.run.json")
+
+
+def identity(bundle: Path) -> dict[str, Any]:
+    """What the record holds: the bundle's name and the hash of its ``bundle.json``."""
+    data = read_regular(bundle / BUNDLE_FILE, "bundle manifest", MAX_MANIFEST_BYTES)
+    return {MARKER: 1, "bundle": bundle.name, "bundle_sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    """The record at ``path``; None when there is none, or the file there is not one (then it is
+    left alone: it is not m3trt's)."""
+    try:
+        data = json.loads(read_regular(path, "run record", MAX_BYTES))
+    except (FileNotFoundError, InputError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) and data.get(MARKER) == 1 else None
+
+
+def note_bundle(output: Path, bundle: Path, *, resume: bool) -> None:
+    """Refuse a ``resume`` of rows another bundle wrote; note this run's bundle otherwise.
+    Call under the output's lock."""
+    path = record_path(output)
+    try:
+        now = identity(bundle)
+    except (FileNotFoundError, InputError):  # no bundle folder (an API caller's own): no note
+        return
+    then = _read(path)
+    if resume and then is not None and output.exists():
+        if then.get("bundle_sha256") != now["bundle_sha256"]:
+            raise InputError(
+                f"{output}: its rows came from bundle {then.get('bundle')!s} "
+                f"(bundle.json {str(then.get('bundle_sha256'))[:12]}), this run's is "
+                f"{now['bundle']} ({now['bundle_sha256'][:12]}): resume it with that bundle, "
+                "or start again with --overwrite"
+            )
+        return
+    if then is None and os.path.lexists(path):  # a file of that name m3trt did not write
+        return
+    write_text(path, json.dumps(now) + "\n")
