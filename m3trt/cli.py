@@ -702,6 +702,7 @@ def eval_cmd(
         )
         click.echo(metrics.format_table(result))
         click.echo(format_agreement(result["agreement"]))
+        _echo_skipped(result)
         if json_path:
             _write_json(json_path, result)
         _accuracy_gate(ctx, result, baseline, reference, max_drop)
@@ -719,14 +720,20 @@ def eval_cmd(
         reporter=_reporter(ctx),
     )
     click.echo(metrics.format_table(result))
-    if result["n_unlabelled_skipped"] or result["n_failed_images"]:
-        click.echo(
-            f"skipped {result['n_unlabelled_skipped']} unlabelled images, "
-            f"{result['n_failed_images']} undecodable images"
-        )
+    _echo_skipped(result)
     if json_path:
         _write_json(json_path, result)
     _accuracy_gate(ctx, result, baseline, reference, max_drop)
+
+
+def _echo_skipped(result: dict[str, Any]) -> None:
+    """What was left out of the scores, with the first file that could not be read (all of
+    them, up to 20, are in --json)."""
+    unlabelled, failed = result.get("n_unlabelled_skipped", 0), result.get("n_failed_images", 0)
+    if not (unlabelled or failed):
+        return
+    first = f" (first: {result['failed_images'][0]})" if result.get("failed_images") else ""
+    click.echo(f"skipped {unlabelled} unlabelled images, {failed} undecodable images{first}")
 
 
 def _load_baseline(path: Path | None) -> dict[str, Any] | None:
@@ -874,6 +881,9 @@ def calibrate_cmd(
         raise InputError(f"{exc}: replace them with --overwrite or choose another -o") from None
     state = "matching ranges already there" if hit else "ranges written"
     click.echo(f"{out}: {len(images)} images, {method}: {state}")
+    if images.failed:  # missing, unreadable or undecodable records: named, never silently gone
+        first = images.failed[0][1]
+        click.echo(f"skipped {len(images.failed)} images that could not be read (first: {first})")
 
 
 def _check_calibration_out(out: Path, overwrite: bool, inputs: tuple[Path, ...]) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from m3trt import metrics
 from m3trt.data.batches import RecordSet
-from m3trt.data.manifest import read_manifest
+from m3trt.data.manifest import read_manifest, repeated_images
 from m3trt.data.vocab import Vocab
 from m3trt.errors import InputError
 from m3trt.runtime.model_io import OUTPUT_NAMES, make_feeds
@@ -85,6 +85,7 @@ class LabelledSplit:
 
     data: RecordSet
     n_unlabelled: int
+    note: str | None = None  # records that repeat an image (repeated_images)
 
 
 def labelled_split(
@@ -109,7 +110,7 @@ def labelled_split(
         where = f"split {split!r}" if split else "the manifest"
         raise InputError(f"{manifest.path}: no labelled images to evaluate in {where}")
     data = RecordSet(labelled, Vocab(label_names), Vocab(tag_vocab), image_size, cache=False)
-    return LabelledSplit(data, len(records) - len(labelled))
+    return LabelledSplit(data, len(records) - len(labelled), repeated_images(manifest))
 
 
 def stream_predictions(

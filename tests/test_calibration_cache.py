@@ -3,6 +3,7 @@ take for one, and `calibrate` replaces one that holds other ranges only when tol
 
 import json
 import os
+import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -144,3 +145,18 @@ def test_calibrate_never_replaces_its_own_inputs(tmp_path, tiny_onnx, tiny_data)
         code, output = run("calibrate", model, "--data", data, "-o", out, "--overwrite")
         assert code == 2 and "-o is an input of this run" in output, output
         assert out.read_bytes() == before
+
+
+def test_calibrate_names_the_records_it_could_not_read(tmp_path, tiny_onnx, tiny_data):
+    """A missing image and a FIFO among the records were dropped without a word."""
+    rows = [json.loads(line) for line in tiny_data.read_text().splitlines()]
+    rows = [dict(r, image=str(tiny_data.parent / r["image"]), split="train") for r in rows]
+    os.mkfifo(tmp_path / "pipe.jpg")
+    rows += [dict(rows[0], image=str(tmp_path / "gone.jpg")), dict(rows[0], image="pipe.jpg")]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shutil.copyfile(tiny_data.parent / "labels.txt", tmp_path / "labels.txt")
+    code, output = run("calibrate", tiny_onnx, "--data", manifest, "-o", tmp_path / "c.json")
+    assert code == 0, output
+    assert "skipped 2 images that could not be read (first: " in output
+    assert read_cache(tmp_path / "c.json")["images"]["failed"] == 2

@@ -94,3 +94,26 @@ def test_accuracy_gate_fails_a_broken_preprocessing_and_passes_the_good_one(
     updated = gate(good, "--json", str(base), "--baseline", str(base), "--overwrite")
     assert updated.exit_code == 1 and "regression: mAP:" in updated.output
     assert json.loads(base.read_text())["mAP"] < higher["mAP"]  # now this run's figures
+
+
+def test_eval_notes_an_image_in_two_splits_and_names_an_unreadable_one(
+    tmp_path, int8_bundle, tiny_data
+):
+    """A record repeating a train image in the test split was scored silently, and an image
+    that could not be read was only counted."""
+    rows = [json.loads(line) for line in tiny_data.read_text().splitlines()]
+    rows = [dict(r, image=str(tiny_data.parent / r["image"])) for r in rows]
+    train = next(r for r in rows if r["split"] == "train" and r["labels"])
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    rows += [
+        dict(train, split="test"),
+        dict(train, image=str(tmp_path / "broken.jpg"), split="test"),
+    ]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "labels.txt").write_text((tiny_data.parent / "labels.txt").read_text())
+    result = CliRunner().invoke(main, ["eval", str(int8_bundle), str(manifest)])
+    assert result.exit_code == 0, result.output
+    assert "1 record names an image an earlier one names" in result.output
+    assert "in another split (line 201: train and test)" in result.output
+    assert "1 undecodable images (first: " in result.output and "broken.jpg" in result.output

@@ -195,3 +195,19 @@ def test_json_problems_read_as_sentences(tmp_path):
     path.write_bytes(b'{"image": "a.jpg", "labels": ["a"]}\n{"image": "\xff"}\n')
     with pytest.raises(ManifestError, match=r"is not UTF-8 text \(line 2, byte 47\)"):
         read_manifest(path)
+
+
+def test_repeated_images_are_noted_with_their_lines(tmp_path):
+    from m3trt.data.manifest import repeated_images
+
+    rows = [
+        {"image": "a.jpg", "labels": ["x"], "split": "train"},
+        {"image": "b.jpg", "labels": ["x"], "split": "test"},
+        {"image": "./a.jpg", "labels": ["x"], "split": "train"},
+        {"image": "b.jpg", "labels": ["x"], "split": "train"},
+    ]
+    manifest = read_manifest(make(tmp_path, rows))
+    note = repeated_images(manifest)
+    assert "2 records name an image an earlier one names (line 3 repeats line 1)" in note
+    assert "1 of them in another split (line 4: test and train)" in note
+    assert repeated_images(read_manifest(make(tmp_path, rows[:2]))) is None

@@ -67,6 +67,8 @@ def evaluate_bundle(
     annotator = Annotator.load(bundle_path, device=device, engine=engine)
     info = annotator.info
     split_data = labelled_split(manifest, split, info.label_names, info.tag_vocab, info.image_size)
+    if split_data.note:
+        reporter.log(split_data.note)
     data = split_data.data
     predictors = {"engine": engine_predictor(annotator.engine)}
     choice = annotator.choice

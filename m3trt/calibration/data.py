@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from m3trt.data.images import IMAGE_EXTENSIONS, load_image
-from m3trt.data.manifest import read_manifest
+from m3trt.data.manifest import Record, not_a_file, read_manifest
 from m3trt.data.vocab import Vocab
 from m3trt.errors import ImageDecodeError, InputError
 from m3trt.runtime.walk import iter_images
@@ -103,12 +103,14 @@ def load_image_set(
         paths = list_images(source)
         tags_rows: list[tuple[str, ...]] = [()] * len(paths)
         label_rows: list[tuple[str, ...]] | None = None
+        unread: list[Record] = []
     elif source.exists():
         manifest = read_manifest(source, allow_missing_images=True)
         records = [r for r in manifest.records if splits is None or r.split in splits]
         paths = [r.path for r in records]
         tags_rows = [r.tags for r in records]
         label_rows = [r.labels for r in records]
+        unread = [r for r in manifest.missing_images if splits is None or r.split in splits]
     else:
         raise InputError(f"{source}: calibration data not found (give a manifest or a folder)")
     chosen = np.arange(len(paths))
@@ -116,6 +118,7 @@ def load_image_set(
         chosen = np.sort(np.random.default_rng(seed).choice(len(paths), count, replace=False))
     paths = [paths[i] for i in chosen]
     images, failed = _decode_all(paths, image_size)
+    failed += [(str(r.path), f"{r.path}: image {not_a_file(r.path)}") for r in unread]
     keep = [i for i, im in enumerate(images) if im is not None]
     shape = (0, image_size, image_size, 3)
     return ImageSet(

@@ -254,7 +254,7 @@ def read_manifest(
     if check_images:
         missing = [r for r in records if not r.path.is_file()]
         if missing and not allow_missing_images:
-            problems = [f"line {r.line}: image {_not_a_file(r.path)}: {r.image}" for r in missing]
+            problems = [f"line {r.line}: image {not_a_file(r.path)}: {r.image}" for r in missing]
             raise ManifestError(_summarise(path, problems, "missing images"))
         if missing:
             gone = {id(r) for r in missing}
@@ -262,7 +262,38 @@ def read_manifest(
     return Manifest(path=path, records=records, label_names=label_names, missing_images=missing)
 
 
-def _not_a_file(path: Path) -> str:
+def repeated_images(manifest: Manifest) -> str | None:
+    """A note on records that name one image twice (counted twice in scores), and on images in
+    two splits (the scores of one are then not independent of the other); None without any."""
+    first: dict[str, Record] = {}
+    repeats: list[tuple[Record, Record]] = []
+    for record in manifest.records:
+        key = os.path.normpath(record.path)
+        if key in first:
+            repeats.append((record, first[key]))
+        else:
+            first[key] = record
+    if not repeats:
+        return None
+    crossed = [(r, f) for r, f in repeats if r.split != f.split]
+    many = len(repeats) != 1
+    note = (
+        f"note: {manifest.path}: {len(repeats)} record{'s' if many else ''} "
+        f"name{'' if many else 's'} an image an earlier one names"
+    )
+    again, seen = repeats[0]
+    note += f" (line {again.line} repeats line {seen.line})"
+    if crossed:
+        again, seen = crossed[0]
+        note += (
+            f"; {len(crossed)} of them in another split (line {again.line}: "
+            f"{seen.split or 'no split'} and {again.split or 'no split'}), so scores on one split "
+            "are not independent of the other"
+        )
+    return note
+
+
+def not_a_file(path: Path) -> str:
     """Why an image is not a file to read, in words ("not found" was said of a FIFO too)."""
     try:
         mode = path.stat().st_mode

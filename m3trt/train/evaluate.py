@@ -35,6 +35,8 @@ def evaluate_checkpoint(
         config.tag_vocab,
         config.preprocessing.image_size,
     )
+    if split_data.note:
+        reporter.log(split_data.note)
     predictors = {"checkpoint": torch_predictor(model, config)}
     with reporter.task("evaluate", len(split_data.data)) as bar:
         outputs, labels = stream_predictions(

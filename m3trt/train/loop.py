@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from m3trt import metrics
 from m3trt.config import CheckpointConfig, ModelConfig, Preprocessing
 from m3trt.data.batches import RecordSet
-from m3trt.data.manifest import Manifest, Record, read_manifest
+from m3trt.data.manifest import Manifest, Record, read_manifest, repeated_images
 from m3trt.data.vocab import Vocab, build_tag_vocab
 from m3trt.errors import InputError
 from m3trt.model import M3Net, load_backbone_weights
@@ -333,6 +333,8 @@ def train(
     """Train an M3 model on a manifest and keep the best checkpoint (by val mAP) in ``out_dir``."""
     out_dir = Path(out_dir)
     manifest = read_manifest(manifest_path)
+    if (note := repeated_images(manifest)) is not None:
+        reporter.log(note)
     manifest_hash = _manifest_hash(manifest)
     start_epoch, history, best = 0, [], {"epoch": 0, "mAP": -1.0, "val": {}}
     state: dict[str, Any] | None = None
