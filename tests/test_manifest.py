@@ -211,3 +211,23 @@ def test_repeated_images_are_noted_with_their_lines(tmp_path):
     assert "2 records name an image an earlier one names (line 3 repeats line 1)" in note
     assert "1 of them in another split (line 4: test and train)" in note
     assert repeated_images(read_manifest(make(tmp_path, rows[:2]))) is None
+
+
+def test_a_line_past_the_limit_is_refused_before_it_is_read_whole(tmp_path, monkeypatch):
+    """The manifest was read whole and split (a 100 MB line: 0.9 GB); it is now read a line at a
+    time, each at most MAX_LINE_BYTES."""
+    import m3trt.data.manifest as manifest_module
+
+    monkeypatch.setattr(manifest_module, "MAX_LINE_BYTES", 64)
+    line = json.dumps({"image": "a.jpg", "labels": ["x" * 80]})
+    path = make(tmp_path, [{"image": "a.jpg", "labels": ["x"]}, line])
+    with pytest.raises(ManifestError, match=r"m.*\.jsonl: line 2 is longer than 64 bytes"):
+        read_manifest(path)
+
+
+def test_records_resolve_their_paths_and_share_their_names(tmp_path):
+    path = make(
+        tmp_path, [{"image": "a.jpg", "labels": ["dog"]}, {"image": "b.jpg", "labels": ["dog"]}]
+    )
+    a, b = read_manifest(path).records
+    assert a.path == tmp_path / "a.jpg" and a.labels[0] is b.labels[0]  # one copy of "dog"

@@ -6,10 +6,12 @@ fixes the label order; without it the order is the sorted set of names seen.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,16 +30,21 @@ def normalise_tag(tag: str) -> str:
     return " ".join(tag.lower().split())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
-    """One manifest line: ``image`` as written, ``path`` resolved against the manifest."""
+    """One manifest line: ``image`` as written, ``path`` resolved against the manifest's folder
+    ``root`` when asked (a Path a record costs ~200 bytes; a manifest holds millions)."""
 
     image: str
-    path: Path
+    root: Path
     labels: tuple[str, ...]
     tags: tuple[str, ...] = ()
     split: str | None = None
     line: int = 0
+
+    @property
+    def path(self) -> Path:
+        return Path(self.image) if os.path.isabs(self.image) else self.root / self.image
 
     def to_json(self) -> dict:
         row: dict = {"image": self.image, "labels": list(self.labels)}
@@ -130,15 +137,14 @@ def parse_line(text: str, root: Path, line: int) -> Record:
     labels = _string_list(row["labels"], "labels")
     if any(not name.strip() for name in labels):
         raise ValueError('"labels" contains an empty name')
-    if len(set(labels)) != len(labels):
-        labels = tuple(dict.fromkeys(labels))
+    labels = tuple(sys.intern(name) for name in dict.fromkeys(labels))  # one copy of each name
     tags = _string_list(row.get("tags", []), "tags")
-    tags = tuple(t for t in dict.fromkeys(normalise_tag(t) for t in tags) if t)
+    tags = tuple(sys.intern(t) for t in dict.fromkeys(normalise_tag(t) for t in tags) if t)
     split = row.get("split")
     if split is not None and split not in SPLITS:
         raise ValueError(f'"split" must be one of {", ".join(SPLITS)}, not {split!r}')
-    path = Path(image) if os.path.isabs(image) else root / image
-    return Record(image=image, path=path, labels=labels, tags=tags, split=split, line=line)
+    split = SPLITS[SPLITS.index(split)] if split is not None else None
+    return Record(image=image, root=root, labels=labels, tags=tags, split=split, line=line)
 
 
 def read_label_file(path: Path) -> list[str]:
@@ -166,6 +172,7 @@ def read_label_file(path: Path) -> list[str]:
 
 
 MAX_MANIFEST_BYTES = 4 << 30
+MAX_LINE_BYTES = 16 << 20  # one record: its image path, labels and tags
 MAX_LABEL_FILE_BYTES = 64 << 20
 
 
@@ -189,9 +196,41 @@ def _read_text(path: Path, what: str, max_bytes: int) -> str:
         ) from None
 
 
-def _summarise(path: Path, problems: list[str], what: str) -> str:
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """The manifest's lines, numbered, read one at a time (the whole text and a list of its
+    lines beside the records doubled the peak memory), each at most MAX_LINE_BYTES. Split at
+    ``\n`` only: JSON may hold a raw U+2028."""
+    from m3trt.data.safe_open import open_regular
+
+    try:
+        f = open_regular(path, "manifest", MAX_MANIFEST_BYTES)
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: manifest not found") from None
+    except InputError as exc:
+        raise ManifestError(str(exc)) from None
+    with f:
+        offset = 0
+        for number in itertools.count(1):
+            data = f.readline(MAX_LINE_BYTES + 1)
+            if not data:
+                return
+            if len(data) > MAX_LINE_BYTES and not data.endswith(b"\n"):
+                raise ManifestError(
+                    f"{path}: line {number} is longer than {MAX_LINE_BYTES:,} bytes"
+                )
+            try:
+                text = data.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise ManifestError(
+                    f"{path}: manifest is not UTF-8 text (line {number}, byte {offset + exc.start})"
+                ) from None
+            offset += len(data)
+            yield number, text.removesuffix("\n")
+
+
+def _summarise(path: Path, problems: list[str], what: str, count: int | None = None) -> str:
     head = "; ".join(problems[:MAX_REPORTED])
-    more = len(problems) - MAX_REPORTED
+    more = (len(problems) if count is None else count) - MAX_REPORTED
     tail = f" (and {more} more {what})" if more > 0 else ""
     return f"{path}: {head}{tail}"
 
@@ -217,19 +256,21 @@ def read_manifest(
         if not candidate.is_file():
             raise ManifestError(f"{path}: is a folder without a manifest.jsonl")
         path = candidate
-    text = _read_text(path, "manifest", MAX_MANIFEST_BYTES)
-
     records: list[Record] = []
     problems: list[str] = []
-    for number, line in enumerate(text.split("\n"), 1):  # JSON may hold a raw U+2028
+    n_bad = 0
+    root = path.parent
+    for number, line in _lines(path):
         if not line.strip():
             continue
         try:
-            records.append(parse_line(line, path.parent, number))
+            records.append(parse_line(line, root, number))
         except ValueError as exc:
-            problems.append(f"line {number}: {exc}")
+            n_bad += 1
+            if len(problems) < MAX_REPORTED:  # a million bad lines: five messages and a count
+                problems.append(f"line {number}: {exc}")
     if problems:
-        raise ManifestError(_summarise(path, problems, "bad lines"))
+        raise ManifestError(_summarise(path, problems, "bad lines", n_bad))
     if not records:
         raise ManifestError(f"{path}: manifest has no records")
 

@@ -20,7 +20,14 @@ import torch.nn.functional as F
 from m3trt import metrics
 from m3trt.config import CheckpointConfig, ModelConfig, Preprocessing
 from m3trt.data.batches import RecordSet
-from m3trt.data.manifest import Manifest, Record, read_manifest, repeated_images
+from m3trt.data.manifest import (
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    Record,
+    read_manifest,
+    repeated_images,
+)
+from m3trt.data.safe_open import open_regular
 from m3trt.data.vocab import Vocab, build_tag_vocab
 from m3trt.errors import InputError
 from m3trt.model import M3Net, load_backbone_weights
@@ -298,7 +305,9 @@ def validate(model: M3Net, config: CheckpointConfig, data: RecordSet) -> dict[st
 
 
 def _manifest_hash(manifest: Manifest) -> str:
-    return hashlib.sha256(manifest.path.read_bytes()).hexdigest()[:16]
+    """Streamed: the manifest may be gigabytes (it was read whole, a second time, uncapped)."""
+    with open_regular(manifest.path, "manifest", MAX_MANIFEST_BYTES) as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
 def _check_fresh_folder(out_dir: Path) -> None:
