@@ -429,13 +429,14 @@ def _fail(path: str, reason: str, writer: ResultWriter, summary: Summary, report
 
 
 def _write_summary(path: Path, summary: Summary) -> None:
-    """``--summary-json``, replaced atomically (check_outputs has allowed it)."""
+    """``--summary-json``, replaced atomically (check_outputs has allowed it) through a unique
+    temp name: a link planted at the fixed one it had was followed."""
     import json
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_text(path, json.dumps(summary.to_json(), indent=2) + "\n")  # a planted link
-    except OSError as exc:  # at a fixed temp name was followed
+        write_text(path, json.dumps(summary.to_json(), indent=2) + "\n")
+    except OSError as exc:
         raise OutputFailure(f"{path}: cannot write the summary ({os_reason(exc)})") from None
 
 
