@@ -340,13 +340,16 @@ def data_synth(
 
 
 def _check_synth_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+    _check_folder_out(out, "OUT")
+    if out.exists() and not overwrite and any(out.iterdir()):
         raise M3Error(f"{out}: exists and is not an empty folder; use --overwrite or another OUT")
 
 
-def _check_folder_out(out: Path) -> None:
-    if (out.exists() or out.is_symlink()) and not out.is_dir():  # a link to a folder is fine
-        raise M3Error(f"{out}: exists and is not a folder; choose another -o")
+def _check_folder_out(out: Path, option: str = "-o") -> None:
+    if out.is_symlink() and not out.exists():  # mkdir says only "File exists"
+        raise M3Error(f"{out}: is a dangling symbolic link; choose another {option}")
+    if out.exists() and not out.is_dir():  # a link to a folder is fine
+        raise M3Error(f"{out}: exists and is not a folder; choose another {option}")
 
 
 def _claim_import(ctx: click.Context, out: Path, overwrite: bool) -> None:

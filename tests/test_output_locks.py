@@ -224,3 +224,17 @@ def test_sigterm_stops_a_build_with_its_cleanup(tmp_path, tiny_onnx, tiny_data):
     assert proc.returncode == 130 and "interrupted" in err, err
     assert not list(temp.glob("m3trt-build-*")) and not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".x.m3.tmp")] == []
+
+
+def test_a_dangling_link_as_a_folder_output_is_refused_and_nothing_made(tmp_path, tiny_data):
+    """It ended in 'File exists' (exit 1), after making the folder the link names (the lock
+    went beside the link's target)."""
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "nowhere" / "deeper")
+    for args, option in (
+        (["data", "synth", link, "--n", "20"], "OUT"),
+        (["train", tiny_data, "-o", link], "-o"),
+    ):
+        code, output = run(*args)
+        assert code == 2 and f"is a dangling symbolic link; choose another {option}" in output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -32,8 +32,9 @@ def lock_path(output: Path) -> Path:
         raise InputError("-: m3trt writes its outputs to files, not to standard output; name one")
     named = output
     # "." and "x/..": the folder they resolve to; a link: the file it names, so that two runs
-    # given the file and a link to it take one lock (links in the folders resolve alike)
-    if output.name in ("", "..") or output.is_symlink():
+    # given the file and a link to it take one lock (links in the folders resolve alike). A
+    # dangling link keeps its own name: the command refuses it, nothing is made where it points.
+    if output.name in ("", "..") or (output.is_symlink() and output.exists()):
         named = Path(os.path.realpath(output))
     if not named.name:
         raise InputError(f"{output}: the root folder cannot be an output; choose a folder in it")
