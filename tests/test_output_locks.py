@@ -231,10 +231,13 @@ def test_a_dangling_link_as_a_folder_output_is_refused_and_nothing_made(tmp_path
     went beside the link's target)."""
     link = tmp_path / "out"
     link.symlink_to(tmp_path / "nowhere" / "deeper")
+    bundle = tmp_path / "b.m3"
+    bundle.symlink_to(tmp_path / "nowhere" / "b.m3")
     for args, option in (
         (["data", "synth", link, "--n", "20"], "OUT"),
         (["train", tiny_data, "-o", link], "-o"),
+        (["build", tiny_data.parent, "-o", bundle, "--precision", "fp32"], "-o"),
     ):
         code, output = run(*args)
         assert code == 2 and f"is a dangling symbolic link; choose another {option}" in output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.m3", "out"]

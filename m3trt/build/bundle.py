@@ -83,6 +83,10 @@ def check_options(out: Path, options: BuildOptions) -> None:
         raise InputError(f"unknown engine {options.engine!r}: choose {', '.join(BUILD_ENGINES)}")
     if out.suffix != ".m3":
         raise InputError(f"{out}: a bundle name must end with .m3 (e.g. {out.name}.m3)")
+    if out.is_symlink() and not out.exists():  # it failed only at the end, "Not a directory"
+        raise InputError(f"{out}: is a dangling symbolic link; choose another -o")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder; choose another -o")
     if out.exists() and not options.overwrite:
         raise InputError(f"{out}: already exists; pass --overwrite to replace it")
     if options.calib_cache is not None:
