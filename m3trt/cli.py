@@ -736,7 +736,8 @@ def _echo_skipped(result: dict[str, Any]) -> None:
     if not (unlabelled or failed):
         return
     first = f" (first: {result['failed_images'][0]})" if result.get("failed_images") else ""
-    click.echo(f"skipped {unlabelled} unlabelled images, {failed} undecodable images{first}")
+    line = f"skipped {unlabelled} unlabelled images, {failed} undecodable images{first}"
+    click.echo(terminal_safe(line))
 
 
 def _load_baseline(path: Path | None) -> dict[str, Any] | None:
@@ -886,7 +887,8 @@ def calibrate_cmd(
     click.echo(f"{out}: {len(images)} images, {method}: {state}")
     if images.failed:  # missing, unreadable or undecodable records: named, never silently gone
         first = images.failed[0][1]
-        click.echo(f"skipped {len(images.failed)} images that could not be read (first: {first})")
+        line = f"skipped {len(images.failed)} images that could not be read (first: {first})"
+        click.echo(terminal_safe(line))
 
 
 def _check_calibration_out(out: Path, overwrite: bool, inputs: tuple[Path, ...]) -> None:

@@ -22,6 +22,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from m3trt.errors import terminal_safe
+
 
 class RateColumn(ProgressColumn):
     """Items per second, in the task's own unit (images/s for most jobs)."""
@@ -75,8 +77,10 @@ class Reporter:
             yield TaskHandle(progress, task_id)
 
     def log(self, message: str) -> None:
+        """A line for people; file names in it may hold escape sequences, shown escaped."""
         if not self.quiet:
-            self.console.print(message, markup=False, highlight=False, soft_wrap=True)
+            text = terminal_safe(message, keep_newlines=True)
+            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 SILENT = Reporter(quiet=True)

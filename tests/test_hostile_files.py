@@ -585,5 +585,8 @@ def test_resume_with_another_bundle_is_refused(tmp_path, int8_bundle, test_image
     code, output = run("infer", other, test_images, "-o", out, "--resume")
     assert code == 2 and "its rows came from bundle " in output and "--overwrite" in output
     assert out.read_bytes() == b"".join(lines[:5])
+    (tmp_path / "link.jsonl").symlink_to("r.jsonl")  # the record is the file's, not the name's
+    code, output = run("infer", other, test_images, "-o", tmp_path / "link.jsonl", "--resume")
+    assert code == 2 and "its rows came from bundle " in output
     code, output = run("infer", int8_bundle, test_images, "-o", out, "--resume")
     assert code == 0 and out.read_bytes().count(b"\n") == len(lines), output

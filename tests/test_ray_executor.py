@@ -414,3 +414,27 @@ def test_non_utf8_file_names_go_through_ray(tmp_path, int8_bundle, test_images, 
     assert (summary.annotated, summary.failed) == (1, 1)
     assert out.read_bytes() == local.read_bytes()
     assert errors_path(out).read_bytes() == errors_path(local).read_bytes()
+
+
+def test_ray_init_does_not_keep_its_sigterm_handler(monkeypatch):
+    """ray.init installs a SIGTERM handler that exits at once: the job died without its summary
+    or the hint to resume, where the CLI stops a run on SIGTERM as on Ctrl-C."""
+    import signal
+    import sys
+
+    from m3trt.runtime.ray_executor import _Cluster
+
+    class TakesSigterm(_RecordingRay):
+        def init(self, **kwargs) -> None:
+            super().init(**kwargs)
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(15))
+
+    def ours(*_):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, ours)
+    try:
+        _Cluster(TakesSigterm(), RayOptions(address="10.0.0.1:6379"))
+        assert signal.getsignal(signal.SIGTERM) is ours
+    finally:
+        signal.signal(signal.SIGTERM, previous)

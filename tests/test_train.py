@@ -50,7 +50,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(tiny_checkpoint):
 
 def test_refuses_to_overwrite_a_checkpoint(tiny_checkpoint, tiny_data, tiny_options):
     folder, _ = tiny_checkpoint
-    with pytest.raises(InputError, match="already holds a checkpoint"):
+    with pytest.raises(InputError, match="already holds a checkpoint .*; that run has finished;"):
         train(tiny_data, folder, tiny_options)
 
 
@@ -102,6 +102,16 @@ def test_a_finished_run_is_not_resumed(tmp_path, tiny_checkpoint, tiny_data, tin
     folder = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint[0], folder)
     before = (folder / "model.safetensors").read_bytes()
+    with pytest.raises(InputError, match="this run has finished"):
+        train(tiny_data, folder, tiny_options, resume=True)
+    assert (folder / "model.safetensors").read_bytes() == before
+    # one finished before the flag existed: no "finished", no last/unfitted, fitted steps in
+    # its config (the decision threshold here)
+    trainer = folder / "last" / "trainer.json"
+    state = json.loads(trainer.read_text())
+    del state["finished"]
+    trainer.write_text(json.dumps(state))
+    shutil.rmtree(folder / "last" / "unfitted")
     with pytest.raises(InputError, match="this run has finished"):
         train(tiny_data, folder, tiny_options, resume=True)
     assert (folder / "model.safetensors").read_bytes() == before

@@ -24,6 +24,7 @@ import math
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -308,6 +309,19 @@ LOCAL_INSTANCE_ENV = {
 }
 
 
+@contextlib.contextmanager
+def _own_sigterm() -> Iterator[None]:
+    """``ray.init`` installs its own SIGTERM handler (``sys.exit``): the job then died without
+    its summary or the hint to resume. The CLI's (SIGTERM as Ctrl-C) is put back after it."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 class _Cluster:
     """A Ray connection: a local instance of our own (stopped at the end) or ``--address``."""
 
@@ -343,7 +357,8 @@ class _Cluster:
         # instance can miss that once, so it gets a second try. A cluster address does not.
         for attempt in range(1 if options.address else 2):
             try:
-                ray.init(**kwargs)
+                with _own_sigterm():
+                    ray.init(**kwargs)
                 return
             except Exception as exc:  # Ray raises plain Exception for a start-up timeout
                 ray.shutdown()  # what the failed start left behind

@@ -25,7 +25,10 @@ MAX_BYTES = 1 << 16
 
 
 def record_path(output: Path) -> Path:
-    """``out/r.jsonl`` -> ``out/.r.jsonl.run.json``."""
+    """``out/r.jsonl`` -> ``out/.r.jsonl.run.json``; for a link, beside the file it names (as
+    its lock is), so that resuming through the link finds the file's record."""
+    if output.is_symlink() and output.exists():
+        output = Path(os.path.realpath(output))
     return output.with_name(f".{output.name}.run.json")
 
 

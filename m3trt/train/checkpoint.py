@@ -145,6 +145,8 @@ def save_training_state(
         _atomic_save_tensors(opt_tensors, staging / OPTIMIZER_FILE)
         write_json(staging / TRAINER_FILE, {**trainer, "optimizer": opt_meta}, indent=1)
         _swap_in(staging, folder / LAST_DIR)
+    except WriteFailure as exc:  # it named a file in the staging folder, removed just below
+        raise WriteFailure(folder / LAST_DIR, exc) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -178,6 +180,30 @@ def recover_training_state(folder: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
         else:
             leftover.unlink(missing_ok=True)
+
+
+FITTED_ON_VAL = ("quantity_calibration", "late_fusion", "decision_threshold")
+
+
+def is_finished(folder: Path, state: dict[str, Any]) -> bool:
+    """The run ended, the steps fitted on val included: ``finished`` says so, and for a run
+    from before that flag, all epochs done, no ``unfitted/`` kept and a fitted step recorded in
+    the checkpoint (rerun, it would fit the fitted weights again)."""
+    if state.get("finished"):
+        return True
+    options = state.get("options")
+    epochs = options.get("epochs") if isinstance(options, dict) else None
+    done = state.get("epoch")
+    if not (isinstance(done, int) and isinstance(epochs, int) and done >= epochs):
+        return False
+    if (folder / LAST_DIR / UNFITTED_DIR).is_dir():
+        return False  # stopped among the fitted steps: they start again from the kept copy
+    try:
+        config = read_json(folder / CONFIG_FILE, "checkpoint config", 16 << 20)
+    except (FileNotFoundError, InputError):
+        return False
+    training = config.get("training") if isinstance(config, dict) else None
+    return isinstance(training, dict) and any(key in training for key in FITTED_ON_VAL)
 
 
 def mark_finished(folder: Path) -> None:
@@ -229,7 +255,7 @@ def read_training_state(folder: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise InputError(
             f"{folder}: nothing to resume (no {LAST_DIR}/{TRAINER_FILE}: the run stopped before "
-            "its first epoch ended); remove it, or train into a new or empty folder"
+            "it saved its first training state); train into a new or empty folder"
         ) from None
     if not isinstance(state, dict):
         raise InputError(f"{trainer_file}: training state must be a JSON object")

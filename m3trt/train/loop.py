@@ -27,7 +27,7 @@ from m3trt.data.manifest import (
     read_manifest,
     repeated_images,
 )
-from m3trt.data.safe_open import open_regular
+from m3trt.data.safe_open import open_regular, read_json
 from m3trt.data.vocab import Vocab, build_tag_vocab
 from m3trt.errors import InputError
 from m3trt.model import M3Net, load_backbone_weights
@@ -36,6 +36,7 @@ from m3trt.train.balance import AuxHeads, drop_each_tag
 from m3trt.train.checkpoint import (
     LAST_DIR,
     TRAINER_FILE,
+    is_finished,
     keep_unfitted,
     load_checkpoint,
     mark_finished,
@@ -321,14 +322,23 @@ def _check_fresh_folder(out_dir: Path) -> None:
         return
     what = "a checkpoint" if "config.json" in present else "files this run did not write"
     shown = ", ".join(repr(n) for n in present[:3]) + (", ..." if len(present) > 3 else "")
-    resumable = (out_dir / LAST_DIR / TRAINER_FILE).is_file() or any(
-        n.startswith(f".{LAST_DIR}.old-")
-        for n in present  # a save killed mid-swap
-    )
-    hint = "continue an interrupted run with --resume, or" if resumable else "remove it, or"
     raise InputError(
-        f"{out_dir}: already holds {what} ({shown}); {hint} train into a new or empty folder"
+        f"{out_dir}: already holds {what} ({shown}); {_fresh_hint(out_dir, present)} train "
+        "into a new or empty folder"
     )
+
+
+def _fresh_hint(out_dir: Path, present: list[str]) -> str:
+    """What to do with a folder a new run may not write into: resume it only if it can be."""
+    if any(n.startswith(f".{LAST_DIR}.old-") for n in present):  # a save killed mid-swap
+        return "continue the interrupted run with --resume, or"
+    try:
+        state = read_json(out_dir / LAST_DIR / TRAINER_FILE, "training state", 64 << 20)
+    except (FileNotFoundError, InputError):
+        return "it holds no training state to resume;"
+    if isinstance(state, dict) and is_finished(out_dir, state):
+        return "that run has finished;"
+    return "continue the interrupted run with --resume, or"
 
 
 def train(
@@ -349,7 +359,7 @@ def train(
     state: dict[str, Any] | None = None
     if resume:
         state = read_training_state(out_dir)
-        if state.get("finished"):
+        if is_finished(out_dir, state):
             raise InputError(
                 f"{out_dir}: this run has finished (all {state.get('epoch')} epochs and the "
                 "steps fitted on val); nothing to resume. Train into a new folder to train again"
