@@ -160,3 +160,14 @@ def test_calibrate_names_the_records_it_could_not_read(tmp_path, tiny_onnx, tiny
     assert code == 0, output
     assert "skipped 2 images that could not be read (first: " in output
     assert read_cache(tmp_path / "c.json")["images"]["failed"] == 2
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy", "minmax"])
+def test_calibrate_takes_any_image_count(tmp_path, calibrate, method):
+    """Percentile and entropy calibration crashed in ONNX Runtime's histogram collector
+    (ValueError: inhomogeneous shape, exit 1) unless the count was a multiple of 8; an INT8
+    build on a 140-image training split did too."""
+    out = tmp_path / f"{method}.json"
+    code, output = calibrate(out, "--count", "37", "--method", method)
+    assert code == 0, output
+    assert read_cache(out)["images"]["count"] == 37

@@ -70,6 +70,13 @@ class ImageSetReader:
         images, tags = batch
         if self.on_batch:
             self.on_batch(len(images))
+        if len(images) < self.batch_size:
+            # ONNX Runtime's histogram collectors stack a call's batches into one array, so a
+            # short last batch crashed percentile and entropy calibration ("inhomogeneous
+            # shape") for any image count that is not a multiple of the batch size; it is
+            # filled up with its own images again (at most batch_size - 1 repeats).
+            again = np.arange(self.batch_size) % len(images)
+            images, tags = images[again], tags[again]
         feeds = {"image": images, "tags": tags.astype(np.float32)}
         return {name: feeds[name] for name in self.input_names}
 
