@@ -165,9 +165,8 @@ def test_calibrate_names_the_records_it_could_not_read(tmp_path, tiny_onnx, tiny
 @pytest.mark.parametrize("method", ["percentile", "entropy", "minmax"])
 def test_calibrate_takes_any_image_count(tmp_path, calibrate, method):
     """Percentile and entropy calibration crashed in ONNX Runtime's histogram collector
-    (ValueError: inhomogeneous shape, exit 1) when a chunk of 16 ended in a short batch (44 =
-    16 + 16 + 8 + 4); an INT8
-    build on a 140-image training split did too."""
+    (ValueError: inhomogeneous shape, exit 1) when a chunk of 16 ended in a short batch
+    (44 = 16 + 16 + 8 + 4); an INT8 build on a 140-image training split did too."""
     out = tmp_path / f"{method}.json"
     code, output = calibrate(out, "--count", "44", "--method", method)
     assert code == 0, output
