@@ -58,6 +58,7 @@ def write_qdq(
     if target not in TARGETS:
         raise InputError(f"unknown quantization target {target!r}: use cpu or tensorrt")
     spec = TARGETS[target]
+    nodes_to_exclude = (*nodes_to_exclude, *head_nodes(fp32_path, op_types))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     wanted = spec.activation_unsigned if uint8_input is None else uint8_input
     stem, reduced = None, ()
@@ -89,6 +90,24 @@ def write_qdq(
             return out_path
     _quantize(fp32_path, out_path, ranges, spec, nodes_to_exclude, op_types, reduced)
     return out_path
+
+
+def head_nodes(fp32_path: Path, op_types: Sequence[str]) -> list[str]:
+    """The nodes of ``op_types`` past the convolutional trunk, kept in float: those whose output
+    is not a 4-D feature map (the tag MLP's ReLUs, the logits + tag-path Add, the quantity
+    head). ``Add`` and ``Relu`` are quantized for the trunk's residuals, and ONNX Runtime took
+    the head's as well: the logits were rounded to steps of 0.128, so labels tied in score."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(fp32_path)))
+    rank = {
+        v.name: len(v.type.tensor_type.shape.dim)
+        for v in (*model.graph.value_info, *model.graph.output)
+        if v.type.tensor_type.HasField("shape")
+    }
+    return [
+        n.name for n in model.graph.node if n.op_type in op_types and rank.get(n.output[0], 4) != 4
+    ]
 
 
 def _node_input(model, node_name: str, index: int) -> str:
