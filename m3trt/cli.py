@@ -150,6 +150,33 @@ def quiet_option(command: Any) -> Any:
     )(command)
 
 
+def _set_verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(dict)
+        ctx.obj["verbose"] = True
+
+
+def _global_options_everywhere(group: click.Group) -> None:
+    """``-q`` and ``-v`` after any subcommand too (``m3trt doctor -q`` was "No such option",
+    and an error's advice to rerun with --verbose failed where it was typed after it)."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _global_options_everywhere(command)
+            continue
+        names = {p.name for p in command.params}
+        if "quiet" not in names:
+            quiet_option(command)
+        if "verbose" not in names:
+            click.option(
+                "--verbose",
+                "-v",
+                is_flag=True,
+                expose_value=False,
+                callback=_set_verbose,
+                help="Show tracebacks on errors.",
+            )(command)
+
+
 def verify_key_option(command: Any) -> Any:
     """``--verify-key pub.pem`` (or ``M3TRT_VERIFY_KEY``): refuse unsigned or wrongly signed
     bundles (README, "signed bundles")."""
@@ -1575,6 +1602,8 @@ def doctor_cmd(as_json: bool) -> None:
     report = diagnose()
     click.echo(json.dumps(report.to_json(), indent=2) if as_json else format_report(report))
 
+
+_global_options_everywhere(main)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

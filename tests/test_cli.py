@@ -133,3 +133,22 @@ def test_train_refuses_an_output_that_is_not_a_folder(tmp_path):
     assert code == 2
     assert "ckpt: exists and is not a folder; choose another -o" in one_line_error(out)
     assert not (tmp_path / ".ckpt.lock").exists()  # refused before the lock
+
+
+def test_quiet_and_verbose_work_after_every_subcommand(int8_bundle):
+    """`m3trt doctor -q`, `inspect B -q` were "No such option"; an error's advice to rerun with
+    --verbose failed where it was typed, after the subcommand."""
+    import click
+
+    def leaves(group, prefix=()):
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                yield from leaves(command, (*prefix, name))
+            else:
+                yield (*prefix, name), command
+
+    for name, command in leaves(main):
+        opts = {o for p in command.params for o in getattr(p, "opts", [])}
+        assert {"-q", "--quiet", "-v", "--verbose"} <= opts, name
+    result = CliRunner().invoke(main, ["inspect", str(int8_bundle), "-q", "-v"])
+    assert result.exit_code == 0, result.output

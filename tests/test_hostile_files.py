@@ -552,23 +552,19 @@ def test_a_torn_results_file_that_cannot_be_cut_is_one_line(
     assert code == 2 and "r.jsonl: cannot cut its torn last line (Permission denied)" in output
 
 
-def test_a_resume_that_matches_nothing_says_so(tmp_path, int8_bundle, test_images):
+def test_a_resume_that_matches_nothing_is_refused(tmp_path, int8_bundle, test_images):
     """PATHS spelled otherwise than in the first run (a link, a relative path) skipped none of
-    the rows already written and annotated every image again, silently."""
+    the rows already written and annotated every image again beside them, exit 0."""
     out = tmp_path / "r.jsonl"
     assert run("infer", int8_bundle, test_images, "-o", out)[0] == 0
+    before = out.read_bytes()
     alias = tmp_path / "alias"
     alias.symlink_to(test_images)
-    result = CliRunner().invoke(
-        main, ["infer", str(int8_bundle), str(alias), "-o", str(out), "--resume"]
-    )
-    assert result.exit_code == 0, result.output
-    assert "note: none of the 24 files already in" in result.output
-    assert "give PATHS as the first run did" in result.output
-    result = CliRunner().invoke(
-        main, ["infer", str(int8_bundle), str(test_images), "-o", str(out), "--resume"]
-    )
-    assert "note: none" not in result.output
+    code, output = run("infer", int8_bundle, alias, "-o", out, "--resume")
+    assert code == 2 and "none of the 24 files it holds is among these PATHS" in output
+    assert out.read_bytes() == before
+    assert run("infer", int8_bundle, test_images, "-o", out, "--resume")[0] == 0
+    assert out.read_bytes() == before
 
 
 def test_resume_with_another_bundle_is_refused(tmp_path, int8_bundle, test_images):

@@ -300,8 +300,7 @@ def _run_locked(
     sidecars = Sidecars(options.write_xmp, options.write_txt, options.overwrite, protected)
     todo = (f for f in iter_images(roots, options.extensions) if f.path not in done)
     summary.skipped = skipped
-    if (note := resume_note(options.output, done, skipped)) is not None:
-        reporter.log(note)
+    check_resume_matches(options.output, done, skipped)
     start = time.perf_counter()
     writer = ResultWriter(options.output, fmt, resume=options.resume, overwrite=options.overwrite)
     report = _open_report(options, annotator)
@@ -440,14 +439,16 @@ def _write_summary(path: Path, summary: Summary) -> None:
         raise OutputFailure(f"{path}: cannot write the summary ({os_reason(exc)})") from None
 
 
-def resume_note(output: Path, done: set[str], skipped: int) -> str | None:
-    """Why a --resume that skipped nothing is worth a look: the rows name files as the first
-    run's walk spelled them (``./photos/a.jpg`` is not ``/data/photos/a.jpg``)."""
+def check_resume_matches(output: Path, done: set[str], skipped: int) -> None:
+    """Refuse a --resume that would skip none of the files its output already holds: the rows
+    name files as the first run's walk spelled them (``./photos/a.jpg`` is not
+    ``/data/photos/a.jpg``), and every image was annotated a second time beside them."""
     if not done or skipped:
-        return None
-    return (
-        f"note: none of the {len(done):,} files already in {output} is among these PATHS, so "
-        "nothing is skipped; give PATHS as the first run did to continue it"
+        return
+    raise InputError(
+        f"{output}: none of the {len(done):,} files it holds is among these PATHS, so --resume "
+        "would annotate each image again beside its first row; give PATHS as the first run did "
+        "(its rows name them as that walk spelled them), or choose another -o"
     )
 
 

@@ -52,10 +52,10 @@ from m3trt.runtime.pipeline import (
     _report_summary,
     _tag_source,
     _write_summary,
+    check_resume_matches,
     decoder,
     guarded_outputs,
     record,
-    resume_note,
 )
 from m3trt.runtime.results import ResultWriter, done_paths, errors_path, format_for
 from m3trt.runtime.walk import Found, check_roots, iter_images
@@ -488,8 +488,7 @@ def _run_locked(
             _configure_data(ray)
             dataset, n_blocks = _dataset(ray, ahead.blocks())  # the walk's end: the bar's count
             summary.skipped = walk.skipped
-            if (note := resume_note(options.output, done, walk.skipped)) is not None:
-                reporter.log(note)
+            check_resume_matches(options.output, done, walk.skipped)
             n_workers = min(cluster.workers(ray_options), max(1, n_blocks))  # idle otherwise
             summary.engine = _describe(cluster, n_workers, ray_options)
             reporter.log(summary.engine)
