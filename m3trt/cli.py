@@ -297,9 +297,22 @@ def data() -> None:
 
 @data.command("synth")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--n", "n", default=2000, show_default=True, help="Number of images.")
-@click.option("--size", default=128, show_default=True, help="Image side in pixels.")
-@click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--n",
+    "n",
+    default=2000,
+    show_default=True,
+    type=click.IntRange(20, 1_000_000),
+    help="Number of images.",
+)
+@click.option(
+    "--size",
+    default=128,
+    show_default=True,
+    type=click.IntRange(32, 4096),
+    help="Image side in pixels.",
+)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
 @click.option(
     "--regime",
     type=click.Choice(["default", "easy-partial", "digits-partial"]),
@@ -308,14 +321,24 @@ def data() -> None:
     help="Preset data regime; the options below override its knobs.",
 )
 @click.option(
-    "--min-object-size", type=float, help="Smallest object extent, fraction of the side [0.05]."
+    "--min-object-size",
+    type=FiniteFloatRange(0, 1, min_open=True),
+    help="Smallest object extent, fraction of the side [0.05].",
 )
 @click.option(
-    "--max-object-size", type=float, help="Largest object extent, fraction of the side [0.6]."
+    "--max-object-size",
+    type=FiniteFloatRange(0, 1, min_open=True),
+    help="Largest object extent, fraction of the side [0.6].",
 )
-@click.option("--tag-recall", type=float, help="P(a true label is tagged) [0.55].")
-@click.option("--misleading-tags", type=float, help="P(an image has a wrong-label tag) [0.1].")
-@click.option("--untagged", type=float, help="P(an image's tags are all removed) [0.11].")
+@click.option("--tag-recall", type=FiniteFloatRange(0, 1), help="P(a true label is tagged) [0.55].")
+@click.option(
+    "--misleading-tags",
+    type=FiniteFloatRange(0, 1),
+    help="P(an image has a wrong-label tag) [0.1].",
+)
+@click.option(
+    "--untagged", type=FiniteFloatRange(0, 1), help="P(an image's tags are all removed) [0.11]."
+)
 @click.option(
     "--splits",
     default="0.7,0.15,0.15",
@@ -360,8 +383,8 @@ def data_synth(
                 params=params,
                 progress=lambda _i: bar.advance(),
             )
-    except ValueError as exc:
-        raise M3Error(f"{out}: {exc}") from None
+    except ValueError as exc:  # what the options' own ranges cannot say (min <= max, splits)
+        raise M3Error(f"data synth: {exc}") from None
     splits = ", ".join(f"{k} {v}" for k, v in summary.splits.items())
     click.echo(f"wrote {summary.manifest}: {summary.n} images ({splits})")
 
@@ -1007,7 +1030,7 @@ def _check_calibration_out(out: Path, overwrite: bool, inputs: tuple[Path, ...])
 @click.option(
     "--max-disagreement",
     type=FiniteFloatRange(0, 100),
-    help="Also limit the %% of images whose label set may change.",
+    help="Also limit the percentage of images whose label set may change.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
 @click.option(

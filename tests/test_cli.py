@@ -72,10 +72,16 @@ def test_eval_unknown_split(tiny_checkpoint, tiny_data):
     assert code == 2
 
 
-def test_synth_refuses_too_few_images(tmp_path):
+def test_synth_refuses_too_few_images_and_names_the_option(tmp_path):
     code, out = run("data", "synth", tmp_path / "s", "--n", "5")
-    assert code == 2
-    one_line_error(out)
+    assert code == 2 and "Invalid value for '--n'" in out and "20<=x<=1000000" in out
+    code, out = run("data", "synth", tmp_path / "s", "--misleading-tags", "-1")
+    assert code == 2 and "Invalid value for '--misleading-tags'" in out  # was "misleading must"
+    code, out = run(
+        "data", "synth", tmp_path / "s", "--min-object-size", ".5", "--max-object-size", ".2"
+    )
+    assert one_line_error(out).startswith("error: data synth: object sizes need")
+    assert not (tmp_path / "s").exists()
 
 
 def test_eval_json_shape(tmp_path, tiny_checkpoint, tiny_data):

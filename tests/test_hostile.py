@@ -378,7 +378,7 @@ def test_bench_refuses_an_empty_reference(int8_bundle):
 
 def test_data_synth_refuses_a_folder_that_is_not_empty(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
-    result = CliRunner().invoke(main, ["data", "synth", str(tmp_path), "--n", "10"])
+    result = CliRunner().invoke(main, ["data", "synth", str(tmp_path), "--n", "20"])
     assert result.exit_code == 2 and "--overwrite" in result.output
     assert (tmp_path / "keep.txt").read_text() == "mine"
 

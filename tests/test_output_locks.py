@@ -22,7 +22,7 @@ def run(*args):
 def _commands(tiny_data: Path, tiny_onnx: Path, out: Path) -> dict[str, tuple[list, str]]:
     """Each writing command with ``out`` as its output, and the option a user would change."""
     return {
-        "synth": (["data", "synth", out, "--n", "5"], "OUT"),
+        "synth": (["data", "synth", out, "--n", "20"], "OUT"),
         "train": (["train", tiny_data, "-o", out, "--epochs", "1"], "-o"),
         "calibrate": (["calibrate", tiny_onnx, "--data", tiny_data, "-o", out], "-o"),
         "build": (["build", tiny_onnx, "-o", out, "--precision", "fp32", "--target", "cpu"], "-o"),
