@@ -121,7 +121,9 @@ class DeviceChoice:
     skipped: list[str] = field(default_factory=list)  # what was tried first and why not
 
     def summary(self) -> str:
-        text = f"device {self.device}, engine {self.engine}, {self.artifact} ({self.reason})"
+        text = (
+            f"device {self.device}, engine {self.engine}, artifact {self.artifact} ({self.reason})"
+        )
         if self.skipped:
             text += "; not used: " + "; ".join(self.skipped)
         return text
@@ -194,10 +196,10 @@ def open_engine(
         raise M3Error(f"unknown engine {engine!r}: use auto or one of {', '.join(REGISTRY)}")
     skipped: list[str] = []
     if device == AUTO:
-        ok, why = cuda_usable()
+        ok, _ = cuda_usable()
         devices = ["cuda", "cpu"] if ok else ["cpu"]
-        if not ok:
-            skipped.append(f"cuda: {why}")
+        if not ok:  # said on every CPU run: short; the install advice is doctor's
+            skipped.append("cuda: not usable here (`m3trt doctor` says why)")
     else:
         devices = [device]
     for dev in devices:
