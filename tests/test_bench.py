@@ -168,6 +168,19 @@ def test_bench_folder_mode(tmp_path, int8_bundle, test_images):
     assert data["mode"] == "folder" and data["results"][0]["iterations"] >= 3
 
 
+def test_bench_folder_smaller_than_the_batch_says_so(int8_bundle, test_images):
+    """24 images timed as 'batch 64': every call held 24, and nothing said so."""
+    from click.testing import CliRunner
+
+    from m3trt.cli import main
+
+    args = ["bench", str(int8_bundle), "--folder", str(test_images), "--batch-sizes", "64"]
+    args += ["--warmup", "0", "--duration", "0.1", "--iterations", "2"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "note: batch 64: calls held 24.0 images on average" in result.output
+
+
 def test_bench_against_torch(tmp_path, int8_bundle, tiny_checkpoint):
     args = ["bench", int8_bundle, "--batch-sizes", "2", "--warmup", "0", "--duration", "0.1"]
     args += ["--iterations", "2", "--against", "torch"]

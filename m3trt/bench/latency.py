@@ -242,6 +242,11 @@ def run_bench(
                 samples, n = time_folder(
                     annotator, options.folder, batch, options.duration_s, options.iterations
                 )
+                if samples and n / len(samples) < batch - 0.5:  # a small folder: short calls
+                    reporter.log(
+                        f"note: batch {batch}: calls held {n / len(samples):.1f} images on "
+                        f"average, the folder's images not filling {batch}"
+                    )
                 results.append(_result(batch, samples, n))
                 bar.advance(per_size)
                 continue
