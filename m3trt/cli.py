@@ -479,7 +479,7 @@ def data_import_coco(
 
 
 def _print_import(summary: Any) -> None:
-    click.echo(f"wrote {summary.describe()}")
+    click.echo(terminal_safe(f"wrote {summary.describe()}"))
 
 
 # ---------------------------------------------------------------------------------------- train

@@ -563,3 +563,11 @@ def test_nuswide_label_file_that_is_a_fifo_is_named_as_one(nus: Path, tmp_path: 
     os.mkfifo(path)
     with pytest.raises(InputError, match=r"Labels_sky\.txt: label file is a FIFO"):
         import_nuswide(nus, tmp_path / "out")
+
+
+def test_import_summary_names_the_first_missing_image(coco: Path, tmp_path: Path) -> None:
+    """It said only '1 missing image files' (and '(none) 4' for images without a split)."""
+    summary = import_coco(coco, tmp_path / "out")
+    assert summary.first_missing == "../coco/val2017/000000000005.jpg"
+    text = summary.describe()
+    assert "1 missing image files (first: ../coco/val2017/000000000005.jpg;" in text

@@ -29,13 +29,18 @@ class ImportSummary:
     n_missing_images: int
     n_unlabelled: int
     splits: dict[str, int] = field(default_factory=dict)
+    first_missing: str | None = None  # as the manifest names it, relative to its folder
 
     def describe(self) -> str:
-        per_split = ", ".join(f"{k} {v}" for k, v in self.splits.items())
+        per_split = ", ".join(
+            f"{'no split' if k == '(none)' else k} {v}" for k, v in self.splits.items()
+        )
+        missing = f"{self.n_missing_images} missing image files"
+        if self.first_missing is not None:
+            missing += f" (first: {self.first_missing}; --images names the image folder)"
         return (
             f"{self.manifest}: {self.n_images} images ({per_split}), {self.n_labels} labels, "
-            f"{self.n_tags} tags, {self.n_missing_images} missing image files, "
-            f"{self.n_unlabelled} unlabelled"
+            f"{self.n_tags} tags, {missing}, {self.n_unlabelled} unlabelled"
         )
 
 
@@ -76,6 +81,7 @@ class Tally:
         self.progress = progress
         self.n_images = 0
         self.n_missing = 0
+        self.first_missing: str | None = None
         self.n_unlabelled = 0
         self.tags_seen: set[str] = set()
         self.splits: dict[str, int] = {}
@@ -84,6 +90,8 @@ class Tally:
         self.n_images += 1
         if not exists:
             self.n_missing += 1
+            if self.first_missing is None:
+                self.first_missing = row["image"]
         if not row["labels"]:
             self.n_unlabelled += 1
         self.tags_seen.update(row.get("tags", ()))
@@ -103,6 +111,7 @@ class Tally:
             n_missing_images=self.n_missing,
             n_unlabelled=self.n_unlabelled,
             splits=dict(sorted(self.splits.items(), key=lambda kv: order.get(kv[0], 99))),
+            first_missing=self.first_missing,
         )
 
 
