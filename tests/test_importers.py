@@ -160,6 +160,7 @@ def test_nuswide_rows_exact(nus: Path, tmp_path: Path) -> None:
         n_missing_images=1,
         n_unlabelled=1,
         splits={"train": 4, "test": 2},
+        first_missing="../NUS-WIDE/Flickr/beach/0002_1002.jpg",
     )
     assert seen == [1, 2, 3, 4, 5, 6]
     assert _rows(out / "manifest.jsonl") == EXPECTED_NUS
@@ -353,6 +354,7 @@ def test_coco_rows_exact(coco: Path, tmp_path: Path) -> None:
         n_missing_images=1,
         n_unlabelled=1,
         splits={"val": 4},
+        first_missing="../coco/val2017/000000000005.jpg",
     )
     assert seen == [1, 2, 3, 4]
     assert _rows(out / "manifest.jsonl") == [
