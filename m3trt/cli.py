@@ -644,7 +644,8 @@ def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
     result = train(manifest, out, options, resume=kw["resume"], reporter=_reporter(ctx))
     skipped = result.counts.get("unlabelled_skipped", 0)
     click.echo(
-        f"best epoch {result.best_epoch}: val mAP {100 * result.best_val['mAP']:.1f}; "
+        f"best epoch {result.best_epoch}: val mAP {100 * result.best_val['mAP']:.1f} "
+        "(the checkpoint as saved, after the steps fitted on val); "
         f"{result.counts['train']} train / {result.counts['val']} val images, "
         f"{skipped} unlabelled skipped; checkpoint in {result.checkpoint}"
     )
@@ -1339,7 +1340,10 @@ def _infer_line(summary: Any) -> str:
         f"skipped {summary.skipped} (already done)",
     ]
     line = ", ".join(parts) + f" in {summary.elapsed_s:.1f} s ({summary.images_per_s:.1f} img/s)"
-    line += f" -> {summary.output}"
+    if summary.annotated or summary.skipped or Path(summary.output).exists():
+        line += f" -> {summary.output}"
+    else:  # a run that annotated nothing leaves no empty results file
+        line += f" (no results, so no {summary.output})"
     if summary.failed:
         line += f"; errors in {summary.errors_file}"
     if summary.sidecars_kept:

@@ -354,6 +354,7 @@ def test_nothing_annotated_leaves_no_empty_results_file(tmp_path, int8_bundle):
     code, output = infer(int8_bundle, folder, "-o", out)
     assert code == 1 and "no image could be annotated" in output
     assert not out.exists() and len(read_results(errors_path(out))) == 1
+    assert f"(no results, so no {out})" in output and f"-> {out}" not in output  # it said "->"
 
 
 def test_quiet_after_the_subcommand(tmp_path, int8_bundle, photos):
