@@ -58,9 +58,12 @@ def probe_gpus(report: Report) -> None:
     try:
         from cuda.bindings import runtime as cudart
     except (ImportError, OSError) as exc:
-        report.gpu_problem = f"cuda-python is not importable ({exc})"
-        report.missing.append(f"cuda-python: {INSTALL_LINES['cuda']}")
         _nvidia_smi(report)
+        if report.driver is None:  # a CPU host: cuda-python would find nothing either
+            report.gpu_problem = "no NVIDIA driver found (no nvidia-smi)"
+            return
+        report.gpu_problem = f"cuda-python is not importable ({exc}), so GPUs are not listed"
+        report.missing.append(f"cuda-python: {INSTALL_LINES['cuda']}")
         return
     from m3trt.tensorrt.environment import _cuda_failure
 

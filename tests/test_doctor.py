@@ -33,14 +33,29 @@ def test_doctor_reports_this_host_cleanly():
 
 
 def test_doctor_without_cuda_python_or_tensorrt_says_how_to_install(monkeypatch):
+    import m3trt.doctor as doctor
+
     monkeypatch.setitem(sys.modules, "cuda", None)
     monkeypatch.setitem(sys.modules, "cuda.bindings", None)
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    report = diagnose()
+    monkeypatch.setattr(doctor, "_nvidia_smi", lambda r: setattr(r, "driver", "580.65"))
+    report = diagnose()  # a driver, no cuda-python: install it to see the GPUs
     assert report.gpus == [] and "cuda-python is not importable" in report.gpu_problem
     assert any("m3trt[tensorrt]" in line for line in report.missing)
-    assert any("m3trt[gpu]" in line for line in report.missing)
+    assert any(line.startswith("cuda-python: ") for line in report.missing)
     assert "GPU" in format_report(report)
+
+
+def test_doctor_on_a_host_without_a_driver_does_not_blame_cuda_python(monkeypatch):
+    """'GPU none (cuda-python is not importable)' read as if a package hid the GPU."""
+    import m3trt.doctor as doctor
+
+    monkeypatch.setitem(sys.modules, "cuda", None)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", None)
+    monkeypatch.setattr(doctor, "_nvidia_smi", lambda r: None)
+    report = diagnose()
+    assert report.gpu_problem == "no NVIDIA driver found (no nvidia-smi)"
+    assert not any(line.startswith("cuda-python: ") for line in report.missing)
 
 
 def test_doctor_sees_a_gpu_and_tensorrt_through_cuda_python(monkeypatch):
