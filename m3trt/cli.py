@@ -1499,20 +1499,27 @@ def _host(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     help="Address to listen on (0.0.0.0 or :: for every interface).",
 )
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--max-batch-size", default=16, show_default=True, help="Images per engine call.")
+@click.option(
+    "--max-batch-size", default=16, show_default=True, help="Images per engine call, 1..1024."
+)
 @click.option(
     "--max-queue-delay-ms",
     default=2.0,
     show_default=True,
-    help="Longest a request is held for a batch to fill (only while under load).",
+    help="Longest a request is held for a batch to fill (only under load), 0..1000 ms.",
 )
-@click.option("--max-queue", default=256, show_default=True, help="Queued images before 503.")
+@click.option(
+    "--max-queue",
+    default=256,
+    show_default=True,
+    help="Queued images before 503, at least --max-batch-size.",
+)
 @click.option(
     "--timeout",
     default=30.0,
     show_default=True,
     type=float,
-    help="Per-request timeout, seconds.",
+    help="Per-request timeout, seconds, above 0 and at most a day.",
 )
 @click.option(
     "--max-body-mb",
