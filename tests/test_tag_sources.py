@@ -407,3 +407,24 @@ def test_manifest_with_a_bom_and_a_line_separator_in_a_name(tmp_path):
     row = json.dumps({"path": name, "tags": ["x"]}, ensure_ascii=False)
     manifest.write_bytes(b"\xef\xbb\xbf" + row.encode() + b"\n")
     assert ManifestTags.load(manifest).tags_for(tmp_path / name) == ["x"]
+
+
+def test_xmp_tags_include_a_photo_librarys_sidecars_but_not_m3trts_own(tmp_path):
+    """--tags xmp read only what was embedded: the keywords Lightroom (photo.xmp) or darktable
+    (photo.jpg.xmp) keep beside an image were not read. m3trt's own --write-xmp sidecar holds its
+    labels, not a person's words, and is skipped."""
+    from m3trt.runtime.sidecars import render_xmp
+    from m3trt.runtime.tag_sources import read_xmp_tags
+
+    path = write_jpeg(tmp_path / "a.jpg", xmp=xmp_packet(["Sky"]))
+    assert read_xmp_tags(path) == ["sky"]
+    (tmp_path / "a.xmp").write_bytes(xmp_packet(["Beach", "sky"]))
+    (tmp_path / "a.jpg.xmp").write_bytes(xmp_packet(["Dog"]))
+    assert read_xmp_tags(path) == ["sky", "beach", "dog"]
+    for scores in ([0.9], None):  # what --write-xmp writes, with and without scores
+        (tmp_path / "a.xmp").write_text(render_xmp(["circle"], scores))
+        assert read_xmp_tags(path) == ["sky", "dog"]
+    os.unlink(tmp_path / "a.jpg.xmp")
+    os.mkfifo(tmp_path / "a.jpg.xmp")
+    with pytest.raises(InputError, match=r"a\.jpg\.xmp: XMP sidecar is a FIFO"):
+        read_xmp_tags(path)

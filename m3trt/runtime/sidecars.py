@@ -17,7 +17,7 @@ from xml.sax.saxutils import escape
 from m3trt.atomic import write_text
 from m3trt.errors import InputError
 
-M3TRT_NS = "https://m3trt.dev/ns/1.0/"
+M3TRT_NS = "https://m3trt.dev/ns/1.0/"  # tag_sources skips sidecars holding it
 
 _XPACKET_BEGIN = '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
 _XPACKET_END = '<?xpacket end="w"?>'

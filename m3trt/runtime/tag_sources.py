@@ -40,6 +40,7 @@ _UNSAFE_DECL = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 _SIDECAR_SEPARATORS = re.compile(r"[,\n]")
 
 IPTC_KEYWORDS = (2, 25)
+M3TRT_XMP_NAMESPACE = "https://m3trt.dev/ns/1.0/"  # sidecars.M3TRT_NS: m3trt's own sidecars
 
 
 def clean_tags(tags: Iterable[str]) -> list[str]:
@@ -174,6 +175,32 @@ def read_embedded_keywords(path: Path) -> list[str]:
     return clean_tags([*subjects, *iptc])
 
 
+def read_xmp_tags(path: Path) -> list[str]:
+    """``--tags xmp``: the keywords embedded in the image, then those of its XMP sidecars, where
+    photo libraries keep them (``photo.xmp``, Adobe's naming; ``photo.jpg.xmp``, darktable's and
+    digiKam's). A sidecar m3trt wrote (``--write-xmp``) holds m3trt's own labels, not a person's
+    words: it is skipped, so a second run never takes the first one's output as its input."""
+    path = Path(path)
+    tags = read_embedded_keywords(path)
+    for sidecar in dict.fromkeys((path.with_suffix(".xmp"), path.with_name(path.name + ".xmp"))):
+        if sidecar.name.lower() != path.name.lower():
+            tags += _sidecar_subjects(sidecar)
+    return clean_tags(tags)
+
+
+def _sidecar_subjects(sidecar: Path) -> list[str]:
+    try:
+        data = read_regular(sidecar, "XMP sidecar", MAX_PACKET_BYTES)
+    except FileNotFoundError:
+        return []
+    if M3TRT_XMP_NAMESPACE.encode() in data or b'x:xmptk="m3trt' in data:
+        return []
+    try:
+        return parse_xmp_subjects(data)
+    except ValueError as exc:
+        raise InputError(f"{sidecar}: bad XMP tags: {exc}") from None
+
+
 # --- sidecar text files --------------------------------------------------------------------------
 
 
@@ -299,7 +326,7 @@ def tag_source(kind: str, manifest: Path | None = None) -> Callable[[Path], list
     if kind == "none":
         return _no_tags
     if kind == "xmp":
-        return read_embedded_keywords
+        return read_xmp_tags
     if kind == "sidecar":
         return read_sidecar_tags
     if kind == "manifest":
