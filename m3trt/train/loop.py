@@ -432,7 +432,9 @@ def train(
         )
         if val["mAP"] > best["mAP"]:
             best = {"epoch": epoch + 1, "mAP": val["mAP"], "val": val}
-            config.training = _summary(options, counts, manifest, best, history, started)
+            config.training = _summary(
+                options, counts, manifest, manifest_hash, best, history, started
+            )
             save_checkpoint(out_dir, model, config)
         save_training_state(
             out_dir,
@@ -453,7 +455,7 @@ def train(
     keep_unfitted(out_dir)
     # Keep the history of every epoch in the best checkpoint's summary.
     final = CheckpointConfig.load(out_dir / "config.json")
-    final.training = _summary(options, counts, manifest, best, history, started)
+    final.training = _summary(options, counts, manifest, manifest_hash, best, history, started)
     best_model = None  # the best epoch's weights, loaded once for the steps fitted on val
     if options.calibrate_quantity and final.model.quantity_head:
         best_model, _ = load_checkpoint(out_dir)
@@ -606,6 +608,7 @@ def _summary(
     options: TrainOptions,
     counts: dict[str, int],
     manifest: Manifest,
+    manifest_hash: str,  # hashed once per run (the file may be gigabytes), not per best epoch
     best: dict[str, Any],
     history: list[dict[str, Any]],
     started: float,
@@ -614,7 +617,7 @@ def _summary(
         "options": dataclasses.asdict(options),
         "counts": counts,
         "manifest": str(manifest.path),
-        "manifest_sha256_16": _manifest_hash(manifest),
+        "manifest_sha256_16": manifest_hash,
         "best_epoch": best["epoch"],
         "best_val_mAP": best["mAP"],
         "history": history,
