@@ -6,7 +6,6 @@ fixes the label order; without it the order is the sorted set of names seen.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
@@ -200,7 +199,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """The manifest's lines, numbered, read one at a time (the whole text and a list of its
     lines beside the records doubled the peak memory), each at most MAX_LINE_BYTES. Split at
     ``\n`` only: JSON may hold a raw U+2028."""
-    from m3trt.data.safe_open import open_regular
+    from m3trt.data.safe_open import LineTooLong, bounded_lines, open_regular
 
     try:
         f = open_regular(path, "manifest", MAX_MANIFEST_BYTES)
@@ -210,22 +209,18 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
         raise ManifestError(str(exc)) from None
     with f:
         offset = 0
-        for number in itertools.count(1):
-            data = f.readline(MAX_LINE_BYTES + 1)
-            if not data:
-                return
-            if len(data) > MAX_LINE_BYTES and not data.endswith(b"\n"):
-                raise ManifestError(
-                    f"{path}: line {number} is longer than {MAX_LINE_BYTES:,} bytes"
-                )
-            try:
-                text = data.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise ManifestError(
-                    f"{path}: manifest is not UTF-8 text (line {number}, byte {offset + exc.start})"
-                ) from None
-            offset += len(data)
-            yield number, text.removesuffix("\n")
+        try:
+            for number, data in bounded_lines(f, MAX_LINE_BYTES):
+                try:
+                    text = data.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError as exc:
+                    where = f"line {number}, byte {offset + exc.start}"
+                    raise ManifestError(f"{path}: manifest is not UTF-8 text ({where})") from None
+                offset += len(data)
+                yield number, text.removesuffix("\n")
+        except LineTooLong as exc:
+            too_long = f"line {exc.number} is longer than {MAX_LINE_BYTES:,} bytes"
+            raise ManifestError(f"{path}: {too_long}") from None
 
 
 def _summarise(path: Path, problems: list[str], what: str, count: int | None = None) -> str:

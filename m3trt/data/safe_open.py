@@ -11,9 +11,11 @@ links are followed, as the folder walk follows them; the check applies to what t
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import stat
+from collections.abc import Iterator
 from typing import BinaryIO
 
 from m3trt.errors import InputError
@@ -119,3 +121,24 @@ def read_json(path: str | os.PathLike, what: str, max_bytes: int) -> object:
     except RecursionError:
         reason = "nested too deeply"
     raise NotJSON(f"{os.fsdecode(path)}: {what} is not valid JSON ({reason})")
+
+
+class LineTooLong(ValueError):
+    """A line past a reader's cap; ``number`` is its line number."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(f"line {number} is too long")
+        self.number = number
+
+
+def bounded_lines(f: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """Numbered lines of ``f`` (their ``\n`` kept), split at ``\n`` only (JSON may hold a raw
+    U+2028), each at most ``max_line_bytes`` before its newline: a longer one raises LineTooLong
+    before it is read whole, so memory stays bounded whatever the file holds."""
+    for number in itertools.count(1):
+        data = f.readline(max_line_bytes + 1)
+        if not data:
+            return
+        if len(data) > max_line_bytes and not data.endswith(b"\n"):
+            raise LineTooLong(number)
+        yield number, data

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from m3trt.data.manifest import normalise_tag, parse_json_object
-from m3trt.data.safe_open import open_regular, read_regular
+from m3trt.data.safe_open import LineTooLong, bounded_lines, open_regular, read_regular
 from m3trt.errors import InputError, ManifestError
 
 TAG_SOURCES = ("none", "xmp", "sidecar", "manifest")
@@ -255,19 +255,17 @@ def _manifest_lines(file: Path) -> Iterator[tuple[int, str]]:
     except InputError as exc:
         raise ManifestError(str(exc)) from None
     with handle:
-        # split on "\n" only (not str.splitlines: U+2028 may be in a name)
-        for number, raw in enumerate(
-            iter(lambda: handle.readline(MAX_TAGS_LINE_BYTES + 1), b""), 1
-        ):
-            if len(raw) > MAX_TAGS_LINE_BYTES:
-                raise ManifestError(
-                    f"{file}:{number}: a line longer than {MAX_TAGS_LINE_BYTES:,} bytes is not a "
-                    "row of tags"
-                )
-            try:
-                yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError:
-                raise ManifestError(f"{file}:{number}: not UTF-8 text") from None
+        try:
+            for number, raw in bounded_lines(handle, MAX_TAGS_LINE_BYTES):
+                try:
+                    yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError:
+                    raise ManifestError(f"{file}:{number}: not UTF-8 text") from None
+        except LineTooLong as exc:
+            raise ManifestError(
+                f"{file}:{exc.number}: a line longer than {MAX_TAGS_LINE_BYTES:,} bytes is not "
+                "a row of tags"
+            ) from None
 
 
 class ManifestTags:
