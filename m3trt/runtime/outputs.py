@@ -25,17 +25,22 @@ from m3trt.errors import InputError
 REPORT_MARKER = b'<meta name="generator" content="m3trt'
 
 
+def named_entry(output: Path) -> Path:
+    """The entry an output path names, for what is kept beside it (its lock, its run record):
+    "." and "x/.." the folder they resolve to; a link the file it names, so that the file and a
+    link to it share them (links in the folders resolve alike). A dangling link keeps its own
+    name: the command refuses it, and nothing is made where it points."""
+    if output.name in ("", "..") or (output.is_symlink() and output.exists()):
+        return Path(os.path.realpath(output))
+    return output
+
+
 def lock_path(output: Path) -> Path:
     """``out/results.jsonl`` -> ``out/.results.jsonl.lock`` (hidden; it stays after the run).
     A folder output locks the same way, beside it: ``runs/x.m3`` -> ``runs/.x.m3.lock``."""
     if str(output) == "-":  # wrote a file named "-" where a user expects standard output
         raise InputError("-: m3trt writes its outputs to files, not to standard output; name one")
-    named = output
-    # "." and "x/..": the folder they resolve to; a link: the file it names, so that two runs
-    # given the file and a link to it take one lock (links in the folders resolve alike). A
-    # dangling link keeps its own name: the command refuses it, nothing is made where it points.
-    if output.name in ("", "..") or (output.is_symlink() and output.exists()):
-        named = Path(os.path.realpath(output))
+    named = named_entry(output)
     if not named.name:
         raise InputError(f"{output}: the root folder cannot be an output; choose a folder in it")
     return named.with_name(f".{named.name}.lock")

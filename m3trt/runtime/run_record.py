@@ -19,6 +19,7 @@ from m3trt.atomic import write_text
 from m3trt.data.safe_open import read_regular
 from m3trt.errors import InputError
 from m3trt.runtime.bundle import BUNDLE_FILE, MAX_MANIFEST_BYTES
+from m3trt.runtime.outputs import named_entry
 
 MARKER = "m3trt_run"
 MAX_BYTES = 1 << 16
@@ -27,9 +28,8 @@ MAX_BYTES = 1 << 16
 def record_path(output: Path) -> Path:
     """``out/r.jsonl`` -> ``out/.r.jsonl.run.json``; for a link, beside the file it names (as
     its lock is), so that resuming through the link finds the file's record."""
-    if output.is_symlink() and output.exists():
-        output = Path(os.path.realpath(output))
-    return output.with_name(f".{output.name}.run.json")
+    named = named_entry(output)
+    return named.with_name(f".{named.name}.run.json")
 
 
 def identity(bundle: Path) -> dict[str, Any]:
