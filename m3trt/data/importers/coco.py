@@ -18,8 +18,9 @@ from m3trt.data.importers.common import (
     manifest_path,
     manifest_row,
 )
+from m3trt.data.json_stream import ItemHandler, scan_object_lists
 from m3trt.data.manifest import SPLITS, name_problem, normalise_tag, write_manifest
-from m3trt.data.safe_open import read_json
+from m3trt.data.safe_open import NotJSON
 from m3trt.errors import InputError
 
 _STOPWORD_TEXT = """
@@ -33,8 +34,6 @@ _STOPWORD_TEXT = """
     near behind onto dont doesnt isnt arent wasnt werent cant wont
 """
 STOPWORDS = frozenset(_STOPWORD_TEXT.split())
-# COCO's largest file (instances_train2017.json) is 448 MB; JSON past this is not an annotation
-MAX_ANNOTATION_BYTES = 4 << 30
 """English stopwords dropped from caption words (plus words shorter than 2 letters, numbers)."""
 
 _WORD = re.compile(r"[^\W_]+")
@@ -56,28 +55,48 @@ def caption_tags(captions: Iterable[str]) -> list[str]:
     return list(seen)
 
 
-def _load_json(path: Path, what: str) -> dict:
+class _Unknown:
+    """The first annotation that refers to an id not defined, and how many do."""
+
+    def __init__(self) -> None:
+        self.first: tuple[int, object] | None = None
+        self.count = 0
+
+    def add(self, index: int, value: object, count: int = 1) -> None:
+        if self.first is None or index < self.first[0]:
+            self.first = (index, value)
+        self.count += count
+
+    def error(self, path: Path, key: str, where: str) -> InputError | None:
+        if self.first is None:
+            return None
+        i, value = self.first
+        more = f" (and {self.count - 1} more)" if self.count > 1 else ""
+        return InputError(
+            f"{path}: annotations[{i}] refers to {key} {value!r}, which is not in {where}{more}; "
+            "the file is damaged or from another split"
+        )
+
+
+def _scan(path: Path, what: str, lists: dict[str, ItemHandler]) -> None:
+    """Stream ``lists`` out of a COCO JSON; each must be there and be a list."""
     try:
-        data = read_json(path, what, MAX_ANNOTATION_BYTES)
+        kinds = scan_object_lists(path, what, lists)
     except FileNotFoundError:
         raise InputError(f"{path}: {what} not found") from None
-    except InputError as exc:
+    except NotJSON as exc:
         raise InputError(f"{exc}; give a COCO {what}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: the top level must be a JSON object; give a COCO {what}")
-    return data
+    for key in lists:
+        if key not in kinds:
+            raise InputError(f'{path}: missing key "{key}"; this is not a COCO {what}')
+        if kinds[key] != "a list":
+            raise InputError(f'{path}: "{key}" must be a list; this is not a COCO {what}')
 
 
-def _list_of_objects(data: dict, key: str, path: Path, what: str) -> list[dict]:
-    if key not in data:
-        raise InputError(f'{path}: missing key "{key}"; this is not a COCO {what}')
-    items = data[key]
-    if not isinstance(items, list):
-        raise InputError(f'{path}: "{key}" must be a list; this is not a COCO {what}')
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise InputError(f"{path}: {key}[{i}] is not an object; the file is malformed")
-    return items
+def _object(item: object, key: str, index: int, path: Path) -> dict:
+    if not isinstance(item, dict):
+        raise InputError(f"{path}: {key}[{index}] is not an object; the file is malformed")
+    return item
 
 
 def _is_id(value: object) -> bool:
@@ -93,15 +112,6 @@ def _field(item: dict, key: str, kind: str, path: Path, where: str) -> object:
         expected = "an integer id" if kind == "id" else "a non-empty string"
         raise InputError(f'{path}: {where} "{key}" must be {expected}, not {value!r}')
     return value
-
-
-def _unknown(path: Path, bad: list[tuple[int, object]], key: str, where: str) -> InputError:
-    i, value = bad[0]
-    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-    return InputError(
-        f"{path}: annotations[{i}] refers to {key} {value!r}, which is not in {where}{more}; "
-        "the file is damaged or from another split"
-    )
 
 
 def _split_suffix(path: Path) -> str | None:
@@ -148,80 +158,99 @@ def import_coco(
     folder. ``split`` defaults to the one named in the file name, else none.
     """
     instances = Path(instances_json)
-    what = "instances JSON"
     if split is not None and split not in SPLITS:
         raise InputError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     explicit_images = check_image_dir(image_dir, "--images")
-    data = _load_json(instances, what)
-    images = _list_of_objects(data, "images", instances, what)
-    categories = _list_of_objects(data, "categories", instances, what)
-    annotations = _list_of_objects(data, "annotations", instances, what)
 
     cat_name: dict[object, str] = {}
-    for i, cat in enumerate(categories):
+    names_seen: set[str] = set()
+
+    def category(i: int, item: object) -> None:
+        cat = _object(item, "categories", i, instances)
         cid = _field(cat, "id", "id", instances, f"categories[{i}]")
         name = str(_field(cat, "name", "str", instances, f"categories[{i}]")).strip()
         if (problem := name_problem(name, label=True)) is not None:
             raise InputError(f"{instances}: categories[{i}] name {name!r} {problem}")
         if cid in cat_name:
             raise InputError(f"{instances}: category id {cid!r} is listed twice")
-        if name in cat_name.values():
+        if name in names_seen:
             raise InputError(f"{instances}: category name {name!r} is listed twice")
         cat_name[cid] = name
-    if not cat_name:
-        raise InputError(f'{instances}: "categories" is empty; there is nothing to learn')
-    cat_order = sorted(cat_name, key=lambda c: (isinstance(c, str), c))
-    cat_rank = {c: r for r, c in enumerate(cat_order)}
+        names_seen.add(name)
 
     file_of: dict[object, str] = {}
-    for i, img in enumerate(images):
+
+    def image(i: int, item: object) -> None:
+        img = _object(item, "images", i, instances)
         iid = _field(img, "id", "id", instances, f"images[{i}]")
         name = str(_field(img, "file_name", "str", instances, f"images[{i}]")).strip()
         if iid in file_of:
             raise InputError(f"{instances}: image id {iid!r} is listed twice")
         file_of[iid] = name
-    if not file_of:
-        raise InputError(f'{instances}: "images" is empty; there is nothing to import')
 
-    present: dict[object, set[int]] = {}
-    bad_image: list[tuple[int, object]] = []
-    bad_cat: list[tuple[int, object]] = []
-    for i, ann in enumerate(annotations):
+    # image id -> category id -> [first annotation's index, annotations]: checked once the
+    # whole file is read, since "categories" may come after "annotations" (it does in COCO's)
+    refers: dict[object, dict[object, list[int]]] = {}
+
+    def annotation(i: int, item: object) -> None:
+        ann = _object(item, "annotations", i, instances)
         iid = _field(ann, "image_id", "id", instances, f"annotations[{i}]")
         cid = _field(ann, "category_id", "id", instances, f"annotations[{i}]")
-        if iid not in file_of:
-            bad_image.append((i, iid))
-        elif cid not in cat_name:
-            bad_cat.append((i, cid))
-        else:
-            present.setdefault(iid, set()).add(cat_rank[cid])
-    if bad_image:
-        raise _unknown(instances, bad_image, "image_id", '"images"')
-    if bad_cat:
-        raise _unknown(instances, bad_cat, "category_id", '"categories"')
+        seen = refers.setdefault(iid, {}).setdefault(cid, [i, 0])
+        seen[1] += 1
 
-    tags_of: dict[object, list[str]] = {}
+    _scan(
+        instances,
+        "instances JSON",
+        {"images": image, "categories": category, "annotations": annotation},
+    )
+    if not cat_name:
+        raise InputError(f'{instances}: "categories" is empty; there is nothing to learn')
+    if not file_of:
+        raise InputError(f'{instances}: "images" is empty; there is nothing to import')
+    cat_order = sorted(cat_name, key=lambda c: (isinstance(c, str), c))
+    cat_rank = {c: r for r, c in enumerate(cat_order)}
+
+    present: dict[object, list[int]] = {}
+    bad_image, bad_cat = _Unknown(), _Unknown()
+    for iid, cats in refers.items():
+        for cid, (first, count) in cats.items():
+            if iid not in file_of:
+                bad_image.add(first, iid, count)
+            elif cid not in cat_name:
+                bad_cat.add(first, cid, count)
+            else:
+                present.setdefault(iid, []).append(cat_rank[cid])
+    refers.clear()
+    if error := bad_image.error(instances, "image_id", '"images"'):
+        raise error
+    if error := bad_cat.error(instances, "category_id", '"categories"'):
+        raise error
+
+    tags_of: dict[object, dict[str, None]] = {}
     if captions_json is not None:
         cap_path = Path(captions_json)
-        cap_what = "captions JSON"
-        cap_data = _load_json(cap_path, cap_what)
-        texts: dict[object, list[str]] = {}
-        bad: list[tuple[int, object]] = []
-        for i, ann in enumerate(_list_of_objects(cap_data, "annotations", cap_path, cap_what)):
+        bad_caption = _Unknown()
+
+        def caption(i: int, item: object) -> None:
+            ann = _object(item, "annotations", i, cap_path)
             iid = _field(ann, "image_id", "id", cap_path, f"annotations[{i}]")
-            caption = ann.get("caption")
-            if not isinstance(caption, str):
+            text = ann.get("caption")
+            if not isinstance(text, str):
                 raise InputError(
                     f'{cap_path}: annotations[{i}] has no "caption" string; '
                     "give a COCO captions JSON"
                 )
             if iid not in file_of:
-                bad.append((i, iid))
-            else:
-                texts.setdefault(iid, []).append(caption)
-        if bad:
-            raise _unknown(cap_path, bad, "image_id", f"the images of {instances.name}")
-        tags_of = {iid: caption_tags(caps) for iid, caps in texts.items()}
+                bad_caption.add(i, iid)
+            else:  # first-seen order over all of an image's captions, as caption_tags keeps
+                tags = tags_of.setdefault(iid, {})
+                for tag in caption_tags([text]):
+                    tags.setdefault(tag, None)
+
+        _scan(cap_path, "captions JSON", {"annotations": caption})
+        if error := bad_caption.error(cap_path, "image_id", f"the images of {instances.name}"):
+            raise error
 
     if split is None:
         split = infer_split(instances)
@@ -236,7 +265,7 @@ def import_coco(
             row = manifest_row(
                 posixpath.join(prefix, file_name.replace("\\", "/")),
                 [names[r] for r in sorted(present.get(iid, ()))],
-                tags_of.get(iid, []),
+                list(tags_of.get(iid, ())),
                 split,
             )
             yield tally.add(row, (images_root / file_name).is_file())
