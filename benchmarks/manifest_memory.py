@@ -13,12 +13,11 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from revisions import ROOT, export_revision, head, run_child
+
 RESULTS = ROOT / "benchmarks" / "results"
 LINE = (
     '{"image": "images/000001.jpg", "labels": ["circle", "square"], '
@@ -47,16 +46,7 @@ def write_manifest(folder: Path, megabytes: int) -> tuple[Path, int]:
 
 
 def measure(code_root: Path, manifest: Path) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": str(code_root)}
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(manifest)],
-        env=env,
-        cwd=code_root,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    records, seconds, peak = done.stdout.split()
+    records, seconds, peak = run_child(code_root, CHILD, str(manifest)).split()
     return {"records": int(records), "seconds": float(seconds), "peak_rss_mib": float(peak)}
 
 
@@ -65,17 +55,10 @@ def main() -> None:
     parser.add_argument("--ref", required=True, help="git revision to compare against")
     parser.add_argument("--mb", type=int, default=100, help="manifest size in MB")
     args = parser.parse_args()
-    head = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
+    revision = head()
     with tempfile.TemporaryDirectory(prefix="m3trt-manifest-") as tmp:
         tmp = Path(tmp)
-        ref_root = tmp / "ref"
-        ref_root.mkdir()
-        archive = subprocess.run(
-            ["git", "archive", args.ref, "m3trt"], cwd=ROOT, capture_output=True, check=True
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", str(ref_root)], input=archive, check=True)
+        ref_root = export_revision(args.ref, tmp / "ref")
         data = tmp / "data"
         data.mkdir()
         manifest, count = write_manifest(data, args.mb)
@@ -84,7 +67,7 @@ def main() -> None:
             rows.append({"code": name, **measure(root, manifest)})
     now, ref = rows
     result = {
-        "head": head,
+        "head": revision,
         "ref": args.ref,
         "manifest_mb": args.mb,
         "records": count,
@@ -99,7 +82,7 @@ def main() -> None:
         "# `read_manifest` on a large manifest: this checkout against a reference revision",
         "",
         f"`.venv/bin/python benchmarks/manifest_memory.py --ref {args.ref} --mb {args.mb}` at "
-        f"{head}: {count:,} records in {args.mb} MB, each read in its own process (peak RSS "
+        f"{revision}: {count:,} records in {args.mb} MB, each read in its own process (peak RSS "
         f"from the kernel), {result['machine']}.",
         "",
         "| code | records | seconds | peak RSS MiB |",
