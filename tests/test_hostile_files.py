@@ -586,3 +586,28 @@ def test_resume_with_another_bundle_is_refused(tmp_path, int8_bundle, test_image
     assert code == 2 and "its rows came from bundle " in output
     code, output = run("infer", int8_bundle, test_images, "-o", out, "--resume")
     assert code == 0 and out.read_bytes().count(b"\n") == len(lines), output
+
+
+def test_resume_with_other_row_options_is_refused(tmp_path, int8_bundle, test_images):
+    """--top-k 1 resumed with --threshold 0 gave 1 label to some rows and all to the rest,
+    silently: the run record notes the options that decide a row's labels."""
+    out = tmp_path / "r.jsonl"
+    assert run("infer", int8_bundle, test_images, "-o", out, "--top-k", "1")[0] == 0
+    lines = out.read_bytes().splitlines(keepends=True)
+    out.write_bytes(b"".join(lines[:5]))  # an interrupted run
+    for other in (["--threshold", "0"], ["--top-k", "2"], [], ["--top-k", "1", "--tags", "xmp"]):
+        code, output = run("infer", int8_bundle, test_images, "-o", out, "--resume", *other)
+        assert code == 2, output
+        assert "its rows were written with --top-k 1, this run has " in output, output
+        assert out.read_bytes() == b"".join(lines[:5])
+    code, output = run("infer", int8_bundle, test_images, "-o", out, "--resume", "--top-k", "1")
+    assert code == 0 and out.read_bytes().count(b"\n") == len(lines), output
+    record = json.loads((tmp_path / ".r.jsonl.run.json").read_text())
+    assert record["options"] == {"top_k": 1, "threshold": None, "tags": "none"}
+    # a record written before options were noted: the resume goes on, and notes them
+    del record["options"]
+    (tmp_path / ".r.jsonl.run.json").write_text(json.dumps(record))
+    out.write_bytes(b"".join(lines[:5]))
+    code, output = run("infer", int8_bundle, test_images, "-o", out, "--resume", "--top-k", "1")
+    assert code == 0, output
+    assert json.loads((tmp_path / ".r.jsonl.run.json").read_text())["options"]["top_k"] == 1

@@ -34,7 +34,7 @@ from m3trt.data.images import (
 from m3trt.data.safe_open import os_reason
 from m3trt.errors import InputError, M3Error, OutputFailure
 from m3trt.progress import SILENT, Reporter
-from m3trt.runtime.annotator import Annotation, Annotator
+from m3trt.runtime.annotator import Annotation, Annotator, Decoding
 from m3trt.runtime.decoding import (
     Decoded,
     _reason,
@@ -52,7 +52,7 @@ from m3trt.runtime.results import (
     format_for,
     path_fields,
 )
-from m3trt.runtime.run_record import note_bundle, record_path
+from m3trt.runtime.run_record import note_run, record_path
 from m3trt.runtime.walk import Found, check_roots, iter_images
 
 
@@ -178,7 +178,8 @@ def run_folder(
         raise InputError(f"--batch-size must be at least 1, not {options.batch_size}")
     roots = check_roots(paths)
     fmt = format_for(options.output, options.fmt)
-    with guarded_outputs(options, roots, annotator.bundle.path) as protected:
+    bundle = annotator.bundle.path
+    with guarded_outputs(options, roots, bundle, annotator.decoding) as protected:
         gpu = _gpu_plan(annotator, options, reporter)
         summary = _run_locked(annotator, roots, fmt, options, reporter, protected, gpu)
         if options.summary_json is not None:  # under its lock, like every other output
@@ -187,12 +188,15 @@ def run_folder(
 
 
 @contextmanager
-def guarded_outputs(options: InferOptions, roots: list[Path], bundle: Path) -> Iterator[list[Path]]:
+def guarded_outputs(
+    options: InferOptions, roots: list[Path], bundle: Path, decoding: Decoding
+) -> Iterator[list[Path]]:
     """Every executor's gate to writing: the outputs checked (``check_outputs``: no input, no
     user file without ``--overwrite``; ``check_apart``: never ``bundle`` or another input file),
     locked for the run's whole length (results, report, summary), and checked again under the
-    locks (another run may have written one in between). Yields what a sidecar must never
-    replace: the outputs and the locks."""
+    locks (another run may have written one in between); the run noted beside the results
+    (``note_run``: a ``--resume`` with another bundle, ``decoding`` or ``--tags`` is refused).
+    Yields what a sidecar must never replace: the outputs and the locks."""
     outputs = {
         "results": options.output,
         "errors": errors_path(options.output),
@@ -221,7 +225,10 @@ def guarded_outputs(options: InferOptions, roots: list[Path], bundle: Path) -> I
         "--summary-json": options.summary_json,
     }
     with checked_locks(locked, check) as locks:
-        note_bundle(options.output, bundle, resume=options.resume)
+        row_options = {"top_k": decoding.top_k, "threshold": decoding.threshold}
+        note_run(
+            options.output, bundle, row_options | {"tags": options.tags}, resume=options.resume
+        )
         record = record_path(options.output)
         yield [p for p in outputs.values() if p is not None] + locks + [record]
 

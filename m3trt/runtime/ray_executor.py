@@ -41,7 +41,7 @@ import numpy as np
 from m3trt.data.images import load_image
 from m3trt.errors import InputError, M3Error
 from m3trt.progress import SILENT, Reporter
-from m3trt.runtime.annotator import Annotation, Annotator
+from m3trt.runtime.annotator import Annotation, Annotator, Decoding
 from m3trt.runtime.bundle import BUNDLE_FILE, Bundle, load_bundle
 from m3trt.runtime.pipeline import (
     Decoded,
@@ -437,7 +437,8 @@ def run_folder_ray(
     roots = check_roots(paths)
     fmt = format_for(options.output, options.fmt)
     ray = import_ray()
-    with guarded_outputs(options, roots, bundle.path) as protected:
+    decoding = Decoding(load_kwargs.get("threshold"), load_kwargs.get("top_k"))
+    with guarded_outputs(options, roots, bundle.path, decoding) as protected:
         summary = _run_locked(
             ray, bundle, roots, fmt, options, ray_options, load_kwargs, reporter, protected
         )

@@ -1,10 +1,14 @@
-"""Which bundle wrote a results file, so that ``--resume`` never mixes two models' rows.
+"""Which bundle, and which options, wrote a results file, so that ``--resume`` never mixes two
+kinds of rows.
 
-A row names its file and labels, not the model that gave them: resuming ``r.jsonl`` with another
-bundle appended the second model's rows to the first one's, silently. Each run notes the bundle
-it used (the SHA-256 of its ``bundle.json``, which holds every artifact's hash) in a hidden file
-beside the results, ``.r.jsonl.run.json``, written under the output's lock; ``--resume`` with
-another bundle is refused. Results written before this note existed resume as before.
+A row names its file and labels, not the model or the rule that gave them: resuming ``r.jsonl``
+with another bundle appended the second model's rows to the first one's, and resuming a
+``--top-k 1`` run with ``--threshold 0`` gave one label to some rows and 14 to the rest, both
+silently. Each run notes the bundle it used (the SHA-256 of its ``bundle.json``, which holds
+every artifact's hash) and the options that decide a row's labels (``--top-k``, ``--threshold``,
+``--tags``) in a hidden file beside the results, ``.r.jsonl.run.json``, written under the
+output's lock; ``--resume`` with another bundle or other such options is refused. Results
+written before a note existed, or before it held the options, resume as before.
 """
 
 from __future__ import annotations
@@ -48,12 +52,22 @@ def _read(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get(MARKER) == 1 else None
 
 
-def note_bundle(output: Path, bundle: Path, *, resume: bool) -> None:
-    """Refuse a ``resume`` of rows another bundle wrote; note this run's bundle otherwise.
-    Call under the output's lock."""
+def spell(options: dict[str, Any]) -> str:
+    """Row options as the command line gives them: ``--top-k 3 --tags xmp``."""
+    words = [
+        f"--{name.replace('_', '-')} {value}"
+        for name, value in options.items()
+        if value is not None and not (name == "tags" and value == "none")
+    ]
+    return " ".join(words) or "no --top-k, --threshold or --tags"
+
+
+def note_run(output: Path, bundle: Path, options: dict[str, Any], *, resume: bool) -> None:
+    """Refuse a ``resume`` of rows another bundle or other row ``options`` (``top_k``,
+    ``threshold``, ``tags``) wrote; note this run's otherwise. Call under the output's lock."""
     path = record_path(output)
     try:
-        now = identity(bundle)
+        now = {**identity(bundle), "options": options}
     except (FileNotFoundError, InputError):  # no bundle folder (an API caller's own): no note
         return
     then = _read(path)
@@ -65,6 +79,15 @@ def note_bundle(output: Path, bundle: Path, *, resume: bool) -> None:
                 f"{now['bundle']} ({now['bundle_sha256'][:12]}): resume it with that bundle, "
                 "or start again with --overwrite"
             )
+        before = then.get("options")
+        if isinstance(before, dict) and before != options:
+            raise InputError(
+                f"{output}: its rows were written with {spell(before)}, this run has "
+                f"{spell(options)}: resume it with the same options, or start again with "
+                "--overwrite"
+            )
+        if before is None:  # a record from before options were noted: note them from now on
+            write_text(path, json.dumps(now) + "\n")
         return
     if then is None and os.path.lexists(path):  # a file of that name m3trt did not write
         return
