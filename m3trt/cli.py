@@ -34,8 +34,21 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
-class ExistingPath(click.Path):
-    """``click.Path(exists=True)`` that says "does not exist" only of a missing path: a looping
+class FilePath(click.Path):
+    """``click.Path`` that refuses an empty value: pathlib reads ``""`` as ``.``, so ``m3trt infer
+    model.m3 "$PHOTOS"`` with the variable unset annotated the working folder, and ``-o ""``
+    ended in a ValueError."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str | bytes) and not value:
+            self.fail(
+                "empty path (an unset shell variable?); give a file or folder name", param, ctx
+            )
+        return super().convert(value, param, ctx)
+
+
+class ExistingPath(FilePath):
+    """``FilePath(exists=True)`` that says "does not exist" only of a missing path: a looping
     link, a folder on the way that may not be entered or is a file gets its own reason."""
 
     def __init__(self, **kw: Any) -> None:
@@ -182,7 +195,7 @@ def verify_key_option(command: Any) -> Any:
     bundles (README, "signed bundles")."""
     return click.option(
         "--verify-key",
-        type=click.Path(dir_okay=False, path_type=Path),
+        type=FilePath(dir_okay=False, path_type=Path),
         envvar="M3TRT_VERIFY_KEY",
         help="Public key (PEM): refuse a bundle not signed by it [env: M3TRT_VERIFY_KEY].",
     )(command)
@@ -296,7 +309,7 @@ def data() -> None:
 
 
 @data.command("synth")
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out", type=FilePath(file_okay=False, path_type=Path))
 @click.option(
     "--n",
     "n",
@@ -421,10 +434,8 @@ _IMPORT_OVERWRITE = click.option(
 
 @data.command("import-nuswide")
 @click.argument("root", type=ExistingPath(file_okay=False, path_type=Path))
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
-@click.option(
-    "--images", type=click.Path(path_type=Path), help="Image folder (default ROOT/Flickr)."
-)
+@click.option("-o", "--out", required=True, type=FilePath(path_type=Path), help="Output folder.")
+@click.option("--images", type=FilePath(path_type=Path), help="Image folder (default ROOT/Flickr).")
 @_IMPORT_OVERWRITE
 @quiet_option
 @click.pass_context
@@ -442,13 +453,13 @@ def data_import_nuswide(
 
 @data.command("import-coco")
 @click.argument("instances", type=ExistingPath(dir_okay=False, path_type=Path))
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("-o", "--out", required=True, type=FilePath(path_type=Path), help="Output folder.")
 @click.option(
     "--captions",
     type=ExistingPath(dir_okay=False, path_type=Path),
     help="COCO captions JSON: caption words become user tags.",
 )
-@click.option("--images", type=click.Path(path_type=Path), help="Image folder.")
+@click.option("--images", type=FilePath(path_type=Path), help="Image folder.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), help="Split for every image.")
 @_IMPORT_OVERWRITE
 @quiet_option
@@ -484,12 +495,12 @@ def _print_import(summary: Any) -> None:
 
 # ---------------------------------------------------------------------------------------- train
 @main.command("train")
-@click.argument("manifest", type=click.Path(path_type=Path))
+@click.argument("manifest", type=FilePath(path_type=Path))
 @click.option(
     "-o",
     "--out",
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=FilePath(file_okay=False, path_type=Path),
     help="Checkpoint folder to write.",
 )
 @click.option(
@@ -518,7 +529,7 @@ def _print_import(summary: Any) -> None:
 )
 @click.option(
     "--backbone-weights",
-    type=click.Path(path_type=Path),
+    type=FilePath(path_type=Path),
     help="torchvision-format ResNet state_dict (.pth) to start from.",
 )
 @click.option(
@@ -653,8 +664,8 @@ def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
 
 # ----------------------------------------------------------------------------------------- eval
 @main.command("eval")
-@click.argument("model", type=click.Path(path_type=Path))
-@click.argument("manifest", type=click.Path(path_type=Path))
+@click.argument("model", type=FilePath(path_type=Path))
+@click.argument("manifest", type=FilePath(path_type=Path))
 @click.option(
     "--split", default="test", show_default=True, help="Split to score: train, val, test or all."
 )
@@ -669,7 +680,7 @@ def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
 @click.option(
     "--json",
     "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FilePath(dir_okay=False, path_type=Path),
     help="Write the metrics as JSON.",
 )
 @click.option(
@@ -696,7 +707,7 @@ def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
 )
 @click.option(
     "--baseline",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FilePath(dir_okay=False, path_type=Path),
     help="An earlier --json: exit 1 if a figure dropped more than --max-drop.",
 )
 @click.option(
@@ -820,19 +831,19 @@ def _accuracy_gate(
 
 # ------------------------------------------------------------------------------- export/build
 @main.command("export")
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("checkpoint", type=FilePath(path_type=Path))
 @click.option(
     "-o",
     "--out",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FilePath(dir_okay=False, path_type=Path),
     help="The .onnx file to write.",
 )
 @click.option("--opset", default=18, show_default=True, type=click.IntRange(17, 23))
 @click.option(
     "--json",
     "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FilePath(dir_okay=False, path_type=Path),
     help="Write the export report (node counts, parity) as JSON.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing -o or --json file.")
@@ -868,7 +879,7 @@ def export_cmd(
     "-o",
     "--out",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FilePath(dir_okay=False, path_type=Path),
     help="calibration.json to write (reused by build when it matches).",
 )
 @click.option(
@@ -976,7 +987,7 @@ def _check_calibration_out(out: Path, overwrite: bool, inputs: tuple[Path, ...])
     "-o",
     "--out",
     required=True,
-    type=click.Path(path_type=Path),
+    type=FilePath(path_type=Path),
     help="Bundle folder to write (NAME.m3).",
 )
 @click.option(
@@ -1018,7 +1029,7 @@ def _check_calibration_out(out: Path, overwrite: bool, inputs: tuple[Path, ...])
 )
 @click.option(
     "--calib-cache",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FilePath(dir_okay=False, path_type=Path),
     help="A calibration.json from `m3trt calibrate`, reused when it matches.",
 )
 @click.option(
@@ -1036,7 +1047,7 @@ def _check_calibration_out(out: Path, overwrite: bool, inputs: tuple[Path, ...])
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
 @click.option(
     "--sign-key",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FilePath(dir_okay=False, path_type=Path),
     help="Elliptic-curve private key (PEM): sign the bundle (OpenSSF model signing).",
 )
 @quiet_option
@@ -1087,7 +1098,7 @@ def build_cmd(ctx: click.Context, source: Path, out: Path, **kw: Any) -> None:
 
 
 @main.command("inspect")
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundle", type=FilePath(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print bundle.json (with the path).")
 @click.option("--no-verify", is_flag=True, help="Skip hashing the artifacts.")
 def inspect_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
@@ -1103,13 +1114,13 @@ def inspect_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
 
 
 @main.command("infer")
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("bundle", type=FilePath(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=FilePath(path_type=Path))
 @click.option(
     "-o",
     "--output",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FilePath(dir_okay=False, path_type=Path),
     help="Results file (JSONL; .csv or --format csv for CSV).",
 )
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), help="Results format.")
@@ -1141,7 +1152,7 @@ def inspect_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
 )
 @click.option(
     "--tags-manifest",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FilePath(dir_okay=False, path_type=Path),
     help="JSONL with {path, tags} per image (implies --tags manifest).",
 )
 @click.option("--threshold", type=FiniteFloatRange(0, 1), help="Keep labels scoring at least X.")
@@ -1161,9 +1172,7 @@ def inspect_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace existing sidecars and results files.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run into the same -o.")
 @click.option("--strict", is_flag=True, help="Exit 1 if any file failed.")
-@click.option(
-    "--report", type=click.Path(dir_okay=False, path_type=Path), help="HTML contact sheet."
-)
+@click.option("--report", type=FilePath(dir_okay=False, path_type=Path), help="HTML contact sheet.")
 @click.option(
     "--report-limit",
     default=1000,
@@ -1173,7 +1182,7 @@ def inspect_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
 )
 @click.option(
     "--summary-json",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FilePath(dir_okay=False, path_type=Path),
     help="Write the run's counts, speed and engine as JSON.",
 )
 @click.option(
@@ -1371,7 +1380,7 @@ def _reference(_ctx: click.Context, _param: click.Parameter, value: str | None) 
 
 
 @main.command("bench")
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundle", type=FilePath(path_type=Path))
 @click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_batch_sizes)
 @click.option(
     "--warmup",
@@ -1408,7 +1417,7 @@ def _reference(_ctx: click.Context, _param: click.Parameter, value: str | None) 
 )
 @click.option(
     "--checkpoint",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=FilePath(file_okay=False, path_type=Path),
     help="The checkpoint for --against torch (default: the bundle's source).",
 )
 @click.option(
@@ -1421,15 +1430,15 @@ def _reference(_ctx: click.Context, _param: click.Parameter, value: str | None) 
     default=None,
     help="Also time host-to-device, compute and device-to-host apart [default: on for GPUs].",
 )
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "json_path", type=FilePath(dir_okay=False, path_type=Path))
 @click.option(
     "--plot",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FilePath(dir_okay=False, path_type=Path),
     help="Latency distributions and throughput against batch size, as .png, .svg or .pdf.",
 )
 @click.option(
     "--baseline",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FilePath(dir_okay=False, path_type=Path),
     help="An earlier --json: exit 1 if a ratio fell by more than --max-slowdown.",
 )
 @click.option("--max-slowdown", default=1.10, show_default=True, type=FiniteFloatRange(1.0))
@@ -1575,8 +1584,8 @@ def serve_cmd(bundles: tuple[str, ...], **kw: Any) -> None:
 
 
 @main.command("export-triton")
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.argument("repo_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("bundle", type=FilePath(path_type=Path))
+@click.argument("repo_dir", type=FilePath(file_okay=False, path_type=Path))
 @click.option("--name", help="Model name in the repository (default: the bundle's name).")
 @click.option(
     "--max-batch-size",

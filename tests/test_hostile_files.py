@@ -611,3 +611,34 @@ def test_resume_with_other_row_options_is_refused(tmp_path, int8_bundle, test_im
     code, output = run("infer", int8_bundle, test_images, "-o", out, "--resume", "--top-k", "1")
     assert code == 0, output
     assert json.loads((tmp_path / ".r.jsonl.run.json").read_text())["options"]["top_k"] == 1
+
+
+def test_outputs_that_name_a_stream_are_refused(tmp_path, int8_bundle, test_images):
+    """`-o LINK --overwrite`, LINK -> /proc/self/fd/1, replaced the link with a file and printed
+    nothing (as root, `-o /dev/stdout --overwrite` replaced /dev/stdout itself)."""
+    link = tmp_path / "stdout"
+    link.symlink_to("/proc/self/fd/1")
+    folder_link = tmp_path / "fds"
+    folder_link.symlink_to("/proc/self/fd")
+    for output in (link, folder_link / "1", "/dev/stdout", "/dev/fd/2"):
+        extra = ["--overwrite"] if str(output).startswith(str(tmp_path)) else []
+        code, text = run("infer", int8_bundle, test_images, "-o", output, *extra)
+        assert code == 2 and "names a stream (standard output" in text, (output, text)
+    assert link.is_symlink()
+    code, text = run(
+        "infer", int8_bundle, test_images, "-o", tmp_path / "r.jsonl", "--report", link
+    )
+    assert code == 2 and f"{link}: the report file names a stream" in text, text
+
+
+@pytest.mark.parametrize("where", ["PATH", "-o", "--report"])
+def test_an_empty_path_is_refused(tmp_path, int8_bundle, test_images, monkeypatch, where):
+    """Path("") is ".": `infer model.m3 "$UNSET"` annotated the working folder, `-o ""` ended in
+    a ValueError (exit 1)."""
+    monkeypatch.chdir(tmp_path)
+    args = {"PATH": ["", "-o", "r.jsonl"], "-o": [test_images, "-o", ""]}.get(
+        where, [test_images, "-o", "r.jsonl", "--report", ""]
+    )
+    code, text = run("infer", int8_bundle, *args)
+    assert code == 2 and "empty path (an unset shell variable?)" in text, text
+    assert list(tmp_path.iterdir()) == []

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -35,11 +36,41 @@ def named_entry(output: Path) -> Path:
     return output
 
 
+_STREAM = re.compile(r"/(?:proc/[^/]+|dev)/fd/\d+|/dev/std(?:in|out|err)")
+
+
+def stream_alias(output: Path) -> str | None:
+    """The standard stream or open descriptor that ``output`` names, directly or through links
+    (``/dev/stdout``, ``/proc/self/fd/1``, a link to either), else None. Such a path is not a
+    file a run can lock, resume or replace: with ``--overwrite`` a run replaced the link
+    ``/dev/stdout`` itself with a file, and printed nothing."""
+    current = os.path.abspath(output)
+    for _ in range(40):  # the kernel's own limit on links in a row
+        for spelling in (os.path.normpath(current), _key(Path(current))):
+            if _STREAM.fullmatch(spelling):
+                return str(output)
+        try:
+            target = os.readlink(current)
+        except OSError:
+            return None
+        current = os.path.join(os.path.dirname(current), target)
+    return None
+
+
+def refuse_stream(output: Path, option: str) -> None:
+    if stream_alias(output) is not None:
+        raise InputError(
+            f"{output}: {option} names a stream (standard output or an open descriptor); m3trt "
+            "writes its outputs to files, which it locks and never leaves half-written: name one"
+        )
+
+
 def lock_path(output: Path) -> Path:
     """``out/results.jsonl`` -> ``out/.results.jsonl.lock`` (hidden; it stays after the run).
     A folder output locks the same way, beside it: ``runs/x.m3`` -> ``runs/.x.m3.lock``."""
     if str(output) == "-":  # wrote a file named "-" where a user expects standard output
         raise InputError("-: m3trt writes its outputs to files, not to standard output; name one")
+    refuse_stream(output, "the output")
     named = named_entry(output)
     if not named.name:
         raise InputError(f"{output}: the root folder cannot be an output; choose a folder in it")
@@ -102,6 +133,7 @@ def _distinct(
     for name, path in outputs.items():
         if path is None:
             continue
+        refuse_stream(path, name if name.startswith("-") else f"the {name} file")
         key = _key(path)
         if key in seen:
             raise InputError(clash(path, seen[key], name))

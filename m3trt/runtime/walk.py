@@ -40,6 +40,9 @@ def parse_extensions(text: str | None) -> frozenset[str]:
 
 def check_roots(paths: Iterable[str | Path]) -> list[Path]:
     """Every PATH must exist (a typo should stop the run before it starts)."""
+    paths = list(paths)
+    if any(p in ("", b"") for p in paths):  # Path("") is ".": the working folder
+        raise InputError("an empty PATH (an unset shell variable?); give a file or folder name")
     roots = [Path(p) for p in paths]
     if not roots:
         raise InputError("no input: give one or more image files or folders")
