@@ -122,6 +122,34 @@ def test_jsonl_path_field_is_readable_text_with_exact_bytes_beside_it(
     assert base64.b64decode(row["path_bytes"]).endswith(LATIN1)
 
 
+def test_csv_names_a_spreadsheet_would_run_are_defused(tmp_path, int8_bundle, photos, monkeypatch):
+    """A PATH named '=HYPERLINK("x","y").jpg' reached a CSV cell as is: a spreadsheet runs
+    it. The cell starts with a ' now; path_bytes keeps the name for --resume and read_results."""
+    src = good_images(photos)[0]
+    names = ['=HYPERLINK("x","y").jpg', "@SUM(1).jpg", "+1.jpg", "-1.jpg", "\tx.jpg"]
+    for name in names:
+        shutil.copy(src, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+
+    def infer_names(*args):  # names after "--", where infer()'s trailing --quiet cannot go
+        result = CliRunner().invoke(main, ["--quiet", "infer", *map(str, args)])
+        return result.exit_code, result.output
+
+    out = tmp_path / "sheet.csv"
+    code, output = infer_names(int8_bundle, "-o", out, "--", *names[:3])
+    assert code == 0, output
+    text = out.read_text(encoding="utf-8")
+    cells = [line.split(",")[0] for line in text.splitlines()[1:]]
+    assert cells == ['"\'=HYPERLINK(""x""', "'@SUM(1).jpg", "'+1.jpg"]
+    code, output = infer_names(int8_bundle, "-o", out, "--resume", "--", *names)
+    assert code == 0, output
+    assert sorted(r["path"] for r in read_results(out)) == sorted(names)
+    assert out.read_text(encoding="utf-8").startswith(text)  # the first three not redone
+    jsonl = tmp_path / "r.jsonl"  # no spreadsheet reads JSON Lines: names stay as they are
+    assert infer_names(int8_bundle, "-o", jsonl, "--", names[0])[0] == 0
+    assert json.loads(jsonl.read_text(encoding="utf-8"))["path"] == names[0]
+
+
 def test_csv_lists_escape_the_separator():
     labels = ["a|b", "back\\slash", "", "plain", "|"]
     assert split_list(join_list(labels)) == labels

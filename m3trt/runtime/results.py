@@ -13,7 +13,9 @@ what ``--resume`` and ``read_results`` use to get the name back.
 
 CSV lists (labels, scores) are joined by ``|``; a ``|`` or ``\\`` inside a label is escaped with a
 backslash, so labels split back exactly. Rows end in CRLF (RFC 4180), so a carriage return in a
-file name is quoted, not taken for the end of a row.
+file name is quoted, not taken for the end of a row. A CSV name that a spreadsheet would run as
+a formula (``=``, ``+``, ``-``, ``@``, tab, carriage return first) is shown after a ``'``, with its
+exact bytes in ``path_bytes``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from m3trt.errors import InputError, OutputFailure
 FORMATS = ("jsonl", "csv")
 CSV_COLUMNS = ("path", "labels", "scores", "k", "quantity", "path_bytes")
 LIST_SEPARATOR = "|"
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs such a cell
 MAX_LINE_BYTES = 1 << 20  # longer than any line m3trt writes: a bigger one is not ours
 _JSONL_START = b'{"path": "'
 
@@ -50,18 +53,32 @@ def display_path(path: str) -> str:
         return path.encode("utf-8", "replace").decode("utf-8")
 
 
+def _exact(path: str) -> str:
+    """The name's bytes in base64."""
+    try:
+        raw = os.fsencode(path)
+    except UnicodeError:
+        raw = path.encode("utf-8", "surrogatepass")
+    return base64.b64encode(raw).decode("ascii")
+
+
 def path_fields(path: str) -> dict[str, str]:
     """``{"path": text}``, plus ``"path_bytes"`` (base64) when the name is not valid UTF-8."""
     try:
         path.encode("utf-8")
         return {"path": path}
     except UnicodeEncodeError:
-        pass
-    try:
-        raw = os.fsencode(path)
-    except UnicodeError:
-        raw = path.encode("utf-8", "surrogatepass")
-    return {"path": display_path(path), "path_bytes": base64.b64encode(raw).decode("ascii")}
+        return {"path": display_path(path), "path_bytes": _exact(path)}
+
+
+def csv_path_fields(path: str) -> dict[str, str]:
+    """``path_fields`` for a CSV cell: a name a spreadsheet would run as a formula (it starts
+    with = + - @, a tab or a carriage return: ``=HYPERLINK(...).jpg`` given as a PATH) is shown
+    after a ``'``, as OWASP advises, with its exact bytes in ``path_bytes``."""
+    fields = path_fields(path)
+    if fields["path"].startswith(FORMULA_START):
+        return {"path": "'" + fields["path"], "path_bytes": _exact(path)}
+    return fields
 
 
 def path_from_fields(row: dict[str, Any]) -> str:
@@ -398,8 +415,8 @@ class ResultWriter:
 
     def write(self, row: dict[str, Any]) -> None:
         """One annotated image; ``row["path"]`` is the name as the walk spells it."""
-        fields = path_fields(row["path"])
         if self._csv is not None:
+            fields = csv_path_fields(row["path"])
             self._csv.writerow(
                 [
                     fields["path"],
@@ -411,6 +428,7 @@ class ResultWriter:
                 ]
             )
         else:
+            fields = path_fields(row["path"])
             line = {**row, **fields} if "path_bytes" in fields else {**row, "path": fields["path"]}
             self._rows.write(json.dumps(line, ensure_ascii=False) + "\n")
         self.rows_written += 1
