@@ -24,7 +24,13 @@ from PIL import Image
 from m3trt.cli import main
 from m3trt.data.images import DecodeBudget, load_image
 from m3trt.runtime.outputs import lock_path
-from m3trt.runtime.results import errors_path, join_list, read_results, split_list
+from m3trt.runtime.results import (
+    ResultWriter,
+    errors_path,
+    join_list,
+    read_results,
+    split_list,
+)
 
 LATIN1 = b"caf\xe9.jpg"  # not UTF-8: what an old Latin-1 disk holds
 
@@ -260,6 +266,26 @@ def test_second_run_on_a_locked_output_says_who_and_exits_2(tmp_path, int8_bundl
     assert lock_path(out).exists()
 
 
+def test_a_hard_link_to_results_being_written_is_refused(tmp_path, int8_bundle, photos):
+    """The lock is by name, and a hard link is another name: a --resume through it appended to
+    the file a running job was writing, which then failed its own --resume ("not a line m3trt
+    wrote"). The file itself is locked now, and --overwrite empties it only once it holds it."""
+    first = tmp_path / "a.jsonl"
+    with ResultWriter(first, "jsonl", resume=False, overwrite=False) as writer:
+        done = good_images(photos)[0]
+        writer.write({"path": done, "labels": [], "scores": [], "k": 0, "quantity": 0.0})
+        writer.flush()
+        before = first.read_bytes()
+        os.link(first, tmp_path / "b.jsonl")
+        for extra in ("--resume", "--overwrite"):
+            code, output = infer(int8_bundle, photos, "-o", tmp_path / "b.jsonl", extra)
+            assert code == 2 and "under another name (a hard link to it)" in output, output
+            assert first.read_bytes() == before
+    code, output = infer(int8_bundle, photos, "-o", tmp_path / "b.jsonl", "--resume")
+    assert code == 0, output  # once the first writer is done
+    assert sorted(r["path"] for r in read_results(first)) == good_images(photos)
+
+
 def test_concurrent_resume_runs_never_duplicate_rows(tmp_path, int8_bundle, photos):
     out = tmp_path / "r.jsonl"
     cmd = [sys.executable, "-m", "m3trt.cli", "-q", "infer", str(int8_bundle), str(photos)]
@@ -297,6 +323,30 @@ def test_unwritable_sidecar_fails_that_image_only(tmp_path, int8_bundle, photos)
     assert code == 0, output  # the folder cannot be replaced: that image fails, the run goes on
     exactly_once(read_results(out), read_results(errors_path(out)), good[1:], good[:1])
     assert "cannot write sidecar" in read_results(errors_path(out))[0]["error"]
+
+
+def test_no_sidecar_where_a_link_leads_outside_the_paths(tmp_path, int8_bundle, photos):
+    """photos/evil -> a folder elsewhere (as an unpacked archive may hold): --write-txt
+    --overwrite replaced the captions beside every image there. The link is still read; its
+    images fail with the reason, and naming that folder as a PATH writes there."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    src = good_images(photos)[0]
+    shutil.copy(src, victim / "photo.jpg")
+    (victim / "photo.txt").write_text("the owner's caption\n")
+    (photos / "evil").symlink_to(victim)
+    out = tmp_path / "r.jsonl"
+    code, output = infer(int8_bundle, photos, "-o", out, "--write-txt", "--overwrite")
+    assert code == 0, output
+    assert (victim / "photo.txt").read_text() == "the owner's caption\n"
+    assert sorted(os.listdir(victim)) == ["photo.jpg", "photo.txt"]
+    errors = read_results(errors_path(out))
+    assert [e["path"] for e in errors] == [str(photos / "evil" / "photo.jpg")]
+    assert "a link leads its folder outside the PATHS given" in errors[0]["error"]
+    assert len(read_results(out)) == len(good_images(photos))  # the rest (os.walk: no link)
+    code, output = infer(int8_bundle, photos, victim, "-o", out, "--write-txt", "--overwrite")
+    assert code == 0, output
+    assert (victim / "photo.txt").read_text() != "the owner's caption\n"  # asked for
 
 
 # --- 7. memory: decodes share a budget -----------------------------------------------------------

@@ -116,13 +116,34 @@ class Summary:
 
 class Sidecars:
     """``--write-xmp`` / ``--write-txt``: never overwrite without ``--overwrite``, never
-    replace one of the run's own outputs (``protected``); a failure is that image's error."""
+    replace one of the run's own outputs (``protected``), never write in a folder outside the
+    PATHS (``roots``) that a link in them leads to; a failure is that image's error."""
 
     def __init__(
-        self, xmp: bool, txt: bool, overwrite: bool, protected: Iterable[Path] = ()
+        self,
+        xmp: bool,
+        txt: bool,
+        overwrite: bool,
+        protected: Iterable[Path] = (),
+        roots: Iterable[Path] | None = None,
     ) -> None:
         self.xmp, self.txt, self.overwrite = xmp, txt, overwrite
         self._protected = {_file_key(p) for p in protected}
+        self._roots = None if roots is None else [_real_folder(r) for r in roots]
+
+    def _check_inside(self, target: Path) -> None:
+        """A link in a folder (``photos/evil -> ~/Documents``, as an unpacked archive may hold)
+        let sidecars, and with ``--overwrite`` their replacements, land anywhere images are."""
+        if self._roots is None:
+            return
+        folder = os.path.realpath(target.parent)
+        if not any(
+            folder == r or folder.startswith(r.rstrip(os.sep) + os.sep) for r in self._roots
+        ):
+            raise InputError(
+                f"{target}: sidecar not written: a link leads its folder outside the PATHS "
+                f"given (to {folder}); give that folder as a PATH to write there"
+            )
 
     def write(self, path: str, annotation: Annotation) -> tuple[int, int]:
         """(written, kept) counts for one image; InputError names the sidecar that failed."""
@@ -142,6 +163,7 @@ class Sidecars:
                 (sidecars.txt_sidecar_path(Path(path)), sidecars.render_txt(annotation.labels))
             )
         for target, text in jobs:
+            self._check_inside(target)
             if _file_key(target) in self._protected:
                 raise InputError(
                     f"{target}: the sidecar would replace an output of this run; not written"
@@ -155,6 +177,11 @@ class Sidecars:
 
 def _file_key(path: Path) -> str:
     return os.path.join(os.path.realpath(path.parent), path.name)
+
+
+def _real_folder(root: Path) -> str:
+    """The folder a PATH puts sidecars in: itself, or a file's own folder (as named)."""
+    return os.path.realpath(root if root.is_dir() else root.parent)
 
 
 def _no_tags(_path: Path) -> list[str]:
@@ -304,7 +331,7 @@ def _run_locked(
     budget = DecodeBudget(options.decode_memory)
     profile = StageProfile(gpu=gpu is not None) if options.profile else None
     decode = decoder(annotator.image_size, options.max_pixels, tags_for, budget, profile)
-    sidecars = Sidecars(options.write_xmp, options.write_txt, options.overwrite, protected)
+    sidecars = Sidecars(options.write_xmp, options.write_txt, options.overwrite, protected, roots)
     todo = (f for f in iter_images(roots, options.extensions) if f.path not in done)
     summary.skipped = skipped
     check_resume_matches(options.output, done, skipped)

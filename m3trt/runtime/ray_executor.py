@@ -493,7 +493,9 @@ def _run_locked(
             n_workers = min(cluster.workers(ray_options), max(1, n_blocks))  # idle otherwise
             summary.engine = _describe(cluster, n_workers, ray_options)
             reporter.log(summary.engine)
-            sidecars = Sidecars(options.write_xmp, options.write_txt, options.overwrite, protected)
+            sidecars = Sidecars(
+                options.write_xmp, options.write_txt, options.overwrite, protected, roots
+            )
             job = _Job(ray, writer, sidecars)
             job.summary, job.report, job.image_size = summary, report, bundle.model.image_size
             actor_args = {

@@ -371,6 +371,23 @@ def repair_torn_tail(path: Path) -> int:
 # --- writing ---------------------------------------------------------------------------------
 
 
+def _hold(f: IO[str], output: Path) -> None:
+    """An exclusive lock on the open file itself (its inode, whatever its name)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no hard-link check
+        return
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise InputError(
+            f"{output}: another m3trt run is writing this file under another name (a hard "
+            "link to it); wait for that run to end, or choose another -o"
+        ) from None
+    except OSError:  # a file system without flock: the lock by name still holds
+        return
+
+
 class ResultWriter:
     """Appends result rows and error lines; ``flush`` at the end of every batch."""
 
@@ -389,15 +406,23 @@ class ResultWriter:
             _check_regular(path)
         had_rows = resume and output.exists() and output.stat().st_size > 0
         self._created = not had_rows
-        mode = "a" if resume else "w"
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
             if not resume and output.is_symlink():
                 output.unlink()  # --overwrite replaces the link, as every other output does,
                 # never the file it points at
-            self._out: IO[str] = open(output, mode, encoding="utf-8", newline="")  # noqa: SIM115
-            if not resume and (self.errors_file.exists() or self.errors_file.is_symlink()):
-                self.errors_file.unlink()  # --overwrite: the old errors belong to the old results
+            # Appending, and emptied only once this run holds the file itself: a hard link
+            # gives it a second name, with a lock of its own, and two runs wrote one file
+            self._out: IO[str] = open(output, "a", encoding="utf-8", newline="")  # noqa: SIM115
+            try:
+                _hold(self._out, output)
+                if not resume:
+                    self._out.truncate(0)
+                if not resume and (self.errors_file.exists() or self.errors_file.is_symlink()):
+                    self.errors_file.unlink()  # --overwrite: the old errors are the old results'
+            except BaseException:
+                self._out.close()
+                raise
         except OSError as exc:
             raise OutputFailure(f"{output}: cannot write results ({os_reason(exc)})") from None
         self._err: IO[str] | None = None
