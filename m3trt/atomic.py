@@ -122,21 +122,29 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         temp.unlink(missing_ok=True)
 
 
+def _leftovers(target: Path, kinds: str) -> Iterator[tuple[str, Path]]:
+    """(kind, entry) of each ``temp_sibling`` of ``target`` whose kind is one of ``kinds``
+    ("tmp|old"); links are never taken."""
+    if len(target.name) >= TEMP_NAME_CHARS:  # temp_sibling cuts names: another NAME's could match
+        return
+    left = re.compile(rf"\.{re.escape(target.name)}\.({kinds})-\d+-[0-9a-f]{{8}}")
+    try:
+        entries = sorted(target.parent.iterdir())
+    except OSError:
+        return  # nothing to clear where the folder cannot be listed; the write will say why
+    for path in entries:
+        if (found := left.fullmatch(path.name)) and not path.is_symlink():
+            yield found.group(1), path
+
+
 def clear_leftovers(folder: Path) -> None:
     """Remove the hidden staging folders (``temp_sibling``) a killed writer of ``folder`` left
     beside it, and put back an old ``folder`` it had moved aside before publishing the new one.
     Run only under ``folder``'s lock, so that no writer of it is running."""
-    if len(folder.name) >= TEMP_NAME_CHARS:  # temp_sibling cuts names: another NAME's could match
-        return
-    left = re.compile(rf"\.{re.escape(folder.name)}\.(tmp|old)-\d+-[0-9a-f]{{8}}")
-    try:
-        entries = sorted(folder.parent.iterdir())
-    except OSError:
-        return  # nothing to clear where the folder cannot be listed; the write will say why
-    for path in entries:
-        if not (found := left.fullmatch(path.name)) or path.is_symlink() or not path.is_dir():
+    for kind, path in _leftovers(folder, "tmp|old"):
+        if not path.is_dir():
             continue
-        if found.group(1) == "old" and not os.path.lexists(folder):
+        if kind == "old" and not os.path.lexists(folder):
             try:
                 path.rename(folder)
             except OSError as exc:
@@ -146,3 +154,12 @@ def clear_leftovers(folder: Path) -> None:
                 ) from None
         else:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def clear_leftover_files(target: Path) -> None:
+    """Remove the hidden temp files a killed writer of the file ``target`` left beside it (the
+    report's ``part`` and ``fail`` files, megabytes of thumbnails each; a ``tmp`` not yet
+    renamed). Run only under ``target``'s lock, so that no writer of it is running."""
+    for _kind, path in _leftovers(target, "tmp|part|fail"):
+        if path.is_file():
+            path.unlink(missing_ok=True)

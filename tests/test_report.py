@@ -199,3 +199,14 @@ def test_output_is_deterministic(tmp_path):
     page, _ = parse(first)
     assert page.cards == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.html", "two.html"]
+
+
+def test_a_resumed_runs_page_says_where_the_earlier_images_are(tmp_path):
+    """It said "240 skipped" of the images an earlier run annotated: they are in the results
+    file, not on the page, which the page now says."""
+    entry = {"path": "a.jpg", "labels": ["x"], "scores": [0.9], "k": 1, "quantity": 1.0}
+    page = write_report(tmp_path / "r.html", [entry], [], {**SUMMARY, "skipped": 240})
+    text = page.read_text(encoding="utf-8")
+    assert "<b>240</b> annotated by an earlier run (--resume): in the results file" in text
+    fresh = write_report(tmp_path / "f.html", [entry], [], SUMMARY).read_text(encoding="utf-8")
+    assert "<b>0</b> skipped" in fresh and "earlier run" not in fresh

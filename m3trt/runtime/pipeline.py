@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from m3trt.atomic import write_text
+from m3trt.atomic import clear_leftover_files, write_text
 from m3trt.data.images import (
     DEFAULT_DECODE_MEMORY,
     DEFAULT_MAX_PIXELS,
@@ -252,6 +252,8 @@ def guarded_outputs(
         "--summary-json": options.summary_json,
     }
     with checked_locks(locked, check) as locks:
+        for path in filter(None, (options.report, options.summary_json)):
+            clear_leftover_files(path)  # a killed run's temp files (SIGKILL: no cleanup ran)
         row_options = {"top_k": decoding.top_k, "threshold": decoding.threshold}
         note_run(
             options.output, bundle, row_options | {"tags": options.tags}, resume=options.resume

@@ -368,13 +368,23 @@ def _stats(summary: Mapping[str, Any], count: int, failures: int) -> str:
         f'<li class="bad"><a href="#failures"><b>{_esc(failed)}</b> failed</a></li>'
         if failures
         else f"<li><b>{_esc(failed)}</b> failed</li>",
-        f"<li><b>{_esc(summary.get('skipped', 0))}</b> skipped</li>",
+        _skipped(summary.get("skipped", 0)),
     ]
     if summary.get("images_per_s") is not None:
         items.append(f"<li><b>{_number(summary['images_per_s'], 1, True)}</b> images/s</li>")
     if summary.get("elapsed_s") is not None:
         items.append(f"<li><b>{_number(summary['elapsed_s'], 1, True)}</b> s elapsed</li>")
     return '<ul class="stats">\n' + "\n".join(items) + "\n</ul>\n"
+
+
+def _skipped(count: Any) -> str:
+    """A resumed run's page shows its own images; the earlier ones are only in the results."""
+    if not count:
+        return f"<li><b>{_esc(count)}</b> skipped</li>"
+    return (
+        f"<li><b>{_esc(count)}</b> annotated by an earlier run (--resume): in the results "
+        "file, not on this page</li>"
+    )
 
 
 def _extra(summary: Mapping[str, Any]) -> str:
