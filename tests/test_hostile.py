@@ -633,3 +633,22 @@ def test_error_lines_escape_what_a_terminal_would_act_on(tmp_path):
     assert result.exit_code == 2
     assert len(result.output.strip().splitlines()) == 1 and "\x1b" not in result.output
     assert "b\\nc\\x1b[2J.jpg" in result.output and "\\xff.jpg" in result.output
+
+
+def test_a_report_that_cannot_be_opened_leaves_no_empty_results(
+    tmp_path, int8_bundle, photos, monkeypatch
+):
+    """A full disk at the report's first write left a 0-byte results file (the writer was never
+    closed), though a run that annotated nothing leaves none; the line gave no --resume hint."""
+    import errno
+
+    from m3trt.runtime import report as report_module
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / ".r.html.part"))
+
+    monkeypatch.setattr(report_module.ReportWriter, "__init__", full)
+    out = tmp_path / "r.jsonl"
+    code, output = infer(int8_bundle, photos, "-o", out, "--report", tmp_path / "r.html")
+    assert code == 1 and "no space left on the device" in output and "--resume" in output, output
+    assert not out.exists()

@@ -339,9 +339,12 @@ def _run_locked(
     check_resume_matches(options.output, done, skipped)
     start = time.perf_counter()
     writer = ResultWriter(options.output, fmt, resume=options.resume, overwrite=options.overwrite)
-    report = _open_report(options, annotator)
+    report = None
     try:
         with writer, reporter.task("annotate", total - summary.skipped) as bar:
+            # in the block: a report that cannot be opened (a full disk) closes the writer, so
+            # the results file it created, still empty, goes too
+            report = _open_report(options, annotator)
             run = FolderRun(annotator, writer, sidecars, summary, report, bar, profile)
             if gpu is None:
                 _cpu_loop(run, todo, decode, workers, options.batch_size)
@@ -423,7 +426,10 @@ def _finish(run: FolderRun, paths: list[str], bad: list[Decoded], work: Future |
 
 def _output_failure(exc: OSError, fallback: Path) -> OutputFailure:
     where = os.fsdecode(exc.filename) if exc.filename else str(fallback)
-    return OutputFailure(f"{where}: cannot write ({os_reason(exc)}); the results so far are valid")
+    return OutputFailure(
+        f"{where}: cannot write ({os_reason(exc)}); the results so far are valid: continue "
+        "with --resume once it can be written"
+    )
 
 
 def record(
