@@ -1302,7 +1302,7 @@ def infer_cmd(ctx: click.Context, bundle: Path, paths: tuple[Path, ...], **kw: A
         click.echo("interrupted: continue with the same command plus --resume", err=True)
         ctx.exit(130)
     if summary.annotated == 0 and (summary.failed or not summary.skipped):
-        click.echo("error: no image could be annotated", err=True)
+        click.echo(f"error: no image could be annotated{_passed_over(summary)}", err=True)
         ctx.exit(EXIT_FAILURE)
     if kw["strict"] and summary.failed:
         ctx.exit(EXIT_FAILURE)
@@ -1340,6 +1340,19 @@ def _infer_on_ray(
     # host, measured). Frozen objects are not walked; the process ends right after.
     gc.freeze()
     return summary
+
+
+def _passed_over(summary: Any) -> str:
+    """Why a run found no image, when files were there: their extensions."""
+    if summary.failed or summary.skipped or not getattr(summary, "passed_over", 0):
+        return ""
+    from m3trt.runtime.results import display_path
+
+    first = terminal_safe(display_path(summary.first_passed_over or ""))
+    return (
+        f": none of the {summary.passed_over} files in PATHS has an image extension (first: "
+        f"{first}); --ext names the extensions to take"
+    )
 
 
 def _infer_line(summary: Any) -> str:

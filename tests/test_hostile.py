@@ -652,3 +652,22 @@ def test_a_report_that_cannot_be_opened_leaves_no_empty_results(
     code, output = infer(int8_bundle, photos, "-o", out, "--report", tmp_path / "r.html")
     assert code == 1 and "no space left on the device" in output and "--resume" in output, output
     assert not out.exists()
+
+
+def test_a_run_that_finds_no_image_says_what_it_passed_over(tmp_path, int8_bundle, photos):
+    """JPEGs named IMG_0001, or an --ext that matches nothing, ended in "no image could be
+    annotated" with no hint; --ext '*' was taken as the extension '.*'."""
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    shutil.copy(good_images(photos)[0], folder / "IMG_0001")
+    (folder / "notes.md").write_text("x")
+    summary = tmp_path / "s.json"
+    code, output = infer(int8_bundle, folder, "-o", tmp_path / "r.jsonl", "--summary-json", summary)
+    assert code == 1, output
+    assert "none of the 2 files in PATHS has an image extension (first: " in output
+    assert f"{folder / 'IMG_0001'}); --ext names the extensions" in output
+    assert json.loads(summary.read_text())["passed_over"] == 2
+    code, output = infer(int8_bundle, folder, "-o", tmp_path / "r.jsonl", "--ext", "*")
+    assert code == 2 and "no wildcards" in output, output
+    code, output = infer(int8_bundle, photos, "-o", tmp_path / "r.jsonl", "--ext", "png")
+    assert "passed over" not in output  # images were found: no such line

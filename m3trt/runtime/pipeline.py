@@ -53,7 +53,7 @@ from m3trt.runtime.results import (
     path_fields,
 )
 from m3trt.runtime.run_record import note_run, record_path
-from m3trt.runtime.walk import Found, check_roots, iter_images
+from m3trt.runtime.walk import Found, PassedOver, check_roots, iter_images
 
 
 @dataclass
@@ -100,9 +100,12 @@ class Summary:
     interrupted: bool = False
     pipeline: dict[str, Any] | None = None  # the GPU pipeline's settings (absent on the CPU)
     profile: dict[str, Any] | None = None  # --profile
+    passed_over: int = 0  # files in the folders without one of the extensions looked for
+    first_passed_over: str | None = None  # for the message when no image was found
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        del data["first_passed_over"]
         for key in ("pipeline", "profile"):
             if data[key] is None:
                 del data[key]
@@ -322,12 +325,15 @@ def _run_locked(
         tags_for = _no_tags
     # Validated before anything is changed: a file that is not m3trt's is refused untouched.
     done = done_paths(options.output, fmt) if options.resume else set()
-    total, skipped = _count(roots, options.extensions, done)
+    passed_over = PassedOver()
+    total, skipped = _count(roots, options.extensions, done, passed_over)
     summary = Summary(
         annotator.bundle.name,
         annotator.description,
         str(options.output),
         str(errors_path(options.output)),
+        passed_over=passed_over.count,
+        first_passed_over=passed_over.first,
     )
     workers = options.workers or max(1, os.cpu_count() or 1)
     budget = DecodeBudget(options.decode_memory)
@@ -494,10 +500,12 @@ def check_resume_matches(output: Path, done: set[str], skipped: int) -> None:
     )
 
 
-def _count(roots: list[Path], extensions: frozenset[str], done: set[str]) -> tuple[int, int]:
+def _count(
+    roots: list[Path], extensions: frozenset[str], done: set[str], passed_over: PassedOver
+) -> tuple[int, int]:
     """(files found, files already done): one streaming pass, for the progress bar's ETA."""
     total = skipped = 0
-    for found in iter_images(roots, extensions):
+    for found in iter_images(roots, extensions, passed_over):
         total += 1
         skipped += found.path in done
     return total, skipped

@@ -58,7 +58,7 @@ from m3trt.runtime.pipeline import (
     record,
 )
 from m3trt.runtime.results import ResultWriter, done_paths, errors_path, format_for
-from m3trt.runtime.walk import Found, check_roots, iter_images
+from m3trt.runtime.walk import Found, PassedOver, check_roots, iter_images
 
 INSTALL_HINT = "--executor ray needs Ray Data: pip install 'm3trt[ray]' (or 'ray[data]')"
 BUNDLE_VIA = ("auto", "path", "object-store")
@@ -464,7 +464,8 @@ def _run_locked(
     summary = Summary(bundle.name, "", str(options.output), str(errors_path(options.output)))
     start = time.perf_counter()
     rows = _block_rows(options.batch_size, ray_options.block_rows)
-    walk = _Todo(iter_images(roots, options.extensions), done)
+    passed_over = PassedOver()
+    walk = _Todo(iter_images(roots, options.extensions, passed_over), done)
     ahead = _WalkAhead(walk, rows)  # walks while Ray starts
     cluster = None
     report = None
@@ -489,6 +490,7 @@ def _run_locked(
             _configure_data(ray)
             dataset, n_blocks = _dataset(ray, ahead.blocks())  # the walk's end: the bar's count
             summary.skipped = walk.skipped
+            summary.passed_over, summary.first_passed_over = passed_over.count, passed_over.first
             check_resume_matches(options.output, done, walk.skipped)
             n_workers = min(cluster.workers(ray_options), max(1, n_blocks))  # idle otherwise
             summary.engine = _describe(cluster, n_workers, ray_options)

@@ -35,6 +35,11 @@ def parse_extensions(text: str | None) -> frozenset[str]:
     exts = {("." + e.strip().lower().lstrip(".")) for e in text.split(",") if e.strip()}
     if not exts:
         raise InputError(f"--ext {text!r}: no extensions given")
+    if any(set(e) & set("*?[]/\\ ") or e == "." for e in exts):  # '*' matched no file
+        raise InputError(
+            f"--ext {text!r}: give extensions such as jpg,png (no wildcards); without --ext "
+            "every format m3trt reads is taken"
+        )
     return frozenset(exts)
 
 
@@ -52,18 +57,35 @@ def check_roots(paths: Iterable[str | Path]) -> list[Path]:
     return roots
 
 
+@dataclass
+class PassedOver:
+    """The files in walked folders that a walk left for their extension: when it finds no image
+    at all, the user is told of them (JPEGs named ``IMG_0001``, a ``--ext`` that matches none)."""
+
+    count: int = 0
+    first: str | None = None
+
+    def add(self, path: str) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = path
+
+
 def iter_images(
-    roots: Iterable[Path], extensions: frozenset[str] = IMAGE_EXTENSIONS
+    roots: Iterable[Path],
+    extensions: frozenset[str] = IMAGE_EXTENSIONS,
+    passed_over: PassedOver | None = None,
 ) -> Iterator[Found]:
     """Files named on the command line are taken as they are; folders are searched for files
-    with one of ``extensions`` (case-insensitive). Each folder entry comes once, however it is
-    reached: a file named twice, or named and inside a folder given too, is annotated once."""
+    with one of ``extensions`` (case-insensitive), the others counted in ``passed_over``. Each
+    folder entry comes once, however it is reached: a file named twice, or named and inside a
+    folder given too, is annotated once."""
     seen: set[tuple[int, int]] = set()  # folders entered (listed or not: loops end)
     listed: set[tuple[int, int]] = set()  # folders whose files the walk yielded
     named: set[tuple[tuple[int, int], str]] = set()  # files named: (their folder, their name)
     for root in roots:
         if root.is_dir():
-            yield from _walk_dir(root, extensions, seen, listed, named)
+            yield from _walk_dir(root, extensions, seen, listed, named, passed_over)
             continue
         folder = _folder_key(os.path.dirname(root) or ".")
         if folder is not None:
@@ -109,6 +131,7 @@ def _walk_dir(
     seen: set[tuple[int, int]],
     listed: set[tuple[int, int]],
     named: set[tuple[tuple[int, int], str]],
+    passed_over: PassedOver | None = None,
 ) -> Iterator[Found]:
     """Depth first, names sorted, with a stack of its own rather than recursion, which stopped
     at Python's limit: a tree a thousand folders deep crashed the whole run."""
@@ -136,10 +159,10 @@ def _walk_dir(
             is_dir = False
         if is_dir:
             pending = entry.path
-        elif (
-            os.path.splitext(entry.name)[1].lower() in extensions
-            and (folder, entry.name) not in named
-        ):
+        elif os.path.splitext(entry.name)[1].lower() not in extensions:
+            if passed_over is not None:
+                passed_over.add(entry.path)
+        elif (folder, entry.name) not in named:
             yield _check_file(entry.path)
 
 
