@@ -389,7 +389,8 @@ def test_pillow_bomb_error_becomes_image_decode_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)  # 1600 > 2 * 300: Pillow raises.
     with pytest.raises(ImageDecodeError) as excinfo:
         load_image(path, S)
-    assert_decode_error(excinfo, path, "decompression-bomb guard")
+    # worded as m3trt's own --max-pixels refusal, with Pillow's limit (2 * 300)
+    assert_decode_error(excinfo, path, "image too large (1,600 pixels; the limit is 600 pixels")
 
 
 def test_global_pillow_and_warning_state_is_unchanged(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import operator
 import os
+import re
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -374,8 +375,17 @@ def _unidentified(_exc: BaseException, source: ImageSource | None) -> str:
 
 
 def _too_big_for_pillow(exc: BaseException, _source: ImageSource | None) -> str:
-    detail = " ".join(str(exc).split())
-    return f"image too large for Pillow's decompression-bomb guard ({detail})"
+    """Worded as ``_check_pixels`` words the limit it sets: Pillow refuses such a header itself,
+    before m3trt's own check sees it."""
+    numbers = re.findall(r"\((\d+) pixels\) exceeds limit of (\d+) pixels", str(exc))
+    if not numbers:
+        detail = " ".join(str(exc).split())
+        return f"image too large for Pillow's decompression-bomb guard ({detail})"
+    size, limit = (int(n) for n in numbers[0])
+    return (
+        f"image too large ({size:,} pixels; the limit is {limit:,} pixels, Pillow's own, above "
+        "any --max-pixels: a guard against decompression bombs)"
+    )
 
 
 def _permission(_exc: BaseException, source: ImageSource | None) -> str:
