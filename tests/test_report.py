@@ -210,3 +210,16 @@ def test_a_resumed_runs_page_says_where_the_earlier_images_are(tmp_path):
     assert "<b>240</b> annotated by an earlier run (--resume): in the results file" in text
     fresh = write_report(tmp_path / "f.html", [entry], [], SUMMARY).read_text(encoding="utf-8")
     assert "<b>0</b> skipped" in fresh and "earlier run" not in fresh
+
+
+def test_names_that_would_reorder_or_recolour_are_shown_escaped(tmp_path):
+    """A bidi override showed 'evil\\u202egpj.exe.jpg' as 'evilgpj.exe...' reversed (a .exe
+    look-alike); control characters went into the page as they were."""
+    names = ["evil\u202egpj.exe.jpg", "\x1b[31mred.jpg"]
+    entries = [
+        {"path": n, "labels": ["x"], "scores": [0.9], "k": 1, "quantity": 1.0} for n in names
+    ]
+    text = write_report(tmp_path / "r.html", entries, [(names[0], "bad\u202e")], SUMMARY)
+    page = text.read_text(encoding="utf-8")
+    assert "\u202e" not in page and "\x1b" not in page
+    assert "evil\\u202egpj.exe.jpg" in page and "\\x1b[31mred.jpg" in page

@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from m3trt.atomic import publish, temp_sibling
+from m3trt.errors import terminal_safe
 
 CHUNK = 1 << 20  # copy the streamed body in 1 MiB chunks
 JPEG_QUALITY = 80
@@ -300,6 +301,7 @@ def _card(
     quantity: float,
     thumb: str,
 ) -> str:
+    path = terminal_safe(path)  # a bidi override showed "evil\u202egpj.exe" as "evilexe.jpg"
     name = _basename(path)
     ranked = sorted(zip(labels, scores, strict=True), key=lambda ls: -_finite(ls[1]))
     text = " ".join([name, *(str(label) for label, _ in ranked)]).lower()
@@ -322,8 +324,9 @@ def _label_item(label: str, score: float) -> str:
 
 
 def _failure(path: str, error: str) -> str:
+    path = terminal_safe(path)
     file = f'<span title="{_esc(path)}">{_esc(path)}</span>'
-    return f'<li>{file}: <span class="err">{_esc(error)}</span></li>\n'
+    return f'<li>{file}: <span class="err">{_esc(terminal_safe(error))}</span></li>\n'
 
 
 def _failures_open(shown: int, total: int) -> str:
