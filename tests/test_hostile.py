@@ -671,3 +671,13 @@ def test_a_run_that_finds_no_image_says_what_it_passed_over(tmp_path, int8_bundl
     assert code == 2 and "no wildcards" in output, output
     code, output = infer(int8_bundle, photos, "-o", tmp_path / "r.jsonl", "--ext", "png")
     assert "passed over" not in output  # images were found: no such line
+
+
+def test_a_dangling_link_as_an_output_is_called_one(tmp_path, int8_bundle, photos):
+    """It was "exists and is not a regular file", of a path that does not exist."""
+    link = tmp_path / "r.jsonl"
+    link.symlink_to(tmp_path / "gone" / "r.jsonl")
+    for extra in ([], ["--overwrite"], ["--resume"]):
+        code, output = infer(int8_bundle, photos, "-o", link, *extra)
+        assert code == 2 and "the results file is a dangling symbolic link (to " in output, output
+    assert not (tmp_path / "gone").exists()

@@ -170,6 +170,11 @@ def check_outputs(
             )
         if not (path.exists() or path.is_symlink()):
             continue
+        if path.is_symlink() and not path.exists():
+            raise InputError(
+                f"{path}: the {what} file is a dangling symbolic link (to {os.readlink(path)}); "
+                "remove it or choose another path"
+            )
         if not path.is_file():
             raise InputError(f"{path}: the {what} file exists and is not a regular file")
         if what in ("results", "errors") and not (resume or overwrite):
