@@ -690,3 +690,90 @@ def test_nan_outputs_are_a_500_never_invalid_json(served, images, monkeypatch):
     assert code == 500 and "ask for it as binary data" in json.loads(body)["error"], body
     result = triton_infer(httpclient.InferenceServerClient(served), batch[:1], binary=True)
     assert np.isnan(result.as_numpy("scores")).all()  # binary carries NaN as it is
+
+
+def _raw(url: str, data: bytes, *, close_after: float = 10.0) -> bytes:
+    """What the server answers to ``data`` sent as is (until it closes, or ``close_after``)."""
+    import socket
+
+    host, port = url.split(":")
+    with socket.create_connection((host, int(port)), timeout=close_after) as conn:
+        conn.sendall(data)
+        got = b""
+        try:
+            while chunk := conn.recv(1 << 16):
+                got += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return got
+
+
+def _json_error(reply: bytes) -> tuple[int, str]:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), head
+    return int(head.split()[1]), json.loads(body)["error"]
+
+
+@pytest.mark.parametrize("where", ["url", "header"])
+def test_a_huge_request_head_is_refused_at_once(served, where):
+    """One 64 MiB URL held the event loop for 265 s (the parser joins it in quadratic time);
+    190 MiB of headers on four connections kept 750 MiB after they left. Heads over 64 KiB are
+    a 431 now, cut off as soon as they pass it."""
+    from m3trt.serve.http_protocol import MAX_HEAD_BYTES
+
+    big = b"a" * (8 * MAX_HEAD_BYTES)
+    head = (
+        b"GET /v2/health/live?" + big + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        if where == "url"
+        else b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + big + b"\r\n\r\n"
+    )
+    start = time.monotonic()
+    status, error = _json_error(_raw(served, head))
+    assert status == 431 and "over 64 KiB" in error
+    assert time.monotonic() - start < 5
+    assert get(served, "/v2/health/live")[0] == 200
+    near = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 60_000 + b"\r\n\r\n"
+    assert (
+        _raw(
+            served, near + b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        ).count(b"HTTP/1.1 200")
+        == 2
+    )
+
+
+def test_a_head_that_never_ends_is_a_408_and_frees_the_socket(served, monkeypatch):
+    """Requests sent without their blank line held their sockets until the server had no
+    file descriptors left; a connection that sends nothing is closed too."""
+    from m3trt.serve import http_protocol
+
+    monkeypatch.setattr(http_protocol, "HEAD_TIMEOUT_S", 0.5)
+    start = time.monotonic()
+    reply = _raw(served, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n")
+    status, error = _json_error(reply)
+    assert status == 408 and "did not arrive within 0.5 s" in error
+    assert _raw(served, b"") == b""  # closed, unanswered
+    assert time.monotonic() - start < 5
+
+
+def test_a_malformed_request_gets_a_json_400_with_the_reason(served):
+    """uvicorn answered "Invalid HTTP request received." in plain text."""
+    reply = _raw(served, b"POST /v2/health/live HTTP/1.1\r\nHost: x\r\nContent-Length: 1_0\r\n\r\n")
+    status, error = _json_error(reply)
+    assert status == 400 and error.startswith("invalid HTTP request: ") and len(error) > 22
+
+
+def test_a_body_that_stops_arriving_frees_its_slot_before_the_timeout(served, monkeypatch):
+    """Four stalled uploads held every body slot for the whole --timeout: each other request
+    waited 30 s behind them. A body idle for BODY_IDLE_S is a 408."""
+    from m3trt.serve import limits
+
+    monkeypatch.setattr(limits, "BODY_IDLE_S", 0.5)
+    start = time.monotonic()
+    conn = _stalled_upload(served, "/v2/models/tiny/infer", length=100_000)
+    try:
+        reply = conn.recv(4096)
+    finally:
+        conn.close()
+    status, error = _json_error(reply)
+    assert status == 408 and "no part of the request body arrived for 0.5 s" in error
+    assert time.monotonic() - start < 5  # LIMITS' timeout is 10 s

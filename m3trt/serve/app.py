@@ -28,8 +28,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from m3trt import __version__
 from m3trt.errors import ImageDecodeError, M3Error
+from m3trt.serve import limits as serve_limits
 from m3trt.serve.batcher import QueueFull
-from m3trt.serve.limits import LimitError, Limits, check_content_length, drain, read_body
+from m3trt.serve.limits import LimitError, Limits, check_content_length, drain, paced, read_body
 from m3trt.serve.metrics import Metrics
 from m3trt.serve.model import VERSION, ServedModel
 from m3trt.serve.protocol import (
@@ -239,10 +240,14 @@ async def _body(request: Request, limits: Limits) -> bytes:
         if exc.status == 413:
             await drain(request.stream(), length)
         raise
+    chunks = request.stream()
+    idle_s = serve_limits.BODY_IDLE_S
+    if idle_s < limits.timeout_s:  # a client that stalls holds a slot: not for long
+        chunks = paced(chunks, idle_s)
     try:
-        async with asyncio.timeout(limits.timeout_s):  # a client that stalls holds a slot
+        async with asyncio.timeout(limits.timeout_s):
             return await read_body(
-                request.stream(), limits.max_body_bytes, request.headers.get("content-encoding")
+                chunks, limits.max_body_bytes, request.headers.get("content-encoding")
             )
     except TimeoutError:
         raise LimitError(

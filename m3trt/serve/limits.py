@@ -8,6 +8,7 @@ into gigabytes (a decompression bomb).
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,6 +17,9 @@ from m3trt.data.images import DEFAULT_MAX_PIXELS
 
 MiB = 1 << 20
 MAX_TIMEOUT_S = 86400.0  # a day; a request waiting longer is lost anyway
+BODY_IDLE_S = 5.0
+"""A body that sends nothing for this long is cut off (408): four uploads that stalled held every
+body slot for the whole ``--timeout``, so every other request waited 30 s behind them."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,20 @@ def check_content_length(value: str | None, limit: int) -> None:
         raise LimitError(400, f"Content-Length {value!r} is not a number") from None
     if length > limit:
         raise LimitError(413, f"request body of {length} bytes is over the limit of {limit}")
+
+
+async def paced(chunks: AsyncIterator[bytes], idle_s: float) -> AsyncIterator[bytes]:
+    """``chunks``, refused with a 408 when the next does not come within ``idle_s``."""
+    iterator = aiter(chunks)
+    while True:
+        try:
+            async with asyncio.timeout(idle_s):
+                chunk = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise LimitError(408, f"no part of the request body arrived for {idle_s:g} s") from None
+        yield chunk
 
 
 DRAIN_BYTES = 8 << 20
