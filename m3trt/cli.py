@@ -819,14 +819,22 @@ def _accuracy_gate(
 ) -> None:
     if reference is None:  # no --baseline
         return
-    from m3trt.bench.regression import compare_accuracy
+    from m3trt.bench.regression import compare_accuracy, figures, missing_figures
 
     lines = compare_accuracy(result, reference, max_drop)
     for line in lines:
         click.echo(f"regression: {line}", err=True)
     if lines:
         ctx.exit(EXIT_FAILURE)
-    click.echo(f"no regression against {baseline} (max drop {max_drop:g} points)", err=True)
+    missing = missing_figures(result, reference)
+    compared = sum(1 for _ in figures(result)) - len(missing)
+    click.echo(
+        f"no regression against {baseline} ({compared} figures compared, max drop "
+        f"{max_drop:g} points)",
+        err=True,
+    )
+    if missing:
+        click.echo(f"note: the baseline lacks {', '.join(missing)}: not compared", err=True)
 
 
 # ------------------------------------------------------------------------------- export/build

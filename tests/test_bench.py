@@ -1,6 +1,7 @@
 """`m3trt bench` and the regression gate: statistics, JSON shape, ratios, exit codes."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -227,3 +228,37 @@ def test_an_accuracy_baseline_without_its_image_count_is_refused_before_the_run(
     path.write_text(json.dumps({"mAP": 0.6, "modes": {"top3": {"OF1": 0.5, "CF1": 0.4}}}))
     with pytest.raises(M3Error, match="does not say how many images it scored"):
         load_baseline(path, "accuracy")
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        ('"mAP": 1e999', "mAP is inf"),
+        ('"mAP": NaN', "mAP is nan"),
+        ('"mAP": "x"', "mAP is 'x'"),
+        ('"mAP": 1.5', "mAP is 1.5"),
+        ('"OF1": -0.1', "top3 OF1 is -0.1"),
+    ],
+)
+def test_an_accuracy_baseline_with_a_figure_that_is_no_figure_is_refused(tmp_path, change, says):
+    """A figure that was no finite number was passed over: a baseline of mAP 1e999 (or NaN, or
+    "x") gated nothing and said "no regression", exit 0."""
+    from m3trt.bench.regression import load_baseline
+
+    text = json.dumps({"n_images": 10, "mAP": 0.6, "modes": {"top3": {"OF1": 0.5, "CF1": 0.4}}})
+    key = change.split(":")[0]
+    old = {'"mAP"': '"mAP": 0.6', '"OF1"': '"OF1": 0.5'}[key]
+    path = tmp_path / "b.json"
+    path.write_text(text.replace(old, change))
+    with pytest.raises(
+        M3Error, match=f"the baseline's {re.escape(says)}, not a figure from 0 to 1"
+    ):
+        load_baseline(path, "accuracy")
+
+
+def test_figures_a_baseline_lacks_are_named():
+    from m3trt.bench.regression import missing_figures
+
+    now = {"mAP": 0.6, "modes": {"top3": {"OF1": 0.5, "CF1": 0.4}}, "quantity": {"acc": 0.3}}
+    then = {"mAP": 0.6, "modes": {"top3": {"OF1": 0.5}}}
+    assert missing_figures(now, then) == ["top3 CF1", "quantity acc"]

@@ -17,24 +17,34 @@ from m3trt.errors import InputError
 MODE_FIGURES = ("CF1", "OF1")
 
 
-def figures(result: dict[str, Any]) -> Iterator[tuple[str, float]]:
-    """(name, value in [0, 1]) of every gated figure: higher is better for all of them."""
-    if _number(result.get("mAP")):
-        yield "mAP", float(result["mAP"])
+def _slots(result: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], str]]:
+    """(figure name, the object holding it, its key) of every gated figure a result names."""
+    yield "mAP", result, "mAP"
     for mode, values in sorted(_object(result.get("modes")).items()):
         for name in MODE_FIGURES:
-            if _number(_object(values).get(name)):
-                yield f"{mode} {name}", float(values[name])
-    quantity = _object(result.get("quantity"))
-    if _number(quantity.get("acc")):
-        yield "quantity acc", float(quantity["acc"])
+            yield f"{mode} {name}", _object(values), name
+    yield "quantity acc", _object(result.get("quantity")), "acc"
     agreement = _object(result.get("agreement"))
     for key in ("label_set_agreement", "k_agreement"):
-        if _number(agreement.get(key)):
-            yield (
-                f"agreement {key.removesuffix('_agreement').replace('_', ' ')}",
-                float(agreement[key]),
-            )
+        yield f"agreement {key.removesuffix('_agreement').replace('_', ' ')}", agreement, key
+
+
+def figures(result: dict[str, Any]) -> Iterator[tuple[str, float]]:
+    """(name, value in [0, 1]) of every gated figure: higher is better for all of them."""
+    for name, holder, key in _slots(result):
+        if _number(holder.get(key)):
+            yield name, float(holder[key])
+
+
+def _bad_figure(result: dict[str, Any]) -> tuple[str, Any] | None:
+    """The first gated figure a baseline holds that is not a number from 0 to 1: such a figure
+    was passed over, and a baseline of NaN or 1e999 said "no regression" of anything."""
+    for name, holder, key in _slots(result):
+        if key in holder:
+            value = holder[key]
+            if not (_number(value) and 0.0 <= value <= 1.0):
+                return name, value
+    return None
 
 
 def _object(value: Any) -> dict[str, Any]:
@@ -62,6 +72,11 @@ def load_baseline(path: Path, kind: str = "accuracy") -> dict[str, Any]:
         raise InputError(f"{path}: not a baseline written by m3trt {command} --json")
     if kind == "accuracy" and not _count(data.get("n_images")):  # compared after the run
         raise InputError(f"{path}: the baseline does not say how many images it scored")
+    if kind == "accuracy" and (bad := _bad_figure(data)) is not None:
+        raise InputError(
+            f"{path}: the baseline's {bad[0]} is {bad[1]!r}, not a figure from 0 to 1; record "
+            "it again with m3trt eval --json"
+        )
     return data
 
 
@@ -91,6 +106,12 @@ def _speed_shape(data: dict[str, Any]) -> bool:
         and isinstance(reference, dict)
         and isinstance(reference.get("name"), str)
     )
+
+
+def missing_figures(current: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
+    """Figures this evaluation has and the baseline lacks: not gated, so they are named."""
+    then = dict(figures(baseline))
+    return [name for name, _ in figures(current) if name not in then]
 
 
 def compare_accuracy(
