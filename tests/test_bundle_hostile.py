@@ -74,6 +74,8 @@ def test_edited_field_is_refused(tmp_path, bundle, test_images, change, words):
         ('{"schema_version": ' + "9" * 5000 + "}", ["unusable JSON"]),
         ('{"schema_version": 1, "x": NaN}', ["unusable JSON", "NaN is not a JSON number"]),
         ('{"schema_version": 1, "x": -Infinity}', ["-Infinity is not a JSON number"]),
+        # valid JSON that Python reads as inf: it passed, and inspect --json printed Infinity
+        ('{"schema_version": 1, "x": 1e999}', ["unusable JSON", "1e999 is beyond any float"]),
     ],
 )
 def test_hostile_json_is_one_line(tmp_path, bundle, test_images, text, words):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -251,7 +252,7 @@ def _read_manifest(manifest: Path) -> dict[str, Any]:
         reason = exc if isinstance(exc, InputError) else f"{manifest}: cannot be read ({exc})"
         raise _error(f"{reason}; {REBUILD}") from None
     try:
-        data = json.loads(text, parse_constant=_not_json_number)
+        data = json.loads(text, parse_constant=_not_json_number, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise _error(f"{manifest}: not valid JSON ({exc}); {REBUILD}") from None
     except RecursionError:
@@ -269,6 +270,14 @@ def _not_json_number(name: str) -> float:
     """m3trt writes bundle.json without NaN or infinities (``allow_nan=False``); Python's reader
     would take them, and a NaN then passes every range check and reaches ``inspect --json``."""
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    """``1e999`` is valid JSON that Python reads as infinity, past ``_not_json_number``."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is beyond any float")
+    return value
 
 
 def _check_schema(data: dict[str, Any], manifest: Path) -> None:
