@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from m3trt.cli import main
+from m3trt.errors import M3Error
 from m3trt.runtime.bundle import load_bundle
 
 
@@ -111,3 +113,25 @@ def test_inspect_never_prints_terminal_escapes(bundle):
     text = describe_bundle(loaded)
     assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
     assert "\\x1b[31mred" in text
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "dangling"])
+def test_an_artifact_that_is_not_a_file_is_named_for_what_it_is(
+    tmp_path, bundle, test_images, kind
+):
+    """A FIFO or a folder in an artifact's place was "missing"."""
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    path = bundle / manifest["artifacts"]["engine"]["file"]
+    path.unlink()
+    {"fifo": os.mkfifo, "folder": os.mkdir, "dangling": lambda p: p.symlink_to("/nonexistent")}[
+        kind
+    ](path)
+    says = {"fifo": "is a FIFO (named pipe)", "folder": "is a folder", "dangling": "dangling"}
+    refused(bundle, tmp_path, test_images, path.name, says[kind])
+
+
+def test_a_bundle_path_that_is_a_fifo_is_named_as_one(tmp_path):
+    fifo = tmp_path / "x.m3"
+    os.mkfifo(fifo)
+    with pytest.raises(M3Error, match="not an m3trt bundle: it is a FIFO"):  # was: no bundle.json
+        load_bundle(fifo)

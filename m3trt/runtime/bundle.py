@@ -222,6 +222,16 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     return bundle
 
 
+def _not_a_file(path: Path) -> str:
+    """What stands where a regular file should: "is missing", "is a FIFO (named pipe)"..."""
+    from m3trt.data.safe_open import file_kind
+
+    try:
+        return f"is {file_kind(path.stat().st_mode)}, not a regular file"
+    except OSError:
+        return "is a dangling symbolic link" if path.is_symlink() else "is missing"
+
+
 def _bundle_folder(path: Path) -> Path:
     if path.is_file():
         if path.name != BUNDLE_FILE:
@@ -234,6 +244,9 @@ def _bundle_folder(path: Path) -> Path:
         raise _error(
             f"{path}: bundle folder not found; check the path or build it with `m3trt build`"
         )
+    if not path.is_dir():  # a FIFO or a device named NAME.m3
+        what = _not_a_file(path).removesuffix(", not a regular file")
+        raise _error(f"{path}: not an m3trt bundle: it {what}, not a NAME.m3 folder")
     if not os.path.lexists(path / BUNDLE_FILE):  # one that is a FIFO or a loop: said when read
         raise _error(f"{path}: not an m3trt bundle: no {BUNDLE_FILE}; build it with `m3trt build`")
     return path
@@ -341,7 +354,7 @@ def _parse_bundle(data: dict[str, Any], folder: Path) -> Bundle:
 def _check_artifact(bundle: Bundle, artifact: Artifact, *, verify: bool) -> None:
     path = bundle.path / artifact.file
     if not path.is_file():
-        raise _error(f"{path} is missing; {REBUILD}")
+        raise _error(f"{path} {_not_a_file(path)}; {REBUILD}")
     if not path.resolve().is_relative_to(bundle.path.resolve()):  # a symlink pointing out
         raise _error(f"{path} links outside the bundle folder; refusing it; {REBUILD}")
     size = path.stat().st_size
