@@ -1530,18 +1530,24 @@ def _host(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
 )
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option(
-    "--max-batch-size", default=16, show_default=True, help="Images per engine call, 1..1024."
+    "--max-batch-size",
+    default=16,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="Images per engine call.",
 )
 @click.option(
     "--max-queue-delay-ms",
     default=2.0,
     show_default=True,
-    help="Longest a request is held for a batch to fill (only under load), 0..1000 ms.",
+    type=FiniteFloatRange(0, 1000),
+    help="Longest a request is held for a batch to fill (only under load), ms.",
 )
 @click.option(
     "--max-queue",
     default=256,
     show_default=True,
+    type=click.IntRange(1),
     help="Queued images before 503, at least --max-batch-size.",
 )
 @click.option(
@@ -1559,7 +1565,12 @@ def _host(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     help="Request body limit, MiB.",
 )
 @click.option(
-    "--max-pixels", default=40_000_000, show_default=True, help="Largest image to decode."
+    "--max-pixels",
+    default=40_000_000,
+    show_default=True,
+    type=click.IntRange(1),
+    callback=lambda _c, p, v: _within_pillow(p, v),
+    help="Refuse larger images (decompression bombs); read from the header.",
 )
 @click.option(
     "--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])

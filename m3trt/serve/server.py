@@ -70,7 +70,10 @@ def load_models(specs: Sequence[tuple[str, Path]], options: ServeOptions, metric
     if not 0 <= options.max_delay_ms <= 1000:
         raise InputError(f"--max-queue-delay-ms must be 0..1000, not {options.max_delay_ms}")
     if options.limits.max_queue < options.max_batch:
-        raise InputError("--max-queue must be at least --max-batch-size")
+        raise InputError(
+            f"--max-queue {options.limits.max_queue} must be at least --max-batch-size "
+            f"({options.max_batch})"
+        )
     on_batch = metrics.observe_batch if metrics is not None else None
     models = []
     for name, path in specs:
