@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from m3trt.errors import terminal_safe
 from m3trt.installs import INSTALL_LINES
 
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -58,7 +61,10 @@ def probe_gpus(report: Report) -> None:
     try:
         from cuda.bindings import runtime as cudart
     except (ImportError, OSError) as exc:
-        _nvidia_smi(report)
+        smi_problem = _nvidia_smi(report)
+        if smi_problem is not None:  # a driver that does not load is what doctor is for
+            report.gpu_problem = smi_problem
+            return
         if report.driver is None:  # a CPU host: cuda-python would find nothing either
             report.gpu_problem = "no NVIDIA driver found (no nvidia-smi)"
             return
@@ -94,26 +100,42 @@ def probe_gpus(report: Report) -> None:
         )
     if not report.gpus and report.gpu_problem is None:
         report.gpu_problem = "CUDA sees no NVIDIA GPU"
-    _nvidia_smi(report)
+    smi_problem = _nvidia_smi(report)
+    if smi_problem is not None and report.gpu_problem is None and not report.gpus:
+        report.gpu_problem = smi_problem
 
 
-def _nvidia_smi(report: Report) -> None:
-    """The driver's own version string, when nvidia-smi is on PATH (it is wherever a driver is)."""
+SMI_TIMEOUT_S = 10.0
+
+
+def _nvidia_smi(report: Report) -> str | None:
+    """The driver's own version string, when nvidia-smi is on PATH (it is wherever a driver is);
+    returns why it gave none (it failed, hung, or printed no version), None when it is absent
+    or answered. Its output is read from a file, at most 64 KiB of it."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
-        return
+        return None
+    query = [smi, "--query-gpu=driver_version", "--format=csv,noheader"]
     try:
-        out = subprocess.run(
-            [smi, "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.split()
-    except (OSError, subprocess.SubprocessError):
-        return
-    if out:
-        report.driver = out[0] + (f" ({report.driver})" if report.driver else "")
+        with tempfile.TemporaryFile() as out:
+            proc = subprocess.Popen(query, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                code = proc.wait(timeout=SMI_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                return f"nvidia-smi did not answer within {SMI_TIMEOUT_S:g} s"
+            out.seek(0)
+            text = out.read(64 << 10).decode("utf-8", "replace")
+    except OSError as exc:
+        return f"nvidia-smi cannot run ({exc.strerror or exc})"
+    first = terminal_safe(text.strip().split("\n")[0].strip())[:200]
+    if code != 0:
+        return f"nvidia-smi failed (exit {code}): {first or 'no output'}"
+    if not re.fullmatch(r"\d+(\.\d+)+", first):
+        return f"nvidia-smi gave no driver version ({first or 'no output'})"
+    report.driver = first + (f" ({report.driver})" if report.driver else "")
+    return None
 
 
 def _identity_model() -> bytes:

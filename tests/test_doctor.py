@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from m3trt.cli import main
@@ -96,3 +98,37 @@ def test_the_cli_turns_a_missing_optional_module_into_one_line(monkeypatch, tmp_
     assert result.output.strip() == (
         "error: torch is not installed: pip install 'm3trt[train]' (torch==2.13.0)"
     )
+
+
+@pytest.mark.parametrize(
+    "script, says",
+    [
+        (
+            'echo "NVIDIA-SMI has failed: no driver"; exit 9',
+            "nvidia-smi failed (exit 9): NVIDIA-SMI",
+        ),
+        ("sleep 30", "nvidia-smi did not answer within 0.5 s"),
+        ("head -c 30000000 /dev/zero | tr '\\0' a", "nvidia-smi gave no driver version (aaaa"),
+        ("echo 580.65.06", None),
+    ],
+)
+def test_a_broken_nvidia_smi_is_reported_not_taken_for_none(tmp_path, monkeypatch, script, says):
+    """A driver that fails to load made nvidia-smi exit 9, which doctor read as "no NVIDIA
+    driver found (no nvidia-smi)"; one that hung, the same after 10 s; 300 MB of output was
+    read whole and printed as the driver version (30 MB here)."""
+    import m3trt.doctor as doctor
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(f"#!/bin/sh\n{script}\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(doctor, "SMI_TIMEOUT_S", 0.5 if "sleep" in script else 20)
+    monkeypatch.setitem(sys.modules, "cuda", None)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", None)
+    report = doctor.Report()
+    doctor.probe_gpus(report)
+    if says is None:
+        assert report.driver == "580.65.06"
+    else:
+        assert report.gpu_problem.startswith(says), report.gpu_problem
+        assert len(report.gpu_problem) < 300
