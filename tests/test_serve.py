@@ -178,7 +178,13 @@ def test_annotate_endpoint_equals_python_api(served, annotator, images):
     )
     assert status == 200, body
     want = annotator.annotate([paths[0].read_bytes()], [tags])[0].to_json()
-    assert json.loads(body) == {"model_name": "tiny", **want}
+    used = {"tags_used": list(tags), "tags_ignored": []}
+    assert json.loads(body) == {"model_name": "tiny", **want, **used}
+    # words the model does not know were dropped without a word to the client
+    query = f"tags={tags[0].upper()},no-such-tag,{tags[0]}"
+    status, _, body = post(url, f"/v2/models/tiny/annotate?{query}", paths[0].read_bytes())
+    answer = json.loads(body)
+    assert answer["tags_used"] == [tags[0]] and answer["tags_ignored"] == ["no-such-tag"]
 
 
 def test_concurrent_requests_are_batched(served, annotator, images):

@@ -27,6 +27,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from m3trt import __version__
+from m3trt.data.manifest import normalise_tag
 from m3trt.errors import ImageDecodeError, M3Error
 from m3trt.serve import limits as serve_limits
 from m3trt.serve.batcher import QueueFull
@@ -146,7 +147,9 @@ def create_app(models: Sequence[ServedModel], limits: Limits, metrics: Metrics |
         annotation = await _queued(state, model, work, state.limits.timeout_s)
         if not annotation.finite:
             raise HTTPError(500, "the model gave NaN or infinite scores (its weights are broken)")
-        return JSONResponse({"model_name": model.name, **annotation.to_json()})
+        return JSONResponse(
+            {"model_name": model.name, **annotation.to_json(), **_tag_use(model, tags)}
+        )
 
     async def metrics(_request: Request) -> Response:
         for model in state.models.values():
@@ -215,6 +218,19 @@ def _room(state: ServerState, model: ServedModel) -> None:
     except QueueFull as exc:
         state.metrics.rejected.labels(model.name).inc()
         raise HTTPError(503, str(exc), {"Retry-After": str(RETRY_AFTER_S)}) from None
+
+
+def _tag_use(model: ServedModel, tags: list[str]) -> dict[str, list[str]]:
+    """Which of ``?tags=`` the model took: words outside its vocabulary, or every word for a
+    model trained without tags, were dropped without a word to the client."""
+    if not tags:
+        return {}
+    words = list(dict.fromkeys(normalise_tag(t) for t in tags))
+    vocab = model.annotator.tag_vocab.index if model.annotator.uses_tags else {}
+    return {
+        "tags_used": [w for w in words if w in vocab],
+        "tags_ignored": [w for w in words if w not in vocab],
+    }
 
 
 @contextlib.asynccontextmanager
