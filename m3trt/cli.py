@@ -1382,15 +1382,14 @@ def _infer_line(summary: Any) -> str:
 
 
 def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, ...]:
+    usage = f"{value!r}: give integers from 1 to {MAX_CALL_BATCH}, comma-separated, e.g. 1,8,32"
     try:
-        sizes = tuple(int(x) for x in value.split(",") if x.strip())
+        sizes = tuple(int(x) for x in value.split(","))  # "1,,2" is a typo, not two sizes
     except ValueError:
-        raise click.BadParameter(f"{value!r}: give positive integers, e.g. 1,8,32") from None
+        raise click.BadParameter(usage) from None
     sizes = tuple(dict.fromkeys(sizes))  # "1,1" timed batch 1 twice into one ratio
     if not sizes or min(sizes) < 1 or max(sizes) > MAX_CALL_BATCH:
-        raise click.BadParameter(
-            f"{value!r}: give integers from 1 to {MAX_CALL_BATCH}, e.g. 1,8,32"
-        )
+        raise click.BadParameter(usage)
     return sizes
 
 

@@ -262,3 +262,28 @@ def test_figures_a_baseline_lacks_are_named():
     now = {"mAP": 0.6, "modes": {"top3": {"OF1": 0.5, "CF1": 0.4}}, "quantity": {"acc": 0.3}}
     then = {"mAP": 0.6, "modes": {"top3": {"OF1": 0.5}}}
     assert missing_figures(now, then) == ["top3 CF1", "quantity acc"]
+
+
+def test_bench_folder_names_the_files_it_left_out(tmp_path, int8_bundle, test_images):
+    """A truncated JPEG was dropped from the timing without a word."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from m3trt.cli import main
+
+    folder = tmp_path / "imgs"
+    shutil.copytree(test_images, folder)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a whole jpeg")
+    args = ["bench", str(int8_bundle), "--folder", str(folder), "--batch-sizes", "8,4"]
+    args += ["--warmup", "0", "--duration", "0.1", "--iterations", "2"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("note: 1 files in ") == 1, result.output  # once, not per size
+    assert "broken.jpg: " in result.output
+
+
+@pytest.mark.parametrize("sizes", ["1,,2", "1,", "0,4", "2000", "1e3"])
+def test_bench_batch_sizes_typos_are_refused(int8_bundle, sizes):
+    code, output = cli("bench", int8_bundle, "--batch-sizes", sizes)
+    assert code == 2 and "give integers from 1 to" in output, output

@@ -129,8 +129,15 @@ def time_interleaved(
     return samples
 
 
-def folder_batches(annotator: Annotator, folder: Path, batch: int, workers: int | None):
-    """Decoded batches of the folder's images, decoding overlapped as in ``m3trt infer``."""
+def folder_batches(
+    annotator: Annotator,
+    folder: Path,
+    batch: int,
+    workers: int | None,
+    left_out: list[tuple[str, str]] | None = None,
+):
+    """Decoded batches of the folder's images, decoding overlapped as in ``m3trt infer``; the
+    files that could not be decoded go to ``left_out`` as (path, reason)."""
     import os
 
     from m3trt.runtime.pipeline import batches, decode_ahead, decoder
@@ -140,23 +147,34 @@ def folder_batches(annotator: Annotator, folder: Path, batch: int, workers: int 
     decode = decoder(annotator.image_size, 100_000_000, lambda _p: [])
     n_workers = workers or os.cpu_count() or 1
     stream = decode_ahead(iter_images(roots), decode, n_workers, window=2 * batch + n_workers)
-    for good, _bad in batches(stream, batch):
+    for good, bad in batches(stream, batch):
+        if left_out is not None:
+            left_out.extend((item.path, item.error or "") for item in bad)
         if good:
             yield np.stack([item.image for item in good])
 
 
 def time_folder(
-    annotator: Annotator, folder: Path, batch: int, duration_s: float, min_iterations: int
+    annotator: Annotator,
+    folder: Path,
+    batch: int,
+    duration_s: float,
+    min_iterations: int,
+    left_out: list[tuple[str, str]] | None = None,
 ) -> tuple[list[float], int]:
     """End to end: per-batch ms from one finished batch to the next (decoding included), over
-    the folder once and again until ``duration_s`` and ``min_iterations`` are reached."""
+    the folder once and again until ``duration_s`` and ``min_iterations`` are reached; the
+    files of the first pass that could not be decoded go to ``left_out``."""
     samples: list[float] = []
     images_done = 0
     start = time.perf_counter()
+    first_pass = True
     while time.perf_counter() - start < duration_s or len(samples) < min_iterations:
         last = time.perf_counter()
         count = 0
-        for images in folder_batches(annotator, folder, batch, None):
+        failures = left_out if first_pass else None
+        first_pass = False
+        for images in folder_batches(annotator, folder, batch, None, failures):
             annotator.run(images, None)
             now = time.perf_counter()
             samples.append((now - last) * 1e3)
@@ -239,9 +257,21 @@ def run_bench(
                     0.0,
                     0,
                 )
+                left_out: list[tuple[str, str]] = []
                 samples, n = time_folder(
-                    annotator, options.folder, batch, options.duration_s, options.iterations
+                    annotator,
+                    options.folder,
+                    batch,
+                    options.duration_s,
+                    options.iterations,
+                    left_out,
                 )
+                if left_out and batch == options.batch_sizes[0]:  # said once, not per size
+                    path, reason = left_out[0]
+                    reporter.log(
+                        f"note: {len(left_out)} files in {options.folder} could not be decoded "
+                        f"and are left out (first: {path}: {reason})"
+                    )
                 if samples and n / len(samples) < batch - 0.5:  # a small folder: short calls
                     reporter.log(
                         f"note: batch {batch}: calls held {n / len(samples):.1f} images on "
