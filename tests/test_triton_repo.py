@@ -225,3 +225,11 @@ def test_a_name_of_the_cut_length_leaves_longer_names_leftovers_alone(tmp_path, 
     code, out = export(int8_bundle, repo, "--name", name)
     assert code == 0, out
     assert other.is_dir()
+
+
+@pytest.mark.parametrize("name, says", [("", "--name is empty"), (".hidden", "starting with")])
+def test_names_that_are_no_model_name_are_refused(tmp_path, int8_bundle, name, says):
+    """--name "" took the bundle's name silently; '.hidden' was told only the allowed letters."""
+    code, output = export(int8_bundle, tmp_path / "repo", "--name", name)
+    assert code == 2 and says in output, output
+    assert not (tmp_path / "repo" / "model").exists()

@@ -213,9 +213,14 @@ def export_triton(
     """Write ``repo/NAME/`` for ``bundle`` (hashes verified first)."""
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle, verify=True)
-    name = name or bundle.name
+    if name is not None and not name:  # "" took the bundle's name silently
+        raise InputError("--name is empty; give a model name, or leave --name out")
+    name = bundle.name if name is None else name
     if not _NAME.match(name):
-        raise InputError(f"model name {name!r}: use letters, digits, '_', '.', '-'")
+        raise InputError(
+            f"model name {name!r}: use letters, digits, '_', '.', '-', starting with a letter, "
+            "a digit or '_' (Triton takes a hidden folder for a model too)"
+        )
     if instances < 1:
         raise InputError(f"--instances must be at least 1, not {instances}")
     if max_queue_delay_us < 0:
