@@ -103,6 +103,9 @@ def test_response_encoding_json_and_binary():
         (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}], '
          b'"outputs": [{"name": "s", "parameters": {"classification": 3}}]}', None,
          "classification extension"),
+        (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}], '
+         b'"outputs": [{"name": "k"}, {"name": "k"}]}', None,
+         "output 'k' is requested twice"),  # it came back twice
         (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": ' + b"[" * 5000
          + b"]" * 5000 + b"}]}", None, "nested too deeply"),
     ],

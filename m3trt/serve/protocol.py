@@ -267,6 +267,8 @@ def _requested_outputs(value: Any, binary_default: bool) -> list[RequestedOutput
         binary = params.get("binary_data", binary_default)
         if not isinstance(binary, bool):
             raise ProtocolError(f"output {raw['name']!r}: binary_data must be true or false")
+        if any(r.name == raw["name"] for r in result):  # it came back twice
+            raise ProtocolError(f"output {raw['name']!r} is requested twice")
         result.append(RequestedOutput(raw["name"], binary))
     return result
 
