@@ -195,7 +195,7 @@ def probe_libraries(report: Report) -> None:
         report.tensorrt = importlib.import_module("tensorrt").__version__
     except (ImportError, OSError, AttributeError):
         report.tensorrt = None
-    if report.tensorrt is None:
+    if report.tensorrt is None and (report.gpus or report.driver):  # no use without a GPU
         report.missing.append(f"tensorrt: {INSTALL_LINES['tensorrt']}")
 
 

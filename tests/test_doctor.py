@@ -58,6 +58,7 @@ def test_doctor_on_a_host_without_a_driver_does_not_blame_cuda_python(monkeypatc
     report = diagnose()
     assert report.gpu_problem == "no NVIDIA driver found (no nvidia-smi)"
     assert not any(line.startswith("cuda-python: ") for line in report.missing)
+    assert not any(line.startswith("tensorrt: ") for line in report.missing)  # no GPU, no use
 
 
 def test_doctor_sees_a_gpu_and_tensorrt_through_cuda_python(monkeypatch):
