@@ -101,12 +101,17 @@ def test_a_huge_key_is_refused_before_it_is_read(tmp_path):
         verify_bundle(bundle, key)
 
 
-def test_a_baseline_figure_of_the_wrong_type_is_skipped(tmp_path):
-    """Was an AttributeError (exit 1) after the whole eval had run."""
+def test_a_baseline_figure_of_the_wrong_type_is_one_line_before_the_run(tmp_path):
+    """Was an AttributeError (exit 1) after the whole eval had run; then it was skipped, which
+    let a baseline of such figures gate nothing. A mode that is no object is passed over."""
     from m3trt.bench.regression import figures, load_baseline
 
     path = tmp_path / "b.json"
     baseline = {"n_images": 30, "mAP": 0.5, "modes": {"x": 1, "y": {"CF1": "high"}}}
+    path.write_text(json.dumps(baseline))
+    with pytest.raises(InputError, match="the baseline's y CF1 is 'high', not a figure from 0"):
+        load_baseline(path)
+    del baseline["modes"]["y"]
     path.write_text(json.dumps(baseline))
     assert dict(figures(load_baseline(path))) == {"mAP": 0.5}
 
