@@ -117,21 +117,23 @@ def _nvidia_smi(report: Report) -> str | None:
         return None
     query = [smi, "--query-gpu=driver_version", "--format=csv,noheader"]
     try:
-        with tempfile.TemporaryFile() as out:
-            proc = subprocess.Popen(query, stdout=out, stderr=subprocess.STDOUT)
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(query, stdout=out, stderr=err)
             try:
                 code = proc.wait(timeout=SMI_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
                 return f"nvidia-smi did not answer within {SMI_TIMEOUT_S:g} s"
-            out.seek(0)
-            text = out.read(64 << 10).decode("utf-8", "replace")
+            texts = []
+            for f in (out, err):  # a warning on stderr is no reason to doubt stdout's version
+                f.seek(0)
+                texts.append(f.read(64 << 10).decode("utf-8", "replace"))
     except OSError as exc:
         return f"nvidia-smi cannot run ({exc.strerror or exc})"
-    first = terminal_safe(text.strip().split("\n")[0].strip())[:200]
+    first, said = (terminal_safe(t.strip().split("\n")[0].strip())[:200] for t in texts)
     if code != 0:
-        return f"nvidia-smi failed (exit {code}): {first or 'no output'}"
+        return f"nvidia-smi failed (exit {code}): {first or said or 'no output'}"
     if not re.fullmatch(r"\d+(\.\d+)+", first):
         return f"nvidia-smi gave no driver version ({first or 'no output'})"
     report.driver = first + (f" ({report.driver})" if report.driver else "")

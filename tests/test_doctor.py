@@ -111,6 +111,7 @@ def test_the_cli_turns_a_missing_optional_module_into_one_line(monkeypatch, tmp_
         ("sleep 30", "nvidia-smi did not answer within 0.5 s"),
         ("head -c 30000000 /dev/zero | tr '\\0' a", "nvidia-smi gave no driver version (aaaa"),
         ("echo 580.65.06", None),
+        ("echo 'WARNING: infoROM is corrupted' >&2; echo 580.65.06", None),
     ],
 )
 def test_a_broken_nvidia_smi_is_reported_not_taken_for_none(tmp_path, monkeypatch, script, says):

@@ -23,9 +23,11 @@ from PIL import Image
 
 from m3trt.cli import main
 from m3trt.data.images import DecodeBudget, load_image
+from m3trt.errors import InputError
 from m3trt.runtime.outputs import lock_path
 from m3trt.runtime.results import (
     ResultWriter,
+    done_paths,
     errors_path,
     join_list,
     read_results,
@@ -299,6 +301,10 @@ def test_a_hard_link_to_results_being_written_is_refused(tmp_path, int8_bundle, 
             code, output = infer(int8_bundle, photos, "-o", tmp_path / "b.jsonl", extra)
             assert code == 2 and "under another name (a hard link to it)" in output, output
             assert first.read_bytes() == before
+        # --resume reads and cuts the file first: held by then too (it cut the other run's
+        # rows appended between its scan and its cut)
+        with pytest.raises(InputError, match="a hard link to it"):
+            done_paths(tmp_path / "b.jsonl", "jsonl")
     code, output = infer(int8_bundle, photos, "-o", tmp_path / "b.jsonl", "--resume")
     assert code == 0, output  # once the first writer is done
     assert sorted(r["path"] for r in read_results(first)) == good_images(photos)

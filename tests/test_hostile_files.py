@@ -647,3 +647,27 @@ def test_an_empty_path_is_refused(tmp_path, int8_bundle, test_images, monkeypatc
     code, text = run("infer", int8_bundle, *args)
     assert code == 2 and "empty path (an unset shell variable?)" in text, text
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_overwrite_stopped_before_its_first_row_leaves_the_record_alone(
+    tmp_path, int8_bundle, test_images, monkeypatch
+):
+    """The run record took the new options before the results were emptied: an --overwrite
+    stopped in between left top-k 1 rows under a top-k 3 record, and a --resume with top-k 3
+    then mixed them."""
+    from m3trt.runtime import pipeline
+
+    out = tmp_path / "r.jsonl"
+    assert run("infer", int8_bundle, test_images, "-o", out, "--top-k", "1")[0] == 0
+    record = tmp_path / ".r.jsonl.run.json"
+    before = record.read_bytes()
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "_count", interrupted)
+    code, _ = run("infer", int8_bundle, test_images, "-o", out, "--top-k", "3", "--overwrite")
+    assert code != 0 and record.read_bytes() == before
+    monkeypatch.undo()
+    code, output = run("infer", int8_bundle, test_images, "-o", out, "--top-k", "3", "--resume")
+    assert code == 2 and "written with --top-k 1" in output, output

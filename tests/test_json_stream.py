@@ -165,3 +165,11 @@ def test_a_handler_error_stops_the_scan(tmp_path):
     with pytest.raises(InputError, match="stop"):
         scan_object_lists(path, "test JSON", {"images": handler})
     assert seen == [1, 2]
+
+
+def test_an_integer_python_will_not_convert_is_named(tmp_path):
+    """A 5000-digit integer raised a bare ValueError (exit 1), not the file's name."""
+    path = tmp_path / "doc.json"
+    path.write_text('{"images": [{"id": ' + "9" * 5000 + "}]}", encoding="utf-8")
+    with pytest.raises(NotJSON, match=r"is not valid JSON \(images\[0\]: Exceeds the limit"):
+        collect(path, "images")

@@ -790,3 +790,52 @@ def test_a_body_that_stops_arriving_frees_its_slot_before_the_timeout(served, mo
     status, error = _json_error(reply)
     assert status == 408 and "no part of the request body arrived for 0.5 s" in error
     assert time.monotonic() - start < 5  # LIMITS' timeout is 10 s
+
+
+def test_the_head_timer_waits_while_this_side_is_still_answering(monkeypatch):
+    """A pipelined head whose rest waited unread behind a slow answer was taken for a slow
+    client: the connection was closed, the slow answer lost."""
+    import asyncio
+    import socket
+
+    import uvicorn
+
+    from m3trt.serve import http_protocol
+
+    monkeypatch.setattr(http_protocol, "HEAD_TIMEOUT_S", 0.3)
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/slow":
+            await asyncio.sleep(1.0)
+        body = scope["path"].encode()
+        headers = [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    config = uvicorn.Config(
+        app, http=http_protocol.BoundedPipelineProtocol, lifespan="off", log_level="error"
+    )
+    server = uvicorn.Server(config)
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.01)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(
+                b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /fast HTTP/1.1\r\nHost: x\r\n\r\nGET /th"
+            )
+            time.sleep(0.2)
+            conn.sendall(b"ird HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            got = b""
+            while chunk := conn.recv(65536):
+                got += chunk
+        assert got.count(b"HTTP/1.1 200") == 3, got
+        assert got.endswith(b"/third")
+    finally:
+        server.should_exit = True
+        thread.join(10)

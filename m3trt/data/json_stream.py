@@ -98,6 +98,9 @@ class _Scanner:
                     raise self.invalid(exc.msg, exc.pos) from None
             except RecursionError:
                 raise self.invalid(f"{where} is nested too deeply") from None
+            except ValueError as exc:  # an integer longer than Python converts
+                reason = " ".join(str(exc).split()).split(";")[0][:100]
+                raise self.invalid(f"{where}: {reason}") from None
             else:
                 if end <= len(self.buf) - _TAIL or self.eof:  # "1" of "1e5" cut by a read
                     self.pos = end

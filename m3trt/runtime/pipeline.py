@@ -52,7 +52,7 @@ from m3trt.runtime.results import (
     format_for,
     path_fields,
 )
-from m3trt.runtime.run_record import note_run, record_path
+from m3trt.runtime.run_record import check_run, record_path
 from m3trt.runtime.walk import Found, PassedOver, check_roots, iter_images
 
 
@@ -209,9 +209,9 @@ def run_folder(
     roots = check_roots(paths)
     fmt = format_for(options.output, options.fmt)
     bundle = annotator.bundle.path
-    with guarded_outputs(options, roots, bundle, annotator.decoding) as protected:
+    with guarded_outputs(options, roots, bundle, annotator.decoding) as claim:
         gpu = _gpu_plan(annotator, options, reporter)
-        summary = _run_locked(annotator, roots, fmt, options, reporter, protected, gpu)
+        summary = _run_locked(annotator, roots, fmt, options, reporter, claim, gpu)
         if options.summary_json is not None:  # under its lock, like every other output
             _write_summary(options.summary_json, summary)
     return summary
@@ -220,13 +220,14 @@ def run_folder(
 @contextmanager
 def guarded_outputs(
     options: InferOptions, roots: list[Path], bundle: Path, decoding: Decoding
-) -> Iterator[list[Path]]:
+) -> Iterator[Claim]:
     """Every executor's gate to writing: the outputs checked (``check_outputs``: no input, no
     user file without ``--overwrite``; ``check_apart``: never ``bundle`` or another input file),
     locked for the run's whole length (results, report, summary), and checked again under the
     locks (another run may have written one in between); the run noted beside the results
-    (``note_run``: a ``--resume`` with another bundle, ``decoding`` or ``--tags`` is refused).
-    Yields what a sidecar must never replace: the outputs and the locks."""
+    (``check_run``: a ``--resume`` with another bundle, ``decoding`` or ``--tags`` is refused).
+    Yields a Claim: what a sidecar must never replace (the outputs and the locks), and the
+    note of this run to write once the results file is this run's."""
     outputs = {
         "results": options.output,
         "errors": errors_path(options.output),
@@ -258,11 +259,20 @@ def guarded_outputs(
         for path in filter(None, (options.report, options.summary_json)):
             clear_leftover_files(path)  # a killed run's temp files (SIGKILL: no cleanup ran)
         row_options = {"top_k": decoding.top_k, "threshold": decoding.threshold}
-        note_run(
+        note = check_run(
             options.output, bundle, row_options | {"tags": options.tags}, resume=options.resume
         )
         record = record_path(options.output)
-        yield [p for p in outputs.values() if p is not None] + locks + [record]
+        yield Claim([p for p in outputs.values() if p is not None] + locks + [record], note)
+
+
+@dataclass
+class Claim:
+    """What ``guarded_outputs`` gives a run: the files a sidecar must never replace, and the
+    run record's note, to write once the results writer has the file (``check_run``)."""
+
+    protected: list[Path]
+    note_run: Callable[[], None]
 
 
 def _gpu_plan(annotator: Annotator, options: InferOptions, reporter: Reporter) -> Any:
@@ -316,7 +326,7 @@ def _run_locked(
     fmt: str,
     options: InferOptions,
     reporter: Reporter,
-    protected: list[Path],
+    claim: Claim,
     gpu: Any = None,
 ) -> Summary:
     tags_for = _tag_source(options)
@@ -339,12 +349,15 @@ def _run_locked(
     budget = DecodeBudget(options.decode_memory)
     profile = StageProfile(gpu=gpu is not None) if options.profile else None
     decode = decoder(annotator.image_size, options.max_pixels, tags_for, budget, profile)
-    sidecars = Sidecars(options.write_xmp, options.write_txt, options.overwrite, protected, roots)
+    sidecars = Sidecars(
+        options.write_xmp, options.write_txt, options.overwrite, claim.protected, roots
+    )
     todo = (f for f in iter_images(roots, options.extensions) if f.path not in done)
     summary.skipped = skipped
     check_resume_matches(options.output, done, skipped)
     start = time.perf_counter()
     writer = ResultWriter(options.output, fmt, resume=options.resume, overwrite=options.overwrite)
+    claim.note_run()  # the file is this run's now (emptied by --overwrite, or resumed)
     report = None
     try:
         with writer, reporter.task("annotate", total - summary.skipped) as bar:

@@ -44,6 +44,7 @@ from m3trt.progress import SILENT, Reporter
 from m3trt.runtime.annotator import Annotation, Annotator, Decoding
 from m3trt.runtime.bundle import BUNDLE_FILE, Bundle, load_bundle
 from m3trt.runtime.pipeline import (
+    Claim,
     Decoded,
     InferOptions,
     Sidecars,
@@ -438,9 +439,9 @@ def run_folder_ray(
     fmt = format_for(options.output, options.fmt)
     ray = import_ray()
     decoding = Decoding(load_kwargs.get("threshold"), load_kwargs.get("top_k"))
-    with guarded_outputs(options, roots, bundle.path, decoding) as protected:
+    with guarded_outputs(options, roots, bundle.path, decoding) as claim:
         summary = _run_locked(
-            ray, bundle, roots, fmt, options, ray_options, load_kwargs, reporter, protected
+            ray, bundle, roots, fmt, options, ray_options, load_kwargs, reporter, claim
         )
         if options.summary_json is not None:  # under its lock, like every other output
             _write_summary(options.summary_json, summary)
@@ -456,7 +457,7 @@ def _run_locked(
     ray_options: RayOptions,
     load_kwargs: dict[str, Any],
     reporter: Reporter,
-    protected: list[Path],
+    claim: Claim,
 ) -> Summary:
     """The job itself, while ``guarded_outputs`` holds the output lock; Ray starts here."""
     tags_for = _tag_source(options)  # a tag manifest is read and checked here, once
@@ -477,6 +478,7 @@ def _run_locked(
             options.output, fmt, resume=options.resume, overwrite=options.overwrite
         )
         with writer:
+            claim.note_run()  # the file is this run's now (emptied by --overwrite, or resumed)
             if options.tags != "none" and not bundle.model.use_tags:
                 reporter.log(
                     f"note: this model was trained without tags; --tags {options.tags} ignored"
@@ -496,7 +498,7 @@ def _run_locked(
             summary.engine = _describe(cluster, n_workers, ray_options)
             reporter.log(summary.engine)
             sidecars = Sidecars(
-                options.write_xmp, options.write_txt, options.overwrite, protected, roots
+                options.write_xmp, options.write_txt, options.overwrite, claim.protected, roots
             )
             job = _Job(ray, writer, sidecars)
             job.summary, job.report, job.image_size = summary, report, bundle.model.image_size

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,15 +63,28 @@ def spell(options: dict[str, Any]) -> str:
     return " ".join(words) or "no --top-k, --threshold or --tags"
 
 
-def note_run(output: Path, bundle: Path, options: dict[str, Any], *, resume: bool) -> None:
+def _skip() -> None:
+    return None
+
+
+def check_run(
+    output: Path, bundle: Path, options: dict[str, Any], *, resume: bool
+) -> Callable[[], None]:
     """Refuse a ``resume`` of rows another bundle or other row ``options`` (``top_k``,
-    ``threshold``, ``tags``) wrote; note this run's otherwise. Call under the output's lock."""
+    ``threshold``, ``tags``) wrote. Returns what notes this run: call it once the results file
+    is this run's (emptied by ``--overwrite``, or opened to resume), since a record written
+    before that, by a run then stopped, described rows it never wrote. Call under the
+    output's lock."""
     path = record_path(output)
     try:
         now = {**identity(bundle), "options": options}
     except (FileNotFoundError, InputError):  # no bundle folder (an API caller's own): no note
-        return
+        return _skip
     then = _read(path)
+
+    def note() -> None:
+        write_text(path, json.dumps(now) + "\n")
+
     if resume and then is not None and output.exists():
         if then.get("bundle_sha256") != now["bundle_sha256"]:
             raise InputError(
@@ -86,9 +100,7 @@ def note_run(output: Path, bundle: Path, options: dict[str, Any], *, resume: boo
                 f"{spell(options)}: resume it with the same options, or start again with "
                 "--overwrite"
             )
-        if before is None:  # a record from before options were noted: note them from now on
-            write_text(path, json.dumps(now) + "\n")
-        return
+        return note if before is None else _skip  # an older record: note the options now
     if then is None and os.path.lexists(path):  # a file of that name m3trt did not write
-        return
-    write_text(path, json.dumps(now) + "\n")
+        return _skip
+    return note

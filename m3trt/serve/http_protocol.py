@@ -76,7 +76,8 @@ class BoundedPipelineProtocol(HttpToolsProtocol):
         self._head_timer = None
         if self.transport.is_closing() or self._in_body:
             return
-        if self._unparsed:  # the client sent it; this side holds it while answers go out
+        answering = self.pipeline or (self.cycle is not None and not self.cycle.response_complete)
+        if self._unparsed or answering:  # reading waits for this side's answers, not the client
             self._arm_head_timer()
             return
         if self._head_bytes:
