@@ -319,19 +319,16 @@ def done_paths(output: Path, fmt: str) -> set[str]:
     then are torn last lines cut off, so a file that is not m3trt's is never changed. The
     results file is held (``_hold``) while it is read and cut: a run writing it under another
     name (a hard link) lost the rows it appended between this scan and the cut."""
-    plans: list[tuple[Path, int]] = []
-    done: set[str] = set()
-    errors = errors_path(output)
     with contextlib.ExitStack() as held:
         if output.is_file():
             _hold(held.enter_context(open(output, "rb")), output)
-        _scan_and_cut(output, errors, fmt, done, plans)
-    return done
+        return _scan_and_cut(output, fmt)
 
 
-def _scan_and_cut(
-    output: Path, errors: Path, fmt: str, done: set[str], plans: list[tuple[Path, int]]
-) -> None:
+def _scan_and_cut(output: Path, fmt: str) -> set[str]:
+    plans: list[tuple[Path, int]] = []
+    done: set[str] = set()
+    errors = errors_path(output)
     for path, scan in (
         (output, (lambda p: _scan_csv(p)) if fmt == "csv" else (lambda p: _scan_jsonl(p, "k"))),
         (errors, lambda p: _scan_jsonl(p, "error")),
@@ -349,6 +346,7 @@ def _scan_and_cut(
             except OSError as exc:  # read-only: --resume could not append to it either
                 reason = exc.strerror or exc
                 raise InputError(f"{path}: cannot cut its torn last line ({reason})") from None
+    return done
 
 
 def repair_torn_tail(path: Path) -> int:
