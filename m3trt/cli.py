@@ -220,6 +220,18 @@ def _within_pillow(param: click.Parameter, value: int) -> int:
     return value
 
 
+def _max_pixels_option(default: int) -> Callable[[Any], Any]:
+    """``--max-pixels`` as infer and serve take it: at most what Pillow opens."""
+    return click.option(
+        "--max-pixels",
+        default=default,
+        show_default=True,
+        type=click.IntRange(1),
+        callback=lambda _c, p, v: _within_pillow(p, v),
+        help="Refuse larger images (decompression bombs); read from the header.",
+    )
+
+
 def _finite(_ctx: click.Context, param: click.Parameter, value: float) -> float:
     if value is not None and not math.isfinite(value):
         raise click.BadParameter(f"{value}: give a finite number of seconds", param=param)
@@ -1167,14 +1179,7 @@ def inspect_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
 @click.option(
     "--top-k", type=click.IntRange(1), help="Keep the N best labels (with --threshold: at most N)."
 )
-@click.option(
-    "--max-pixels",
-    default=100_000_000,
-    show_default=True,
-    type=click.IntRange(1),
-    callback=lambda _c, p, v: _within_pillow(p, v),
-    help="Refuse larger images (decompression bombs); read from the header.",
-)
+@_max_pixels_option(100_000_000)
 @click.option("--write-xmp", is_flag=True, help="Write IMAGE.xmp sidecars (labels as keywords).")
 @click.option("--write-txt", is_flag=True, help="Write IMAGE.txt with comma-separated labels.")
 @click.option("--overwrite", is_flag=True, help="Replace existing sidecars and results files.")
@@ -1352,7 +1357,7 @@ def _infer_on_ray(
 
 def _passed_over(summary: Any) -> str:
     """Why a run found no image, when files were there: their extensions."""
-    if summary.failed or summary.skipped or not getattr(summary, "passed_over", 0):
+    if summary.failed or summary.skipped or not summary.passed_over:
         return ""
     from m3trt.runtime.results import display_path
 
@@ -1563,14 +1568,7 @@ def _host(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     type=FiniteFloatRange(1 / 1024, 1 << 20),  # 1 KiB to 1 TiB: inf crashed the start
     help="Request body limit, MiB.",
 )
-@click.option(
-    "--max-pixels",
-    default=40_000_000,
-    show_default=True,
-    type=click.IntRange(1),
-    callback=lambda _c, p, v: _within_pillow(p, v),
-    help="Refuse larger images (decompression bombs); read from the header.",
-)
+@_max_pixels_option(40_000_000)
 @click.option(
     "--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
 )
