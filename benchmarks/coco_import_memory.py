@@ -21,9 +21,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from revisions import ROOT, export_revision, head, run_child
+from revisions import ROOT, export_revision, head, publish, run_child
 
-RESULTS = ROOT / "benchmarks" / "results"
 CHILD = """
 import resource, sys, time
 from m3trt.data.importers import import_coco
@@ -141,8 +140,6 @@ def main() -> None:
         "peak_ratio": round(now["peak_rss_mib_max"] / ref["peak_rss_mib_max"], 3),
         "time_ratio": round(now["seconds_median"] / ref["seconds_median"], 3),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "coco_import_memory.json").write_text(json.dumps(result, indent=1) + "\n")
     sized = ", ".join(f"{name} {size / 1e6:.0f} MB" for name, size in sizes.items())
     lines = [
         "# `m3trt data import-coco` on COCO-sized files: this checkout against a reference",
@@ -161,8 +158,7 @@ def main() -> None:
         f"Peak RSS ratio (this / ref): **{result['peak_ratio']}x**; time ratio "
         f"{result['time_ratio']}x. Manifests and labels.txt identical: {identical}.",
     ]
-    (RESULTS / "coco_import_memory.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("coco_import_memory", result, lines)
     if not identical:
         raise SystemExit("the revisions wrote different manifests")
 

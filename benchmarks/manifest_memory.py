@@ -10,15 +10,13 @@ there; results go to ``benchmarks/results/manifest_memory.{md,json}``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
 from pathlib import Path
 
-from revisions import ROOT, export_revision, head, run_child
+from revisions import ROOT, export_revision, head, publish, run_child
 
-RESULTS = ROOT / "benchmarks" / "results"
 LINE = (
     '{"image": "images/000001.jpg", "labels": ["circle", "square"], '
     '"tags": ["red", "blue"], "split": "train"}\n'
@@ -76,8 +74,6 @@ def main() -> None:
         "peak_ratio": round(now["peak_rss_mib"] / ref["peak_rss_mib"], 3),
         "time_ratio": round(now["seconds"] / ref["seconds"], 3),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "manifest_memory.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [
         "# `read_manifest` on a large manifest: this checkout against a reference revision",
         "",
@@ -95,8 +91,7 @@ def main() -> None:
         f"Peak RSS ratio (this / ref): **{result['peak_ratio']}x**; time ratio "
         f"{result['time_ratio']}x.",
     ]
-    (RESULTS / "manifest_memory.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("manifest_memory", result, lines)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 def head() -> str:
@@ -39,3 +41,11 @@ def run_child(code_root: Path, source: str, *args: str) -> str:
         check=True,
     )
     return done.stdout
+
+
+def publish(name: str, result: dict, lines: list[str]) -> None:
+    """``results/NAME.json`` (the figures) and ``results/NAME.md`` (``lines``), and print it."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
