@@ -532,7 +532,13 @@ def _print_import(summary: Any) -> None:
 @click.option("--no-tags", is_flag=True, help="Visual-only ablation: no tag branch.")
 @click.option("--single-scale", is_flag=True, help="Ablation: no fusion branch.")
 @click.option("--no-quantity-head", is_flag=True, help="Ablation: no label-quantity head.")
-@click.option("--quantity-weight", default=1.0, show_default=True, help="lambda of the count loss.")
+@click.option(
+    "--quantity-weight",
+    default=1.0,
+    show_default=True,
+    type=FiniteFloatRange(0),
+    help="lambda of the count loss.",
+)
 @click.option("--tag-min-count", default=2, show_default=True, type=click.IntRange(1))
 @click.option("--tag-max-size", default=1000, show_default=True, type=click.IntRange(1))
 @click.option("--tag-hidden", default=2048, show_default=True, type=click.IntRange(1))
@@ -1558,7 +1564,7 @@ def _host(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     "--timeout",
     default=30.0,
     show_default=True,
-    type=float,
+    type=FiniteFloatRange(0, 86400, min_open=True),
     help="Per-request timeout, seconds, above 0 and at most a day.",
 )
 @click.option(

@@ -158,3 +158,46 @@ def test_quiet_and_verbose_work_after_every_subcommand(int8_bundle):
         assert {"-q", "--quiet", "-v", "--verbose"} <= opts, name
     result = CliRunner().invoke(main, ["inspect", str(int8_bundle), "-q", "-v"])
     assert result.exit_code == 0, result.output
+
+
+def _all_params():
+    import click
+
+    def walk(command, path):
+        for param in command.params:
+            yield path, param
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                yield from walk(sub, [*path, name])
+
+    return list(walk(main, []))
+
+
+def test_every_float_option_refuses_nan_and_infinity():
+    """``nan`` passes every range comparison: an unchecked float option trained on a NaN loss."""
+    import click
+
+    from m3trt.cli import FiniteFloatRange
+
+    floats = [
+        (" ".join(path), param)
+        for path, param in _all_params()
+        if isinstance(param.type, click.types.FloatParamType)
+    ]
+    assert len(floats) > 10, "the walk missed the float options"
+    unchecked = [
+        (cmd, param.name) for cmd, param in floats if not isinstance(param.type, FiniteFloatRange)
+    ]
+    assert unchecked == []
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_train_refuses_a_quantity_weight_that_is_not_a_finite_weight(tmp_path, value):
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("")
+    result = CliRunner().invoke(
+        main, ["train", str(manifest), "-o", str(tmp_path / "ckpt"), "--quantity-weight", value]
+    )
+    assert result.exit_code == 2
+    assert "--quantity-weight" in result.output
+    assert not (tmp_path / "ckpt").exists()

@@ -454,8 +454,6 @@ def test_serve_usage_errors_are_one_line(int8_bundle, tmp_path):
         ([f"a={int8_bundle}", f"a={int8_bundle}"], "two models named 'a'"),
         ([str(tmp_path / "missing.m3")], "missing.m3"),
         ([str(int8_bundle), "--max-queue", "4", "--max-batch-size", "8"], "--max-queue 4 must be"),
-        ([str(int8_bundle), "--timeout", "0"], "--timeout must be positive"),
-        ([str(int8_bundle), "--timeout", "inf"], "--timeout must be positive"),
         (["x="], "x=: names no bundle"),
     ]
     for args, reason in cases:
@@ -469,6 +467,9 @@ def test_serve_usage_errors_are_one_line(int8_bundle, tmp_path):
         ("--host", ""),
         ("--max-batch-size", "0"),
         ("--max-queue-delay-ms", "nan"),
+        ("--timeout", "0"),
+        ("--timeout", "inf"),
+        ("--timeout", "nan"),
         ("--max-pixels", "500000000"),
     ]:
         result = CliRunner().invoke(main, ["serve", str(int8_bundle), option, value])
