@@ -164,3 +164,25 @@ def test_space_to_depth_weights_reorder_the_kernel():
     assert out[1, (1 * 2 + 0) * 3 + 2, 1, 2] == weight[1, 2, 2, 3]
     assert out[0, 0, 0, :].tolist() == [0, 0, 0, 0]
     assert np.count_nonzero(out) == np.count_nonzero(weight)
+
+
+def _conv_weights(model: onnx.ModelProto) -> list[tuple[str, np.ndarray]]:
+    """Each Conv's quantized int8 weights, in graph (topological) order."""
+    inits = {t.name: t for t in model.graph.initializer}
+    producer = {out: node for node in model.graph.node for out in node.output}
+    weights = []
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            dequantize = producer[node.input[1]]
+            assert dequantize.op_type == "DequantizeLinear", node.name
+            weights.append((node.name, numpy_helper.to_array(inits[dequantize.input[0]])))
+    return weights
+
+
+def test_cpu_int8_stem_weights_are_seven_bit_and_the_rest_eight(int8_bundle):
+    """The stem conv reads whole pixel bytes: without VNNI, u8 x s8 kernels sum pairs of products
+    in 16 bits, which 255 x 127 x 2 overflows and 255 x 64 x 2 does not."""
+    weights = _conv_weights(onnx.load(str(int8_bundle / "model.int8.qdq.onnx")))
+    (stem_name, stem), *rest = weights
+    assert stem.dtype == np.int8 and np.abs(stem.astype(int)).max() <= 64, stem_name
+    assert rest and all(np.abs(w.astype(int)).max() == 127 for _, w in rest)
