@@ -1104,13 +1104,18 @@ def build_cmd(ctx: click.Context, source: Path, out: Path, **kw: Any) -> None:
         ),
         overwrite=kw["overwrite"],
     )
-    _lock(ctx, out, "-o", partial(check_options, out, options))
-    clear_leftovers(out)  # a killed build's staging folder (hundreds of MB) beside it
-    bundle = build_bundle(source, out, options, reporter=_reporter(ctx))
+    _lock(ctx, out, "-o", partial(check_options, out, options, source))
+    clear_leftovers(out)  # a killed build's work and staging folders (hundreds of MB) beside it
+    sign = None
     if kw["sign_key"] is not None:
         from m3trt.runtime.signing import sign_bundle
 
-        click.echo(f"signed: {sign_bundle(bundle.path, kw['sign_key'])}", err=True)
+        sign = partial(sign_bundle, private_key=kw["sign_key"])  # before the bundle replaces out
+    bundle = build_bundle(source, out, options, reporter=_reporter(ctx), before_swap=sign)
+    if sign is not None:
+        from m3trt.runtime.signing import SIGNATURE_FILE
+
+        click.echo(f"signed: {bundle.path / SIGNATURE_FILE}", err=True)
     latency = bundle.latency
     speed = latency.get("speedup_vs_reference")
     versus = f" ({speed:.2f}x the FP32 reference)" if speed else ""

@@ -8,9 +8,10 @@ torch is imported only when the source is a checkpoint (export); an .onnx source
 from __future__ import annotations
 
 import shutil
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+from m3trt.atomic import temp_sibling
 from m3trt.build.options import BUILD_ENGINES, BUILD_PRECISIONS, BUILD_TARGETS, BuildOptions
 from m3trt.calibration.ranges import read_cache
 from m3trt.errors import InputError
@@ -72,7 +73,7 @@ def _source(source: Path) -> dict[str, str]:
     return {"kind": kind, kind: str(source.resolve())}
 
 
-def check_options(out: Path, options: BuildOptions) -> None:
+def check_options(out: Path, options: BuildOptions, source: Path | None = None) -> None:
     """What ``build_bundle`` refuses before any work; also run by the CLI before it locks ``out``
     (a refused build then leaves no lock file beside a bundle it never made)."""
     if options.precision not in BUILD_PRECISIONS:
@@ -89,11 +90,27 @@ def check_options(out: Path, options: BuildOptions) -> None:
         raise InputError(f"{out}: exists and is not a folder; choose another -o")
     if out.exists() and not options.overwrite:
         raise InputError(f"{out}: already exists; pass --overwrite to replace it")
+    _check_inputs_outside(out, options, source)
     if options.calib_cache is not None:
         try:
             read_cache(Path(options.calib_cache), "--calib-cache")
         except FileNotFoundError:
             raise InputError(f"{options.calib_cache}: --calib-cache: no such file") from None
+
+
+def _check_inputs_outside(out: Path, options: BuildOptions, source: Path | None = None) -> None:
+    """``--overwrite`` replaces the whole of ``out``: a checkpoint, graph or manifest kept in
+    it was deleted with the old bundle (after a build that said it succeeded)."""
+    if not out.is_dir():
+        return
+    inputs = {"SOURCE": source, "--calib": options.calib, "--val": options.val}
+    root = out.resolve()
+    for what, path in inputs.items():
+        if path is not None and Path(path).resolve().is_relative_to(root):
+            raise InputError(
+                f"{path}: {what} is inside -o {out}, which the build replaces whole; move it "
+                "out of the bundle or choose another -o"
+            )
 
 
 def _is_cache(path: Path) -> bool:
@@ -112,10 +129,12 @@ def build_bundle(
     options: BuildOptions,
     *,
     reporter: Reporter = SILENT,
+    before_swap: Callable[[Path], object] | None = None,
 ) -> Bundle:
-    """Build ``out`` (``NAME.m3``) from a checkpoint folder or an exported .onnx."""
+    """Build ``out`` (``NAME.m3``) from a checkpoint folder or an exported .onnx.
+    ``before_swap`` gets the finished bundle before it replaces ``out`` (``--sign-key``)."""
     source, out = Path(source), Path(out)
-    check_options(out, options)
+    check_options(out, options, source)
     target = resolve_target(options.target, reporter.log)
     if target == "tensorrt":
         from m3trt.tensorrt.environment import require_tensorrt
@@ -127,8 +146,13 @@ def build_bundle(
         previous = out / "calibration.json"
         if _is_cache(previous):
             options.calib_cache = previous  # reused only if model, data and settings match
-    with tempfile.TemporaryDirectory(prefix="m3trt-build-") as tmp:
-        work = Path(tmp)
+    # The work folder (hundreds of MB) is a hidden sibling of ``out``, not in $TMPDIR: a killed
+    # build's is then cleared by the next build of ``out`` (``clear_leftovers``), and the
+    # artifacts move into the bundle by hard link.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = temp_sibling(out, "tmp")
+    work.mkdir()
+    try:
         reference = prepare_source(source, work, options.opset, reporter)
         info = ModelInfo.from_onnx_file(reference)
         if target == "tensorrt":
@@ -154,5 +178,8 @@ def build_bundle(
             latency=built.latency,
             runtime=built.runtime,
             overwrite=options.overwrite,
+            before_swap=before_swap,
         )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return load_bundle(bundle.path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
@@ -50,12 +51,15 @@ def write_bundle(
     runtime: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
     overwrite: bool = False,
+    before_swap: Callable[[Path], object] | None = None,
 ) -> Bundle:
     """Write ``folder`` (``NAME.m3``) with the given artifacts; returns the written bundle.
 
     ``files`` maps role -> (source path, format, precision); a ``None`` format is guessed from
     the suffix. Sources outside the folder are copied in under their file name; sources already
     inside it keep their relative path and are moved (hard-linked, then the old folder dropped).
+    ``before_swap`` gets the finished staging folder (signing): when it fails, or is
+    interrupted, the old bundle stays as it was.
     """
     folder = Path(folder)
     _check_write_args(folder, target, precision, files)
@@ -79,6 +83,8 @@ def write_bundle(
     try:
         data["artifacts"] = _stage_artifacts(staging, sources, files)
         write_text(staging / BUNDLE_FILE, dumps_stable(data))
+        if before_swap is not None:
+            before_swap(staging)
         _check_target_folder(folder, sources, overwrite)  # another run may have written it since
         _swap_in(staging, folder)
     except BaseException:
@@ -203,4 +209,7 @@ def _swap_in(staging: Path, folder: Path) -> None:
     except BaseException:
         os.rename(old, folder)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    if old.is_symlink():  # -o named a link to a bundle: the link was replaced, not its target
+        old.unlink()
+    else:
+        shutil.rmtree(old, ignore_errors=True)
