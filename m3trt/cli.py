@@ -435,6 +435,8 @@ def _claim_import(ctx: click.Context, out: Path, overwrite: bool) -> None:
 
     manifest = manifest_path(out)
     files = {"-o": manifest, "labels file": manifest.parent / LABELS_FILE}
+    if manifest.parent == out:  # the folder's lock, which `data synth` takes too: the two
+        _lock(ctx, out, "-o", partial(_check_folder_out, out))  # replaced each other's files
     # one lock for the pair: the manifest names its labels
     _lock(ctx, manifest, "-o", partial(check_new_files, files, overwrite=overwrite))
 

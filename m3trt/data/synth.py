@@ -39,7 +39,8 @@ from PIL import Image, ImageDraw, ImageFilter
 from m3trt.atomic import write_text
 from m3trt.data.digits import DIGIT_LABELS, DIGIT_SYNONYMS, sample_digits
 from m3trt.data.manifest import SPLITS, write_manifest
-from m3trt.errors import WriteFailure
+from m3trt.data.safe_open import open_regular
+from m3trt.errors import InputError, WriteFailure
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 
@@ -582,6 +583,52 @@ def _write_new(path: Path, data: bytes | memoryview) -> None:
         raise WriteFailure(path, exc) from exc
 
 
+INDEX_FILES = ("manifest.jsonl", "labels.txt", "synth.json")
+
+
+def _images_folder(out: Path) -> Path:
+    """``OUT/images`` as a real folder: a file there ended in "File exists", and a link would
+    send ``--overwrite``'s images outside OUT."""
+    images = out / "images"
+    if images.is_symlink() or (os.path.lexists(images) and not images.is_dir()):
+        kind = "a link" if images.is_symlink() else "not a folder"
+        raise InputError(f"{images}: is {kind}; data synth writes its images in a folder there")
+    images.mkdir(parents=True, exist_ok=True)
+    return images
+
+
+def _drop_index(out: Path) -> int:
+    """Remove the files that describe the images before any image is replaced: an interrupted
+    ``--overwrite`` left the old manifest labelling the new images. Returns the old ``n`` when
+    ``synth.json`` says synth wrote the folder (0 otherwise)."""
+    previous_n = 0
+    try:
+        with open_regular(out / "synth.json", "synth.json", 1 << 20) as f:
+            old = json.loads(f.read())
+        if isinstance(old, dict) and isinstance(old.get("n"), int) and MIN_N <= old["n"] <= MAX_N:
+            previous_n = old["n"]
+    except (OSError, InputError, ValueError):
+        pass  # not synth's, or unreadable: its images are left alone
+    for name in INDEX_FILES:
+        path = out / name
+        if os.path.lexists(path):
+            try:
+                os.unlink(path)
+            except OSError as exc:
+                raise WriteFailure(path, exc) from exc
+    return previous_n
+
+
+def _drop_stale_images(images: Path, n: int, previous_n: int) -> None:
+    """A smaller ``--n`` over synth's own folder: the old images past ``n`` went on being
+    found by ``infer`` and ``--calib`` on the folder."""
+    width = max(6, len(str(previous_n - 1)))
+    for i in range(n, previous_n):
+        path = images / f"{i:0{width}d}.jpg"
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+
+
 def generate(
     out_dir: str | Path,
     *,
@@ -610,8 +657,8 @@ def generate(
     assignment = split_assignment(n, seed, splits)
 
     out = Path(out_dir)
-    images = out / "images"
-    images.mkdir(parents=True, exist_ok=True)
+    images = _images_folder(out)
+    previous_n = _drop_index(out)
     width = max(6, len(str(n - 1)))
     rows: list[dict] = []
     total_labels = 0
@@ -625,6 +672,7 @@ def generate(
         rows.append({"image": rel, "labels": labels, "tags": tags, "split": assignment[i]})
         if progress is not None:
             progress(i + 1)
+    _drop_stale_images(images, n, previous_n)
     names = label_names_of(params)
     manifest = write_manifest(out / "manifest.jsonl", rows, names)
     settings = {"n": n, "size": size, "seed": seed, "splits": list(splits), **asdict(params)}
