@@ -122,3 +122,26 @@ def test_an_output_link_is_replaced_without_a_leftover(tmp_path, int8_bundle, ti
     assert not link.is_symlink() and (link / "bundle.json").is_file()
     assert (target / "bundle.json").is_file()  # the link's target was not touched
     assert _entries(tmp_path) == ["link.m3", "real.m3"]
+
+
+@pytest.mark.parametrize(
+    "options, reason",
+    [
+        (["--precision", "fp16", "--target", "cpu"], "fp16 is a GPU precision"),
+        (["--precision", "int8", "--target", "cpu"], "INT8 needs calibration images"),
+        (["--target", "cuda", "--engine", "openvino"], "--target cuda runs on onnxruntime-gpu"),
+        (["--target", "cuda", "--precision", "int8"], "--target tensorrt"),
+    ],
+)
+def test_target_options_are_refused_before_the_export(
+    tmp_path, tiny_checkpoint, monkeypatch, options, reason
+):
+    """These failed only after the checkpoint's export (13 s for the quickstart model)."""
+    import m3trt.build.bundle as bundle
+
+    def no_export(*_args, **_kw):
+        raise AssertionError("the export ran before the options were checked")
+
+    monkeypatch.setattr(bundle, "prepare_source", no_export)
+    code, output = build(tiny_checkpoint[0], "-o", tmp_path / "x.m3", *options)
+    assert code == 2 and reason in output, output

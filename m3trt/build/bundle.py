@@ -113,6 +113,36 @@ def _check_inputs_outside(out: Path, options: BuildOptions, source: Path | None 
             )
 
 
+def check_target_options(target: str, options: BuildOptions) -> None:
+    """What the target refuses, before the export (13 s for the quickstart model, minutes for a
+    big one) rather than after it; the targets' own checks stay for the library's callers."""
+    if target == "tensorrt":
+        from m3trt.tensorrt.environment import require_tensorrt
+
+        require_tensorrt()
+        if options.engine not in ("auto", "tensorrt"):
+            raise InputError("--engine chooses among CPU engines; the tensorrt target has one")
+    elif target == "cuda":
+        from m3trt.build.cuda import cuda_precisions
+
+        if options.engine not in ("auto", "onnxruntime"):
+            raise InputError(
+                "--target cuda runs on onnxruntime-gpu: use --engine auto or onnxruntime"
+            )
+        cuda_precisions(options.precision, True, lambda _m: None)  # refuses int8
+    else:
+        from m3trt.build.cpu import cpu_engine_kinds
+
+        if options.precision == "fp16":
+            raise InputError(
+                "fp16 is a GPU precision: on the CPU target use --precision fp32 or int8"
+            )
+        if options.engine != "auto":
+            cpu_engine_kinds(options.engine, lambda _m: None)  # installed and usable here
+    if options.precision == "int8" and options.calib is None:
+        raise InputError("INT8 needs calibration images: pass --calib DATA (a manifest or folder)")
+
+
 def _is_cache(path: Path) -> bool:
     """A bundle being replaced: its calibration is reused when it is a sound cache, and
     otherwise ignored (it goes with the old bundle), never an error."""
@@ -136,12 +166,7 @@ def build_bundle(
     source, out = Path(source), Path(out)
     check_options(out, options, source)
     target = resolve_target(options.target, reporter.log)
-    if target == "tensorrt":
-        from m3trt.tensorrt.environment import require_tensorrt
-
-        require_tensorrt()  # before a long export, not after it
-        if options.engine not in ("auto", "tensorrt"):
-            raise InputError("--engine chooses among CPU engines; the tensorrt target has one")
+    check_target_options(target, options)
     if options.calib_cache is None and out.exists():
         previous = out / "calibration.json"
         if _is_cache(previous):
