@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from m3trt.atomic import write_text
+from m3trt.atomic import atomic_path, write_text
 from m3trt.data.safe_open import file_kind
 from m3trt.errors import InputError, ManifestError
 
@@ -131,6 +131,8 @@ def parse_line(text: str, root: Path, line: int) -> Record:
     image = row.get("image")
     if not isinstance(image, str) or not image.strip():
         raise ValueError('missing "image" (a path relative to the manifest)')
+    if "\x00" in image:  # it failed later, in eval or train, as "embedded null byte"
+        raise ValueError(f'"image" {image!r} holds a NUL character, which no file path can hold')
     if "labels" not in row:
         raise ValueError('missing "labels" (a list of label names, possibly empty)')
     labels = _string_list(row["labels"], "labels")
@@ -288,7 +290,7 @@ def read_manifest(
 
     missing: list[Record] = []
     if check_images:
-        missing = [r for r in records if not r.path.is_file()]
+        missing = [r for r in records if not is_file(r.path)]
         if missing and not allow_missing_images:
             problems = [f"line {r.line}: image {not_a_file(r.path)}: {r.image}" for r in missing]
             raise ManifestError(_summarise(path, problems, "missing images"))
@@ -329,6 +331,16 @@ def repeated_images(manifest: Manifest) -> str | None:
     return note
 
 
+def is_file(path: Path) -> bool:
+    """``path.is_file()``, False too where pathlib raises: a name too long for the file system
+    (ENAMETOOLONG) or a folder that cannot be searched stopped a whole import or read with a
+    traceback; ``not_a_file`` then says why."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def not_a_file(path: Path) -> str:
     """Why an image is not a file to read, in words ("not found" was said of a FIFO too)."""
     try:
@@ -349,10 +361,7 @@ def write_manifest(
     leaves a half-written file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(
-        path,
-        "".join(_json_line(r.to_json() if isinstance(r, Record) else r) for r in rows),
-    )
+    _write_lines(path, (_json_line(r.to_json() if isinstance(r, Record) else r) for r in rows))
     if label_names is not None:
         _atomic_write(path.parent / LABELS_FILE, "".join(f"{n}\n" for n in label_names))
     return path
@@ -367,3 +376,10 @@ def _json_line(row: dict) -> str:
 
 def _atomic_write(path: Path, text: str) -> None:
     write_text(path, text)
+
+
+def _write_lines(path: Path, lines: Iterable[str]) -> None:
+    """``lines`` streamed to a temp file beside ``path``, then published (the whole text and
+    its UTF-8 copy took ~2.5x the manifest's size)."""
+    with atomic_path(path) as temp, open(temp, "w", encoding="utf-8", newline="") as f:
+        f.writelines(lines)

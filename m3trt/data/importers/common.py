@@ -4,12 +4,12 @@ what was written, and line reading with one-line errors."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from m3trt.data.manifest import SPLITS
-from m3trt.data.safe_open import read_regular
+from m3trt.data.safe_open import LineTooLong, bounded_lines, open_regular, os_reason
 from m3trt.errors import InputError
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -126,22 +126,52 @@ def manifest_row(image: str, labels: list[str], tags: list[str], split: str | No
 
 # NUS-WIDE's largest list (269,648 image paths) is ~20 MB; a list file past this is not one
 MAX_LIST_BYTES = 256 << 20
+# One name or path a line (PATH_MAX is 4,096 bytes): a longer line is no entry of a list
+MAX_LIST_LINE_BYTES = 64 << 10
 
 
-def read_lines(path: Path, what: str, *, names: bool = False) -> list[str]:
-    """Text lines of a small list file, trailing blank lines dropped. A list of file ``names``
-    keeps bytes that are not UTF-8 as the file system does (``os.fsdecode``), so that each
-    names the file on disk; other lists fall back to Latin-1 text."""
+def list_lines(path: Path, what: str, *, names: bool = False) -> Iterator[tuple[int, str]]:
+    """Numbered text lines of a list file, read one bounded line at a time (a whole-file read
+    and split took 20-28 times the file's size before a count could be checked), trailing blank
+    lines dropped. Split at ``\\n`` only: a file name may hold U+2028 or U+0085. A list of file
+    ``names`` keeps bytes that are not UTF-8 as the file system does (``os.fsdecode``), so that
+    each names the file on disk; in other lists a line that is not UTF-8 is read as Latin-1."""
     try:
-        data = read_regular(path, what, MAX_LIST_BYTES)
+        handle = open_regular(path, what, MAX_LIST_BYTES)
     except FileNotFoundError:
         raise InputError(f"{path}: {what} not found") from None
+    blank_from, n_blank, size = 0, 0, 0  # blank lines are held back until a line follows them
+    with handle:
+        try:
+            for number, raw in bounded_lines(handle, MAX_LIST_LINE_BYTES):
+                size += len(raw)
+                if size > MAX_LIST_BYTES:  # the file grew after it was opened
+                    raise InputError(
+                        f"{path}: {what} is larger than the limit of {MAX_LIST_BYTES:,} bytes"
+                    )
+                text = _decode_line(raw, first=number == 1, names=names)
+                if not text.strip():
+                    blank_from, n_blank = blank_from or number, n_blank + 1
+                    continue
+                for held in range(blank_from, blank_from + n_blank):
+                    yield held, ""
+                blank_from, n_blank = 0, 0
+                yield number, text
+        except LineTooLong as exc:
+            raise InputError(
+                f"{path}:{exc.number}: a line longer than {MAX_LIST_LINE_BYTES:,} bytes is not "
+                f"an entry of a {what}; re-extract the file"
+            ) from None
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read {what} ({os_reason(exc)})") from None
+
+
+def _decode_line(raw: bytes, *, first: bool, names: bool) -> str:
+    raw = raw.removesuffix(b"\n").removesuffix(b"\r")
+    codec = "utf-8-sig" if first else "utf-8"
+    if names:
+        return raw.decode(codec, "surrogateescape")
     try:
-        text = data.decode("utf-8-sig", "surrogateescape" if names else "strict")
+        return raw.decode(codec)
     except UnicodeDecodeError:
-        text = data.decode("latin-1")
-    # A file name may hold U+2028 or U+0085, where splitlines() would cut it.
-    lines = [x.removesuffix("\r") for x in text.split("\n")] if names else text.splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    return lines
+        return raw.removeprefix(b"\xef\xbb\xbf" if first else b"").decode("latin-1")
