@@ -143,11 +143,14 @@ def check_graph(
     reads external data from a file that is not one of ``artifact_files`` inside ``folder``."""
     import onnx
 
-    from m3trt.runtime.model_io import BundleError
+    from m3trt.runtime.model_io import REBUILD, BundleError
 
     check_model_info(info, where)
     try:
-        data = graph.read_bytes()  # hashed already: a regular file of the bundle
+        data = _read_graph(graph, "ONNX graph", REBUILD)  # checked already: a file of the bundle
+    except FileNotFoundError:  # removed since
+        raise BundleError(f"{graph}: ONNX graph is missing; {REBUILD}") from None
+    try:
         flat = flat_graph_problem(data, MAX_NODES)  # before parsing: parsing is what costs
         if flat:
             raise BundleError(f"{where}: {graph.name} is not an m3trt graph: {flat}")
@@ -177,6 +180,33 @@ def check_graph(
         raise BundleError(f"{where}: does not match {graph.name}: {shown}; rebuild the bundle")
 
 
+def oversize(path: Path | str, what: str, size: int, fix: str) -> str:
+    """The one line for a graph past protobuf's limit: refused before it is hashed or read."""
+    limit = f"protobuf's limit of {MAX_SOURCE_BYTES:,} bytes ({MAX_SOURCE_BYTES / 2**30:g} GiB)"
+    return f"{path}: {what} of {size:,} bytes is over {limit} for one graph; {fix}"
+
+
+def _read_graph(path: Path, what: str, fix: str) -> bytes:
+    """The whole file (protobuf parses only whole messages), refused past protobuf's own limit
+    for one message before any of it is read: a bundle's graph is always one file (build reads
+    external data into it), and a 3 GiB sparse model.onnx was read whole (3.2 GB resident, 511 s
+    of scanning) before being refused. FileNotFoundError passes through."""
+    from m3trt.data.safe_open import open_regular, os_reason
+    from m3trt.runtime.model_io import BundleError
+
+    with open_regular(path, what) as f:  # a FIFO or a device: one line
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_SOURCE_BYTES:
+            raise BundleError(oversize(path, what, size, fix))
+        try:
+            data = f.read(MAX_SOURCE_BYTES + 1)  # capped again: a file may grow after fstat
+        except OSError as exc:
+            raise BundleError(f"{path}: cannot read {what} ({os_reason(exc)}); {fix}") from None
+    if len(data) > MAX_SOURCE_BYTES:
+        raise BundleError(oversize(path, what + " (grown while read)", len(data), fix))
+    return data
+
+
 def check_source_graph(path: Path) -> Any:
     """An .onnx file given to ``build`` or ``calibrate``: the ModelInfo of its m3trt metadata,
     after checking that the graph is what that metadata describes, that it is plain (no control
@@ -185,15 +215,12 @@ def check_source_graph(path: Path) -> Any:
     folder. Raises BundleError (one line, exit 2) otherwise."""
     import onnx
 
-    from m3trt.data.safe_open import open_regular
     from m3trt.runtime.model_io import EXPORT, BundleError, ModelInfo
 
     try:
-        f = open_regular(path, "ONNX model", MAX_SOURCE_BYTES)  # a FIFO or a device: one line
+        data = _read_graph(path, "ONNX model", EXPORT)
     except FileNotFoundError:
         raise BundleError(f"{path}: ONNX model not found; {EXPORT}") from None
-    with f:
-        data = f.read()
     try:
         problems = [flat] if (flat := flat_graph_problem(data, MAX_NODES)) else []
         if not problems:  # parsed only once the scan passed: parsing is what costs

@@ -23,6 +23,7 @@ from m3trt.errors import InputError
 
 SIGNATURE_FILE = "bundle.sig"
 MAX_KEY_BYTES = 1 << 20
+MAX_SIGNATURE_BYTES = 1 << 20  # generous: the quickstart bundle's signature is 2.3 kB
 INSTALL_HINT = "signed bundles need model-signing: pip install 'm3trt[signing]'"
 
 
@@ -64,8 +65,10 @@ def _key_file(key: str | os.PathLike, what: str) -> Path:
 
 
 def check_signing_key(private_key: str | os.PathLike) -> Path:
-    """Fail early (before a long build) on a missing or unusable private key."""
+    """Fail early (before a long build) on a missing or unusable private key, or a missing
+    library (without model-signing the whole build ran before its last step failed)."""
     key = _key_file(private_key, "signing key")
+    _library()
     try:
         from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -102,11 +105,7 @@ def verify_bundle(bundle: str | os.PathLike, public_key: str | os.PathLike) -> N
     hashing, _, verifying = _library()
     folder = _bundle_dir(bundle)
     key = _key_file(public_key, "verification key")
-    signature = folder / SIGNATURE_FILE
-    if not signature.is_file():
-        raise InputError(
-            f"{folder}: bundle is not signed (no {SIGNATURE_FILE}) and --verify-key was given"
-        )
+    _check_signature_file(folder)
     try:
         config = verifying.Config().use_elliptic_key_verifier(public_key=key)
     except Exception as exc:
@@ -116,6 +115,19 @@ def verify_bundle(bundle: str | os.PathLike, public_key: str | os.PathLike) -> N
         config.set_hashing_config(_hashing(hashing, where)).verify(where, where / SIGNATURE_FILE)
     except Exception as exc:  # wrong key, changed files, a malformed signature file
         raise InputError(f"{folder}: signature check failed ({_why(exc)})") from None
+
+
+def _check_signature_file(folder: Path) -> None:
+    """``bundle.sig`` checked as any input is before the library reads it whole: a regular file
+    (a FIFO was reported as "no bundle.sig") of at most ``MAX_SIGNATURE_BYTES`` (a 1 GiB
+    sparse one took 2.2 GB)."""
+    signature = folder / SIGNATURE_FILE
+    try:
+        open_regular(signature, "bundle signature", MAX_SIGNATURE_BYTES).close()
+    except FileNotFoundError:
+        raise InputError(
+            f"{folder}: bundle is not signed (no {SIGNATURE_FILE}) and --verify-key was given"
+        ) from None
 
 
 def _why(exc: Exception) -> str:

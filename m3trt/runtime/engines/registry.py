@@ -160,11 +160,18 @@ def preferred_kinds(bundle: Bundle, device: str) -> list[str]:
     """Engine kinds in the order to try: the one the build measured fastest for this device
     first (``bundle.runtime``), then the registry's order."""
     order = list(REGISTRY)
-    best = (bundle.runtime or {}).get(device, {}).get("engine")
+    best = _recorded(bundle, device).get("engine")
     if best in order:
         order.remove(best)
         order.insert(0, best)
     return order
+
+
+def _recorded(bundle: Bundle, device: str) -> dict[str, Any]:
+    """The build's measured choice for ``device`` ({} if none). ``load_bundle`` refuses an entry
+    that is not an object; a Bundle made in code may still hold one, and is then ignored."""
+    entry = (bundle.runtime or {}).get(device)
+    return entry if isinstance(entry, dict) else {}
 
 
 def cuda_usable() -> tuple[bool, str]:
@@ -221,7 +228,7 @@ def _open_on(
     roles = artifact_roles(bundle, device)
     kinds = [engine] if engine != AUTO else preferred_kinds(bundle, device)
     pairs = [(name, role, why) for name in kinds for role, why in roles]
-    recorded = (bundle.runtime or {}).get(device, {})
+    recorded = _recorded(bundle, device)
     for i, (name, role, _) in enumerate(pairs):  # the build's measured choice goes first
         if name == recorded.get("engine") and role == recorded.get("artifact"):
             pairs.insert(0, pairs.pop(i))
