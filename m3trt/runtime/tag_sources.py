@@ -239,6 +239,8 @@ def _parse_tags_line(text: str) -> tuple[str, list[str]]:
     image = row.get("path", row.get("image"))
     if not isinstance(image, str) or not image.strip():
         raise ValueError('missing "path" (or "image"): the image file, relative to the manifest')
+    if "\x00" in image:  # it crashed the run as "embedded null byte"
+        raise ValueError(f"path {image!r} holds a NUL character, which no file path can hold")
     tags = row.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise ValueError('"tags" must be a list of strings')

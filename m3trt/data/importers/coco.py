@@ -19,7 +19,7 @@ from m3trt.data.importers.common import (
     manifest_row,
 )
 from m3trt.data.json_stream import ItemHandler, scan_object_lists
-from m3trt.data.manifest import SPLITS, name_problem, normalise_tag, write_manifest
+from m3trt.data.manifest import SPLITS, is_file, name_problem, normalise_tag, write_manifest
 from m3trt.data.safe_open import NotJSON
 from m3trt.errors import InputError
 
@@ -186,6 +186,11 @@ def import_coco(
         name = str(_field(img, "file_name", "str", instances, f"images[{i}]")).strip()
         if iid in file_of:
             raise InputError(f"{instances}: image id {iid!r} is listed twice")
+        if "\x00" in name or ".." in name.replace("\\", "/").split("/") or name.startswith("/"):
+            raise InputError(  # a NUL failed later, in train; '..' or '/' lead outside --images
+                f"{instances}: images[{i}].file_name {name!r} is no file name inside the image "
+                "folder (a NUL byte, a '..' component or an absolute path)"
+            )
         file_of[iid] = name
 
     # image id -> category id -> [first annotation's index, annotations]: checked once the
@@ -268,7 +273,7 @@ def import_coco(
                 list(tags_of.get(iid, ())),
                 split,
             )
-            yield tally.add(row, (images_root / file_name).is_file())
+            yield tally.add(row, is_file(images_root / file_name))
 
     write_manifest(manifest, rows(), names)
     return tally.summary(manifest, len(names))
