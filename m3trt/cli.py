@@ -390,7 +390,12 @@ def data_synth(
     _lock(ctx, out, "OUT", partial(_check_synth_out, out, overwrite))
     reporter = _reporter(ctx)
     try:
-        fractions = tuple(float(f) for f in splits.split(","))
+        try:
+            fractions = tuple(float(f) for f in splits.split(","))
+        except ValueError:
+            raise click.BadParameter(
+                f"{splits!r}: give three fractions, e.g. 0.7,0.15,0.15", param_hint="'--splits'"
+            ) from None
         params = REGIMES[regime].with_overrides(
             min_size=knobs["min_object_size"],
             max_size=knobs["max_object_size"],

@@ -145,3 +145,15 @@ def test_target_options_are_refused_before_the_export(
     monkeypatch.setattr(bundle, "prepare_source", no_export)
     code, output = build(tiny_checkpoint[0], "-o", tmp_path / "x.m3", *options)
     assert code == 2 and reason in output, output
+
+
+def test_a_checkpoint_config_that_is_a_fifo_is_named_as_one(tmp_path, tiny_checkpoint):
+    """It was "not a checkpoint folder (with config.json)"."""
+    import os
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint[0], folder)
+    (folder / "config.json").unlink()
+    os.mkfifo(folder / "config.json")
+    code, output = build(folder, "-o", tmp_path / "x.m3", *FP32)
+    assert code == 2 and "config.json" in output and "FIFO" in output, output

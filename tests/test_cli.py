@@ -201,3 +201,8 @@ def test_train_refuses_a_quantity_weight_that_is_not_a_finite_weight(tmp_path, v
     assert result.exit_code == 2
     assert "--quantity-weight" in result.output
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_synth_splits_that_are_not_numbers_name_the_option(tmp_path):
+    result = CliRunner().invoke(main, ["data", "synth", str(tmp_path / "d"), "--splits", "a,b,c"])
+    assert result.exit_code == 2 and "Invalid value for '--splits'" in result.output

@@ -7,6 +7,7 @@ torch is imported only when the source is a checkpoint (export); an .onnx source
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +39,7 @@ def resolve_target(target: str, log=lambda _m: None) -> str:
 def prepare_source(source: Path, work: Path, opset: int, reporter: Reporter) -> Path:
     """The FP32 reference graph in ``work``: exported from a checkpoint or copied from .onnx."""
     reference = work / "model.onnx"
-    if source.is_dir() and (source / "config.json").is_file():
+    if source.is_dir() and os.path.lexists(source / "config.json"):  # the export names a FIFO
         from m3trt.export.onnx_export import export_checkpoint
 
         report = export_checkpoint(source, reference, opset=opset, reporter=reporter)
