@@ -416,7 +416,7 @@ def data_synth(
     except ValueError as exc:  # what the options' own ranges cannot say (min <= max, splits)
         raise M3Error(f"data synth: {exc}") from None
     splits = ", ".join(f"{k} {v}" for k, v in summary.splits.items())
-    click.echo(f"wrote {summary.manifest}: {summary.n} images ({splits})")
+    click.echo(terminal_safe(f"wrote {summary.manifest}: {summary.n} images ({splits})"))
 
 
 def _check_synth_out(out: Path, overwrite: bool) -> None:
@@ -895,7 +895,7 @@ def export_cmd(
     from m3trt.export.onnx_export import export_checkpoint
 
     report = export_checkpoint(checkpoint, out, opset=opset, reporter=_reporter(ctx))
-    click.echo(report.summary())
+    click.echo(terminal_safe(report.summary()))
     if json_path:
         _write_json(json_path, report.to_json())
 
@@ -979,7 +979,7 @@ def calibrate_cmd(
     except StaleCache as exc:
         raise InputError(f"{exc}: replace them with --overwrite or choose another -o") from None
     state = "matching ranges already there" if hit else "ranges written"
-    click.echo(f"{out}: {len(images)} images, {method}: {state}")
+    click.echo(terminal_safe(f"{out}: {len(images)} images, {method}: {state}"))
     if images.failed:  # missing, unreadable or undecodable records: named, never silently gone
         first = images.failed[0][1]
         line = f"skipped {len(images.failed)} images that could not be read (first: {first})"
@@ -1122,7 +1122,7 @@ def build_cmd(ctx: click.Context, source: Path, out: Path, **kw: Any) -> None:
     if sign is not None:
         from m3trt.runtime.signing import SIGNATURE_FILE
 
-        click.echo(f"signed: {bundle.path / SIGNATURE_FILE}", err=True)
+        click.echo(terminal_safe(f"signed: {bundle.path / SIGNATURE_FILE}"), err=True)
     latency = bundle.latency
     speed = latency.get("speedup_vs_reference")
     versus = f" ({speed:.2f}x the FP32 reference)" if speed else ""
@@ -1132,7 +1132,7 @@ def build_cmd(ctx: click.Context, source: Path, out: Path, **kw: Any) -> None:
         if ms is not None
         else "no GPU timing taken on this host"
     )
-    click.echo(f"built {bundle.path}: {bundle.target} {bundle.precision}, {timing}")
+    click.echo(terminal_safe(f"built {bundle.path}: {bundle.target} {bundle.precision}, {timing}"))
 
 
 @main.command("inspect")
@@ -1531,7 +1531,7 @@ def bench_cmd(ctx: click.Context, bundle: Path, **kw: Any) -> None:
             click.echo(f"regression: {line}", err=True)
         if lines:
             ctx.exit(EXIT_FAILURE)
-        click.echo(f"no regression against {kw['baseline']}", err=True)
+        click.echo(terminal_safe(f"no regression against {kw['baseline']}"), err=True)
 
 
 # ---------------------------------------------------------------------------------------- serve

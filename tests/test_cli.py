@@ -206,3 +206,11 @@ def test_train_refuses_a_quantity_weight_that_is_not_a_finite_weight(tmp_path, v
 def test_synth_splits_that_are_not_numbers_name_the_option(tmp_path):
     result = CliRunner().invoke(main, ["data", "synth", str(tmp_path / "d"), "--splits", "a,b,c"])
     assert result.exit_code == 2 and "Invalid value for '--splits'" in result.output
+
+
+def test_success_lines_escape_what_a_terminal_would_act_on(tmp_path):
+    """`-o $'g\\e[31mRED'` sent a raw escape sequence to the user's terminal."""
+    out = tmp_path / "g\x1b[31mRED"
+    result = CliRunner().invoke(main, ["data", "synth", str(out), "--n", "20", "--size", "32"])
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output and "\x1b" not in result.output
