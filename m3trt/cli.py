@@ -535,7 +535,7 @@ def _print_import(summary: Any) -> None:
 )
 @click.option("--lr", default=1e-3, show_default=True, type=FiniteFloatRange(0, min_open=True))
 @click.option("--weight-decay", default=1e-4, show_default=True, type=FiniteFloatRange(0))
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
 @click.option("--no-tags", is_flag=True, help="Visual-only ablation: no tag branch.")
 @click.option("--single-scale", is_flag=True, help="Ablation: no fusion branch.")
 @click.option("--no-quantity-head", is_flag=True, help="Ablation: no label-quantity head.")
@@ -677,14 +677,41 @@ def train_cmd(ctx: click.Context, manifest: Path, out: Path, **kw: Any) -> None:
         late_fusion=kw["late_fusion"],
     )
     _lock(ctx, out, "-o", partial(_check_folder_out, out))
-    result = train(manifest, out, options, resume=kw["resume"], reporter=_reporter(ctx))
-    skipped = result.counts.get("unlabelled_skipped", 0)
-    click.echo(
-        f"best epoch {result.best_epoch}: val mAP {100 * result.best_val['mAP']:.1f} "
-        "(the checkpoint as saved, after the steps fitted on val); "
-        f"{result.counts['train']} train / {result.counts['val']} val images, "
-        f"{skipped} unlabelled skipped; checkpoint in {result.checkpoint}"
+    result = train(
+        manifest,
+        out,
+        options,
+        resume=kw["resume"],
+        explicit=_given_train_options(ctx, kw),
+        reporter=_reporter(ctx),
     )
+    skipped = result.counts.get("unlabelled_skipped", 0)
+    failed = result.counts.get("failed_images", 0)
+    click.echo(
+        terminal_safe(
+            f"best epoch {result.best_epoch}: val mAP {100 * result.best_val['mAP']:.1f} "
+            "(the checkpoint as saved, after the steps fitted on val); "
+            f"{result.counts['train']} train / {result.counts['val']} val images, "
+            f"{skipped} unlabelled skipped, {failed} could not be decoded; "
+            f"checkpoint in {result.checkpoint}"
+        )
+    )
+
+
+# CLI flags whose TrainOptions field has another name (and the opposite sense)
+_TRAIN_FIELDS = {"no_tags": "use_tags", "single_scale": "multi_scale"}
+_TRAIN_FIELDS["no_quantity_head"] = "quantity_head"
+
+
+def _given_train_options(ctx: click.Context, kw: dict[str, Any]) -> set[str]:
+    """The options typed on the command line (not left at their defaults): ``--resume`` refuses
+    those that differ from the run's saved ones. ``--threads`` changes no result, so it may."""
+    given = {
+        _TRAIN_FIELDS.get(name, name)
+        for name in kw
+        if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+    }
+    return given - {"threads", "resume"}
 
 
 # ----------------------------------------------------------------------------------------- eval
@@ -872,7 +899,7 @@ def _accuracy_gate(
     type=FilePath(dir_okay=False, path_type=Path),
     help="The .onnx file to write.",
 )
-@click.option("--opset", default=18, show_default=True, type=click.IntRange(17, 23))
+@click.option("--opset", default=18, show_default=True, type=click.IntRange(18, 23))
 @click.option(
     "--json",
     "json_path",
@@ -979,10 +1006,11 @@ def calibrate_cmd(
     except StaleCache as exc:
         raise InputError(f"{exc}: replace them with --overwrite or choose another -o") from None
     state = "matching ranges already there" if hit else "ranges written"
-    click.echo(terminal_safe(f"{out}: {len(images)} images, {method}: {state}"))
+    used = f" (splits: {', '.join(images.splits)})" if images.splits else ""
+    click.echo(terminal_safe(f"{out}: {len(images)} images{used}, {method}: {state}"))
     if images.failed:  # missing, unreadable or undecodable records: named, never silently gone
-        first = images.failed[0][1]
-        line = f"skipped {len(images.failed)} images that could not be read (first: {first})"
+        reason = images.failed[0][1]  # names its file
+        line = f"skipped {len(images.failed)} images that could not be read (first: {reason})"
         click.echo(terminal_safe(line))
 
 

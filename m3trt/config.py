@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,42 @@ CONFIG_VERSION = 1
 
 MIN_IMAGE_SIZE = 32  # five stride-2 stages leave one pixel
 MAX_IMAGE_SIZE = 8192  # as a bundle's graph contract allows
+# A checkpoint's image size, as `m3trt train --image-size` allows: export's parity check and eval
+# run the PyTorch model at S x S, and an edited 8192 took gigabytes per image there.
+MAX_CHECKPOINT_IMAGE_SIZE = 1024
 MAX_WIDTH = 1 << 16  # labels, tags, hidden widths: far above any M3 model, far below a typo
+MAX_NAME_CHARS = 1000  # one label or tag name
+# Pixels are scaled to [0, 1] before mean/std: values outside these bounds only blow the first
+# convolution's input up to inf (a std of 1e-300 made every exported output NaN).
+MEAN_BOUND = 10.0
+STD_RANGE = (1e-3, 10.0)
+# Names a terminal would act on (escapes, bidi overrides, line separators) or cannot show.
+_UNSAFE_NAME = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def _finite_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_names(field: str, values: Any) -> list[str]:
+    """A list of distinct, non-empty, printable names: a string was split into its characters,
+    a duplicate failed later as a bare ValueError, and integers or control characters reached
+    the exported graph's metadata."""
+    if not isinstance(values, list):
+        raise InputError(f"{field} must be a list of names, not {type(values).__name__}")
+    seen: set[str] = set()
+    for i, name in enumerate(values):
+        if not isinstance(name, str) or not name.strip():
+            raise InputError(f"{field}[{i}] must be a non-empty string, not {name!r}")
+        if len(name) > MAX_NAME_CHARS or _UNSAFE_NAME.search(name):
+            shown = name[:40].encode("unicode_escape").decode("ascii")
+            raise InputError(
+                f"{field}[{i}] ({shown!r}) has control characters or over {MAX_NAME_CHARS} chars"
+            )
+        if name in seen:
+            raise InputError(f"{field} names {name!r} twice")
+        seen.add(name)
+    return list(values)
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None) -> None:
@@ -48,13 +80,25 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         # an edited image_size of 100000 asked export for 60 GB and eval for 894 GiB
-        _check_int("preprocessing.image_size", self.image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+        _check_int(
+            "preprocessing.image_size", self.image_size, MIN_IMAGE_SIZE, MAX_CHECKPOINT_IMAGE_SIZE
+        )
         for name in ("mean", "std"):
             values = getattr(self, name)
             if len(values) != 3 or not all(_finite_number(v) for v in values):
                 raise InputError(f"preprocessing.{name} must be 3 finite numbers, not {values!r}")
+        if not all(abs(v) <= MEAN_BOUND for v in self.mean):
+            raise InputError(
+                f"preprocessing.mean must be from {-MEAN_BOUND:g} to {MEAN_BOUND:g} (pixels are "
+                f"scaled to 0..1), not {self.mean!r}"
+            )
         if min(self.std) <= 0:
             raise InputError(f"preprocessing.std must be positive, not {self.std!r}")
+        low, high = STD_RANGE
+        if not all(low <= v <= high for v in self.std):
+            raise InputError(
+                f"preprocessing.std must be from {low:g} to {high:g}, not {self.std!r}"
+            )
         if self.resize != "squash":
             raise InputError(f"preprocessing.resize must be 'squash', not {self.resize!r}")
 
@@ -86,6 +130,10 @@ class ModelConfig:
     decision_threshold: float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("multi_scale", "use_tags", "quantity_head", "tag_skip"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):  # "false" is a true string
+                raise InputError(f"model.{name} must be true or false, not {value!r}")
         if not isinstance(self.backbone, str) or self.backbone not in BACKBONES:
             raise InputError(
                 f"unknown backbone {self.backbone!r}: choose one of {', '.join(BACKBONES)}"
@@ -102,7 +150,8 @@ class ModelConfig:
                 raise InputError(f"model.{name} must be from 0 to 1, not {value!r}")
         _check_int("model.k_max", self.k_max, 1, None)
         self.k_max = min(self.k_max, self.num_labels)
-        if self.decision_threshold is not None and not 0.0 < self.decision_threshold < 1.0:
+        threshold = self.decision_threshold
+        if threshold is not None and not (_finite_number(threshold) and 0.0 < threshold < 1.0):
             raise InputError(
                 f"decision_threshold must be between 0 and 1, not {self.decision_threshold}"
             )
@@ -134,21 +183,32 @@ class CheckpointConfig:
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str = "config.json") -> CheckpointConfig:
         try:
-            version = int(data.get("version", CONFIG_VERSION))
+            version = data.get("version", CONFIG_VERSION)
+            if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+                raise InputError(f"version must be a positive integer, not {version!r}")
             if version > CONFIG_VERSION:
                 raise InputError(
                     f"{source}: config version {version} is newer than this m3trt supports "
                     f"({CONFIG_VERSION}); upgrade m3trt"
                 )
+            for key in ("model", "preprocessing"):
+                if not isinstance(data[key], dict):
+                    raise InputError(f"{key} must be a JSON object")
             pre = dict(data["preprocessing"])
-            pre["mean"] = tuple(pre["mean"])
-            pre["std"] = tuple(pre["std"])
+            for key in ("mean", "std"):
+                if not isinstance(pre.get(key), list | tuple):
+                    shown = repr(pre.get(key))[:80]
+                    raise InputError(f"preprocessing.{key} must be 3 finite numbers, not {shown}")
+                pre[key] = tuple(pre[key])
+            training = data.get("training", {})
+            if not isinstance(training, dict):
+                raise InputError("training must be a JSON object")
             config = cls(
                 model=ModelConfig(**data["model"]),
                 preprocessing=Preprocessing(**pre),
-                label_names=list(data["label_names"]),
-                tag_vocab=list(data["tag_vocab"]),
-                training=dict(data.get("training", {})),
+                label_names=_check_names("label_names", data["label_names"]),
+                tag_vocab=_check_names("tag_vocab", data["tag_vocab"]),
+                training=dict(training),
                 version=version,
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -34,7 +34,10 @@ class ImageSet:
     labels: np.ndarray | None  # bool [N, C] when the source had labels
     paths: list[str]
     source: str
-    failed: list[str]
+    # (path, reason) of every image that could not be read or decoded: the reason names the file
+    failed: list[tuple[str, str]]
+    # the manifest splits the images came from; None: all of them (or a folder)
+    splits: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -56,6 +59,7 @@ class ImageSet:
             [self.paths[i] for i in index],
             self.source,
             [],
+            self.splits,
         )
 
     def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -69,17 +73,22 @@ def list_images(folder: Path) -> list[Path]:
     return [Path(found.path) for found in iter_images([folder], IMAGE_EXTENSIONS)]
 
 
-def _decode_all(paths: Sequence[Path], size: int) -> tuple[list[np.ndarray | None], list[str]]:
-    def decode(path: Path) -> np.ndarray | None:
+def _decode_all(
+    paths: Sequence[Path], size: int
+) -> tuple[list[np.ndarray | None], list[tuple[str, str]]]:
+    """Decoded images (None where one failed) and (path, reason) of each failure, the shape of
+    the unread records' entries: a bare path there made the CLI quote its second character."""
+
+    def decode(path: Path) -> np.ndarray | str:
         try:
             return load_image(path, size)
-        except ImageDecodeError:
-            return None
+        except ImageDecodeError as exc:
+            return str(exc)
 
     with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
-        images = list(pool.map(decode, paths))
-    failed = [str(p) for p, im in zip(paths, images, strict=True) if im is None]
-    return images, failed
+        results = list(pool.map(decode, paths))
+    failed = [(str(p), r) for p, r in zip(paths, results, strict=True) if isinstance(r, str)]
+    return [None if isinstance(r, str) else r for r in results], failed
 
 
 def load_image_set(
@@ -134,6 +143,7 @@ def load_image_set(
         paths=[str(paths[i]) for i in keep],
         source=str(source),
         failed=failed,
+        splits=tuple(splits) if splits is not None and label_rows is not None else None,
     )
 
 
@@ -142,12 +152,19 @@ def is_manifest(source: Path) -> bool:
 
 
 def load_calibration_images(source: str | Path, *, count: int, **kw) -> ImageSet:
-    """Calibration images: a manifest's train split (all records if it has none), or a folder."""
+    """Calibration images: a manifest's train split (all records only if it has no train split
+    at all; ``splits`` says which), or a folder. A train split none of whose images decode is
+    refused: falling back to val and test then calibrated on the images meant to check it."""
     source = Path(source)
     if is_manifest(source):
         images = load_image_set(source, count=count, splits=["train"], **kw)
         if len(images):
             return images
+        if images.failed:
+            raise InputError(
+                f"{images.source}: none of the {len(images.failed)} train-split images could be "
+                f"read (first: {images.failed[0][1]}); calibration uses the train split"
+            )
     return load_image_set(source, count=count, **kw)
 
 

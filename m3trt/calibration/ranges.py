@@ -175,7 +175,12 @@ def save_cache(path: Path, key: dict[str, Any], ranges, data: ImageSet) -> None:
     document = {
         "format": CACHE_FORMAT,
         "key": key,
-        "images": {"source": data.source, "count": len(data), "failed": len(data.failed)},
+        "images": {
+            "source": data.source,
+            "splits": None if data.splits is None else list(data.splits),
+            "count": len(data),
+            "failed": len(data.failed),
+        },
         "ranges": _ranges_to_json(ranges),
     }
     write_json(path, document, indent=1, sort_keys=True)

@@ -53,6 +53,7 @@ class RecordSet:
         self.cache = cache if cache is not None else per_image * len(self) <= CACHE_LIMIT_BYTES
         self._images: np.ndarray | None = None
         self.failed: list[tuple[Record, str]] = []
+        self._failed_at: set[int] = set()  # each bad image counted once, not once per epoch
 
     def __len__(self) -> int:
         return len(self.records)
@@ -66,7 +67,9 @@ class RecordSet:
         try:
             return load_image(record.path, self.image_size)
         except ImageDecodeError as exc:
-            self.failed.append((record, str(exc)))
+            if index not in self._failed_at:
+                self._failed_at.add(index)
+                self.failed.append((record, str(exc)))
             return None
 
     def _decode_many(
@@ -121,11 +124,20 @@ class RecordSet:
                 yield Batch(self._images[idx], self.tags[idx], self.labels[idx], idx)
             return
         # The prefetcher has its own thread so it never waits on a decode slot it holds itself.
+        held: tuple[np.ndarray, np.ndarray] | None = None  # a batch that decoded to one image
         with ThreadPoolExecutor(self.workers) as pool, ThreadPoolExecutor(1) as prefetch:
             pending: Future | None = None
             for n, chunk in enumerate(chunks):
                 images, idx = pending.result() if pending else self._decode_many(pool, chunk)
                 if n + 1 < len(chunks):
                     pending = prefetch.submit(self._decode_many, pool, chunks[n + 1])
+                if held is not None and len(idx):
+                    images, idx = np.concatenate([held[0], images]), np.concatenate([held[1], idx])
+                    held = None
+                if drop_singleton and len(idx) == 1:
+                    # failed decodes left one image, which BatchNorm cannot train on: it joins
+                    # the next batch (dropped if none follows)
+                    held = (images, idx)
+                    continue
                 if len(idx):
                     yield Batch(images, self.tags[idx], self.labels[idx], idx)

@@ -29,6 +29,10 @@ from m3trt.runtime.model_io import ModelInfo
 from m3trt.train.checkpoint import load_checkpoint
 
 DEFAULT_OPSET = 18
+# torch's dynamo exporter has no implementations below 18: asked for 17 it printed a version
+# converter's traceback, wrote 18 and the report said 17.
+MIN_OPSET = 18
+MAX_OPSET = 23
 GEMM_OPS = ("Gemm", "MatMul")
 
 
@@ -118,6 +122,11 @@ def to_onnx(graph: torch.nn.Module, config: CheckpointConfig, opset: int) -> onn
     return program.model_proto
 
 
+def onnx_opset(model: onnx.ModelProto) -> int | None:
+    """The default-domain opset a graph declares (what was written, not what was asked)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
 def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
     """Constant folding, dead-code and identity removal with onnxscript's optimizer."""
     import onnxscript.optimizer
@@ -160,13 +169,19 @@ def export_checkpoint(
     out = Path(out)
     if out.suffix != ".onnx":
         raise InputError(f"{out}: the output must be a .onnx file")
-    if opset < 17:
-        raise InputError(f"opset {opset} is too old: m3trt exports opset 17 or newer")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise InputError(
+            f"opset {opset} cannot be exported: torch's ONNX exporter writes opsets "
+            f"{MIN_OPSET} to {MAX_OPSET}"
+        )
     torch.set_num_threads(os.cpu_count() or 1)
     model, config = load_checkpoint(checkpoint)
     with reporter.task("export", 4, unit="step") as bar:
         fused_graph = build_graph(model, config, fused=True)
         raw = to_onnx(fused_graph, config, opset)
+        written = onnx_opset(raw)
+        if written != opset:  # never silently another opset than the one asked for
+            raise RuntimeError(f"asked for opset {opset}, the exporter wrote {written}")
         raw_stats = GraphStats.of(raw)
         bar.advance()
         fused = simplify(raw)
@@ -183,7 +198,7 @@ def export_checkpoint(
         bar.advance()
     return ExportReport(
         path=out,
-        opset=opset,
+        opset=onnx_opset(fused),
         raw=raw_stats,
         fused=GraphStats.of(fused),
         bn_folded=fused_graph.model.bn_folded,

@@ -20,6 +20,9 @@ from m3trt.data.vocab import Vocab
 from m3trt.runtime.engines.ort_engine import cpu_session
 
 SCORE_ATOL = 1e-4
+# Pixels per parity batch (16 images at 224): at a checkpoint's largest image size all 14 inputs
+# in one torch batch took gigabytes of activations; in pieces, memory stays that of a few images.
+PARITY_BATCH_PIXELS = 16 * 224 * 224
 
 
 @dataclass
@@ -79,21 +82,35 @@ def parity_inputs(
     return np.stack(images), np.stack(tags).reshape(len(images), len(vocab))
 
 
+def batch_limit(config: CheckpointConfig) -> int:
+    """Images per parity batch at this image size (at least 2, so batches still vary)."""
+    size = config.preprocessing.image_size
+    return max(2, PARITY_BATCH_PIXELS // (size * size))
+
+
+def _spans(start: int, stop: int, step: int) -> list[tuple[int, int]]:
+    return [(a, min(a + step, stop)) for a in range(start, stop, step)]
+
+
 @torch.no_grad()
 def run_torch(graph: torch.nn.Module, config: CheckpointConfig, images, tags) -> list[np.ndarray]:
-    args = [torch.from_numpy(images)]
-    if uses_tags(config):
-        args.append(torch.from_numpy(tags.astype(np.float32)))
-    return [t.numpy() for t in graph(*args)]
+    """The reference outputs, in batches of at most ``batch_limit`` images."""
+    parts = []
+    for a, b in _spans(0, len(images), batch_limit(config)):
+        args = [torch.from_numpy(images[a:b])]
+        if uses_tags(config):
+            args.append(torch.from_numpy(tags[a:b].astype(np.float32)))
+        parts.append([t.numpy() for t in graph(*args)])
+    return [np.concatenate(outs) for outs in zip(*parts, strict=True)]
 
 
 def run_onnx(session, config: CheckpointConfig, images, tags) -> list[np.ndarray]:
-    """Run in two uneven batches so the dynamic batch dimension is exercised too."""
+    """Run in two uneven batches so the dynamic batch dimension is exercised too (each cut
+    into pieces of at most ``batch_limit`` images)."""
     cut = max(1, len(images) // 3)
-    parts = [
-        session.run(None, feeds_for(config, images[a:b], tags[a:b]))
-        for a, b in ((0, cut), (cut, len(images)))
-    ]
+    step = batch_limit(config)
+    spans = _spans(0, cut, step) + _spans(cut, len(images), step)
+    parts = [session.run(None, feeds_for(config, images[a:b], tags[a:b])) for a, b in spans]
     return [np.concatenate(outs) for outs in zip(*parts, strict=True)]
 
 

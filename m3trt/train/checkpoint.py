@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from m3trt.atomic import atomic_path, fsync_dir, publish, temp_sibling, write_json
-from m3trt.config import CheckpointConfig
+from m3trt.config import CheckpointConfig, ModelConfig
 from m3trt.data.safe_open import read_json
 from m3trt.errors import InputError, WriteFailure
 from m3trt.model import M3Net
@@ -53,13 +53,22 @@ def load_config(folder: str | Path) -> CheckpointConfig:
 
 
 def load_checkpoint(folder: str | Path) -> tuple[M3Net, CheckpointConfig]:
-    """Rebuild the model from ``config.json`` and load its weights, checking every key."""
+    """Rebuild the model from ``config.json`` and load its weights, checking every key.
+
+    The weights file's header is compared with the model config.json describes (built on the
+    meta device, no memory) before the real model is built: widths edited to 65536 asked for
+    ~112 GiB before a weight was read. A config that matches the file is bounded by the file."""
     folder = Path(folder)
     config = load_config(folder)
-    model = M3Net(config.model)
     weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
-        raise InputError(f"{weights}: weights file missing from the checkpoint")
+    if not weights.is_file():  # a FIFO or a folder was "missing" too
+        from m3trt.data.manifest import not_a_file
+
+        why = not_a_file(weights)
+        why = "missing from the checkpoint" if why == "not found" else why
+        raise InputError(f"{weights}: weights file {why}")
+    check_weights_header(weights, config.model)
+    model = M3Net(config.model)
     try:
         state = load_file(weights)
     except (SafetensorError, OSError, ValueError) as exc:
@@ -70,30 +79,63 @@ def load_checkpoint(folder: str | Path) -> tuple[M3Net, CheckpointConfig]:
     return model, config
 
 
-def _check_weights(
-    path: Path, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
+def check_weights_header(path: Path, model_config: ModelConfig) -> None:
+    """The tensors of the safetensors file ``path`` are the names and shapes of the model
+    ``model_config`` describes: checked from the file's header and a model on the meta device,
+    so neither a huge config nor a huge file is allocated first."""
+    header = _read_header(path)
+    with torch.device("meta"):
+        expected = M3Net(model_config).state_dict()
+    _check_names_and_shapes(path, header, expected)
+
+
+def _read_header(path: Path) -> dict[str, tuple[list[int], str]]:
+    """Name -> (shape, dtype) of every tensor, from the safetensors header alone."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            header = {}
+            for name in f.keys():  # noqa: SIM118 (a safe_open handle is not a dict)
+                piece = f.get_slice(name)
+                header[name] = (list(piece.get_shape()), str(piece.get_dtype()))
+            return header
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read weights ({exc})") from None
+
+
+def _check_names_and_shapes(
+    path: Path, header: dict[str, tuple[list[int], str]], expected: dict[str, torch.Tensor]
 ) -> None:
-    """Every tensor the model has, of its shape and kind, and finite: torch's own refusal of a
-    wrong shape was several lines, a tensor of booleans was cast to floats, and NaN weights made
-    a bundle whose results were not JSON."""
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
+    missing = [k for k in expected if k not in header]
+    unexpected = [k for k in header if k not in expected]
     if missing or unexpected:
         raise InputError(
             f"{path}: weights do not match config.json "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     for name, want in expected.items():
-        got = state[name]
-        if got.shape != want.shape:
+        shape = header[name][0]
+        if shape != list(want.shape):
             raise InputError(
-                f"{path}: tensor {name} has shape {list(got.shape)}, config.json gives "
-                f"{list(want.shape)}"
+                f"{path}: tensor {name} has shape {shape}, config.json gives {list(want.shape)}"
             )
+
+
+def _check_weights(
+    path: Path, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
+) -> None:
+    """Every tensor the model has, of its shape and kind, and finite in the model's own dtype:
+    torch's own refusal of a wrong shape was several lines, a tensor of booleans was cast to
+    floats, NaN weights made a bundle whose results were not JSON, and float64 1e300 became
+    inf in float32 (every exported output NaN)."""
+    _check_names_and_shapes(path, {k: (list(v.shape), "") for k, v in state.items()}, expected)
+    for name, want in expected.items():
+        got = state[name]
         if got.dtype.is_floating_point != want.dtype.is_floating_point:
             raise InputError(f"{path}: tensor {name} is {got.dtype}, not {want.dtype}")
-        if got.dtype.is_floating_point and not bool(torch.isfinite(got).all()):
-            raise InputError(f"{path}: tensor {name} holds NaN or infinite values")
+        if got.dtype.is_floating_point and not bool(torch.isfinite(got.to(want.dtype)).all()):
+            raise InputError(
+                f"{path}: tensor {name} holds NaN or infinite values (as {want.dtype})"
+            )
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -8,7 +8,7 @@ import hashlib
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,16 @@ import torch
 import torch.nn.functional as F
 
 from m3trt import metrics
-from m3trt.config import CheckpointConfig, ModelConfig, Preprocessing
+from m3trt.config import (
+    BACKBONES,
+    MAX_CHECKPOINT_IMAGE_SIZE,
+    MAX_WIDTH,
+    MIN_IMAGE_SIZE,
+    CheckpointConfig,
+    ModelConfig,
+    Preprocessing,
+)
+from m3trt.constants import MAX_TRAIN_BATCH
 from m3trt.data.batches import RecordSet
 from m3trt.data.manifest import (
     MAX_MANIFEST_BYTES,
@@ -36,6 +45,8 @@ from m3trt.train.balance import AuxHeads, drop_each_tag
 from m3trt.train.checkpoint import (
     LAST_DIR,
     TRAINER_FILE,
+    WEIGHTS_FILE,
+    check_weights_header,
     is_finished,
     keep_unfitted,
     load_checkpoint,
@@ -296,8 +307,12 @@ def run_epoch(
     return sums, seen, seen / max(1e-9, time.perf_counter() - start)
 
 
-def validate(model: M3Net, config: CheckpointConfig, data: RecordSet) -> dict[str, Any]:
+def validate(
+    model: M3Net, config: CheckpointConfig, data: RecordSet, source: object = "val split"
+) -> dict[str, Any]:
     scores, q, rows = predict(model, preprocess_for(config), data)
+    if not len(rows):  # metrics would fail with a bare ValueError after a whole epoch
+        raise InputError(f"{source}: {_too_few(0, 0, [data])}")
     y_true = data.labels[rows] > 0
     m = config.model
     k = metrics.decide_k(scores, q, m.k_max, m.decision_threshold) if q is not None else None
@@ -341,15 +356,173 @@ def _fresh_hint(out_dir: Path, present: list[str]) -> str:
     return "continue the interrupted run with --resume, or"
 
 
+def _too_few(n_train: int, n_val: int, sets: Sequence[RecordSet]) -> str:
+    failed = [error for data in sets for _, error in data.failed]
+    first = f"; first failure: {failed[0]}" if failed else ""
+    return (
+        f"only {n_train} training and {n_val} val images could be decoded ({len(failed)} "
+        f"failed{first}); training needs at least 2 training images and 1 val image"
+    )
+
+
+def _require_decoded(manifest_path: Path, n_train: int, n_val: int, *sets: RecordSet) -> None:
+    """Refuse a run left with too few images once the bad ones are dropped: with none it
+    saved an untrained checkpoint (exit 0), with one BatchNorm failed, with no val image the
+    metrics failed after a whole epoch."""
+    if n_train < 2 or n_val < 1:
+        raise InputError(f"{manifest_path}: {_too_few(n_train, n_val, sets)}")
+
+
+# What ``last/trainer.json`` may hold for each option, as the CLI allows it: the file is read
+# back by --resume, and an edited batch_size 0 divided by zero, threads 100000 failed in the
+# allocator. Bounds are inclusive except those OPEN_LOW and OPEN_HIGH name.
+_INT, _FLOAT, _BOOL, _STR = "int", "float", "bool", "str"
+OPTION_RULES: dict[str, tuple[str, float | None, float | None, bool]] = {
+    # name: (kind, low, high, may be null)
+    "backbone": (_STR, None, None, False),
+    "image_size": (_INT, MIN_IMAGE_SIZE, MAX_CHECKPOINT_IMAGE_SIZE, False),
+    "epochs": (_INT, 1, None, False),
+    "batch_size": (_INT, 2, MAX_TRAIN_BATCH, False),
+    "lr": (_FLOAT, 0, None, False),
+    "weight_decay": (_FLOAT, 0, None, False),
+    "seed": (_INT, 0, 2**63 - 1, False),
+    "use_tags": (_BOOL, None, None, False),
+    "multi_scale": (_BOOL, None, None, False),
+    "quantity_head": (_BOOL, None, None, False),
+    "quantity_weight": (_FLOAT, 0, None, False),
+    "tag_min_count": (_INT, 1, None, False),
+    "tag_max_size": (_INT, 1, None, False),
+    "tag_hidden": (_INT, 1, MAX_WIDTH, False),
+    "visual_dim": (_INT, 1, MAX_WIDTH, True),
+    "val_fraction": (_FLOAT, 0, 1, False),
+    "warmup_epochs": (_FLOAT, 0, None, False),
+    "backbone_weights": (_STR, None, None, True),
+    "threads": (_INT, 1, 256, True),
+    "tag_drop_all": (_FLOAT, 0, 1, False),
+    "tag_drop_each": (_FLOAT, 0, 1, False),
+    "aux_visual_weight": (_FLOAT, 0, None, False),
+    "aux_tags_weight": (_FLOAT, 0, None, False),
+    "visual_first_epochs": (_INT, 0, None, False),
+    "calibrate_quantity": (_BOOL, None, None, False),
+    "tag_skip": (_BOOL, None, None, False),
+    "tag_skip_lr_mult": (_FLOAT, 0, None, False),
+    "decision_threshold": (_STR, None, None, False),
+    "augment_shift": (_FLOAT, 0, 0.5, False),
+    "late_fusion": (_BOOL, None, None, False),
+}
+OPEN_LOW = {"lr", "tag_skip_lr_mult", "val_fraction"}  # must be above the low bound
+OPEN_HIGH = {"tag_drop_each", "val_fraction"}  # must be below the high bound
+
+
+def _option_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` is not a valid ``name`` option, or None."""
+    kind, low, high, nullable = OPTION_RULES[name]
+    if value is None:
+        return None if nullable else "must not be null"
+    if kind == _BOOL:
+        return None if isinstance(value, bool) else "must be true or false"
+    if kind == _STR:
+        if not isinstance(value, str):
+            return "must be a string"
+        if name == "backbone" and value not in BACKBONES:
+            return f"must be one of {', '.join(BACKBONES)}"
+        if name == "decision_threshold":
+            try:
+                parse_decision_threshold(value)
+            except InputError:
+                return "must be val, none or a number in (0, 1)"
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"must be a{'n integer' if kind == _INT else ' number'}"
+    if kind == _INT and not isinstance(value, int):
+        return "must be an integer"
+    if kind == _FLOAT and isinstance(value, int) and abs(value) > 1e300:
+        return "must be finite"  # float() of a huge JSON integer overflows
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be finite"
+    if low is not None and (value <= low if name in OPEN_LOW else value < low):
+        return f"must be {'above' if name in OPEN_LOW else 'at least'} {low}"
+    if high is not None and (value >= high if name in OPEN_HIGH else value > high):
+        return f"must be {'below' if name in OPEN_HIGH else 'at most'} {high}"
+    return None
+
+
+def options_from_json(data: Any, source: object) -> TrainOptions:
+    """Saved training options, checked as the CLI checks its own (missing keys: defaults)."""
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: options must be a JSON object")
+    unknown = sorted(str(k) for k in data if k not in OPTION_RULES)
+    if unknown:
+        raise InputError(f"{source}: unknown training options {', '.join(unknown[:5])}")
+    for name, value in data.items():
+        if (problem := _option_problem(name, value)) is not None:
+            raise InputError(f"{source}: option {name} {problem}, not {repr(value)[:80]}")
+    floats = {n for n, rule in OPTION_RULES.items() if rule[0] == _FLOAT}
+    values = {k: float(v) if k in floats and v is not None else v for k, v in data.items()}
+    return TrainOptions(**values)
+
+
+def check_trainer_state(state: dict[str, Any], source: Path) -> TrainOptions:
+    """``last/trainer.json`` as ``--resume`` needs it, every field checked before use (an
+    edited file failed deep inside with KeyError, TypeError or ZeroDivisionError)."""
+    options = options_from_json(state.get("options"), source)
+    epoch = state.get("epoch")
+    if not (isinstance(epoch, int) and not isinstance(epoch, bool)) or not (
+        0 <= epoch <= options.epochs
+    ):
+        raise InputError(f"{source}: epoch must be an integer from 0 to {options.epochs}")
+    history = state.get("history")
+    if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
+        raise InputError(f"{source}: history must be a list of JSON objects")
+    best = state.get("best")
+    if not (
+        isinstance(best, dict)
+        and isinstance(best.get("epoch"), int)
+        and isinstance(best.get("mAP"), int | float)
+        and isinstance(best.get("val"), dict)
+    ):
+        raise InputError(f"{source}: best must be an object with epoch, mAP and val")
+    for key in ("config", "optimizer"):
+        if not isinstance(state.get(key), dict):
+            raise InputError(f"{source}: {key} must be a JSON object")
+    optimizer = state["optimizer"]
+    if not isinstance(optimizer.get("param_groups"), list) or not isinstance(
+        optimizer.get("scalars"), dict
+    ):
+        raise InputError(f"{source}: optimizer must hold param_groups and scalars")
+    return options
+
+
+def _refuse_changed_options(
+    source: Path, given: TrainOptions, saved: TrainOptions, explicit: Collection[str]
+) -> None:
+    """A resumed run keeps its saved options: options given now that differ are refused."""
+    changed = [
+        f"{name} {getattr(given, name)!r} (saved {getattr(saved, name)!r})"
+        for name in OPTION_RULES
+        if name in explicit and getattr(given, name) != getattr(saved, name)
+    ]
+    if changed:
+        raise InputError(
+            f"{source}: --resume continues with the saved options, but these differ: "
+            f"{'; '.join(changed)}; drop them, or train into a new folder"
+        )
+
+
 def train(
     manifest_path: str | Path,
     out_dir: str | Path,
     options: TrainOptions,
     *,
     resume: bool = False,
+    explicit: Collection[str] | None = None,
     reporter: Reporter = SILENT,
 ) -> TrainResult:
-    """Train an M3 model on a manifest and keep the best checkpoint (by val mAP) in ``out_dir``."""
+    """Train an M3 model on a manifest and keep the best checkpoint (by val mAP) in ``out_dir``.
+
+    A resumed run continues with its saved options; ``explicit`` names the options the user
+    gave (the CLI's non-default ones), and any of them that differs from the saved value is
+    refused: taken silently, ``--resume --epochs 5 --lr 0.5`` ran with the old epochs and rate."""
     out_dir = Path(out_dir)
     manifest = read_manifest(manifest_path)
     if (note := repeated_images(manifest)) is not None:
@@ -366,13 +539,19 @@ def train(
             )
         if state.get("manifest_hash") != manifest_hash:
             raise InputError(f"{out_dir}: was trained on a different manifest; cannot resume")
-        options = TrainOptions(**state["options"])
+        trainer_file = out_dir / LAST_DIR / TRAINER_FILE
+        saved = check_trainer_state(state, trainer_file)
+        if explicit:
+            _refuse_changed_options(trainer_file, options, saved, explicit)
+        options = saved
         start_epoch, history, best = state["epoch"], state["history"], state["best"]
     else:
         _check_fresh_folder(out_dir)
     train_records, val_records, counts = split_records(manifest, options.val_fraction, options.seed)
     if state is not None:
         config = CheckpointConfig.from_json(state["config"], str(out_dir / "last/trainer.json"))
+        # before the model is built: a config edited to huge widths allocated first
+        check_weights_header(out_dir / LAST_DIR / WEIGHTS_FILE, config.model)
     else:
         config = build_config(manifest, train_records, options)
 
@@ -396,9 +575,17 @@ def train(
         if data.cache:
             with reporter.task(name, len(data)) as bar:
                 data.warm(bar.advance)
+    if train_set.cache and val_set.cache:  # else known only once an epoch has decoded them
+        _require_decoded(manifest.path, len(train_set), len(val_set), train_set, val_set)
+    if train_set.cache:
+        counts["train"] = len(train_set)  # what trains, failed images not included
+    if val_set.cache:
+        counts["val"] = len(val_set)
     counts["failed_images"] = len(train_set.failed) + len(val_set.failed)
     for _record, error in (train_set.failed + val_set.failed)[:5]:
         reporter.log(f"skipped {error}")
+    if counts["failed_images"]:
+        reporter.log(f"{counts['failed_images']} images could not be decoded and are skipped")
 
     preprocess = preprocess_for(config)
     steps_per_epoch = max(1, len(train_set) // options.batch_size)
@@ -415,7 +602,11 @@ def train(
             sums, seen, rate = run_epoch(
                 model, aux, optimizer, preprocess, train_set, epoch, schedule, options, bar.advance
             )
-        val = validate(model, config, val_set)
+        if not train_set.cache:
+            decoded = len(train_set) - len(train_set.failed)
+            _require_decoded(manifest.path, decoded, 1, train_set, val_set)
+        val = validate(model, config, val_set, manifest.path)
+        counts["failed_images"] = len(train_set.failed) + len(val_set.failed)
         row = {
             "epoch": epoch + 1,
             **{k: v / max(1, seen) for k, v in sums.items()},
@@ -521,7 +712,9 @@ def fit_decision(
     it was trained with (the manifest's ``val`` records, else the seeded hold-out of train).
     Rewrites its ``config.json``; returns what was fitted."""
     model, config = load_checkpoint(checkpoint)
-    options = TrainOptions(**config.training.get("options", {}))
+    options = options_from_json(
+        config.training.get("options", {}), Path(checkpoint) / "config.json"
+    )
     _, val_records, _ = split_records(
         read_manifest(manifest_path), options.val_fraction, options.seed
     )
@@ -547,7 +740,9 @@ def apply_late_fusion(
     model, config = load_checkpoint(checkpoint)
     if "late_fusion" in config.training:
         raise InputError(f"{checkpoint}: already has the late fusion; it would apply twice")
-    options = TrainOptions(**config.training.get("options", {}))
+    options = options_from_json(
+        config.training.get("options", {}), Path(checkpoint) / "config.json"
+    )
     train_records, val_records, _ = split_records(
         read_manifest(manifest_path), options.val_fraction, options.seed
     )
