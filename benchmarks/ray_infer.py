@@ -36,7 +36,13 @@ M3TRT = [sys.executable, "-m", "m3trt.cli"]
 
 
 def run_infer(
-    bundle: Path, folder: Path, out: Path, ray: bool, batch: int, address: str | None = None
+    bundle: Path,
+    folder: Path,
+    out: Path,
+    ray: bool,
+    batch: int,
+    address: str | None = None,
+    engine: str = "auto",
 ) -> dict[str, Any]:
     """One `m3trt infer` process; wall time from before its start to after its exit. With
     ``address``, the Ray run joins that running instance instead of starting its own."""
@@ -44,7 +50,7 @@ def run_infer(
     for stale in (out, out.with_name(f"{out.stem}.errors.jsonl"), summary):
         stale.unlink(missing_ok=True)  # this script's own outputs from an earlier run
     cmd = [*M3TRT, "-q", "infer", str(bundle), str(folder), "-o", str(out)]
-    cmd += ["--batch-size", str(batch), "--summary-json", str(summary)]
+    cmd += ["--batch-size", str(batch), "--summary-json", str(summary), "--engine", engine]
     if ray:
         cmd += ["--executor", "ray"]
     if address:
@@ -95,7 +101,9 @@ def compare(local: list[dict[str, Any]], other: list[dict[str, Any]]) -> dict[st
     }
 
 
-def killed_actor_run(bundle: Path, folder: Path, out: Path, batch: int) -> dict[str, Any]:
+def killed_actor_run(
+    bundle: Path, folder: Path, out: Path, batch: int, engine: str = "auto"
+) -> dict[str, Any]:
     """A Ray run whose first actor to return a block is killed right then."""
     from m3trt.runtime.pipeline import InferOptions
     from m3trt.runtime.ray_executor import RayOptions, run_folder_ray
@@ -113,7 +121,8 @@ def killed_actor_run(bundle: Path, folder: Path, out: Path, batch: int) -> dict[
         stale.unlink(missing_ok=True)
     options = InferOptions(output=out, batch_size=batch)
     start = time.perf_counter()
-    summary = run_folder_ray(bundle, [folder], options, RayOptions(on_block=kill_first))
+    load = {"engine": engine}
+    summary = run_folder_ray(bundle, [folder], options, RayOptions(on_block=kill_first), load)
     return {
         "wall_s": round(time.perf_counter() - start, 2),
         "killed_pid": killed[0] if killed else None,
@@ -140,7 +149,11 @@ def joined_rounds(args: argparse.Namespace, rounds: int) -> list[dict[str, Any]]
                 name = f"{'joined' if ray else 'local'}-j{r}.jsonl"
                 out = args.work / name
                 address = "auto" if ray else None  # the instance started above
-                runs.append(run_infer(args.bundle, args.folder, out, ray, args.batch_size, address))
+                runs.append(
+                    run_infer(
+                        args.bundle, args.folder, out, ray, args.batch_size, address, args.engine
+                    )
+                )
                 print(json.dumps(runs[-1]), flush=True)
     finally:
         subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True)
@@ -155,6 +168,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ray_infer")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--engine",
+        default="auto",
+        choices=["auto", "onnxruntime", "openvino"],
+        help="The engine kind both contenders use (auto: the one the build chose).",
+    )
     parser.add_argument(
         "--joined-rounds",
         type=int,
@@ -173,7 +192,10 @@ def main() -> None:
         order = (False, True) if r % 2 == 0 else (True, False)
         for ray in order:
             name = f"{'ray' if ray else 'local'}-{r}.jsonl"
-            runs.append(run_infer(args.bundle, args.folder, args.work / name, ray, args.batch_size))
+            out = args.work / name
+            runs.append(
+                run_infer(args.bundle, args.folder, out, ray, args.batch_size, engine=args.engine)
+            )
             print(json.dumps(runs[-1]), flush=True)
     local_rows = read_rows(args.work / "local-0.jsonl")
     agreement = compare(local_rows, read_rows(args.work / "ray-0.jsonl"))
@@ -185,13 +207,21 @@ def main() -> None:
     shutil.copyfile(first, one / first.name)
     fixed = {
         ("ray" if ray else "local"): run_infer(
-            args.bundle, one, args.work / f"one-{ray}.jsonl", ray, args.batch_size
+            args.bundle,
+            one,
+            args.work / f"one-{ray}.jsonl",
+            ray,
+            args.batch_size,
+            None,
+            args.engine,
         )["wall_s"]
         for ray in (False, True)
     }
     print(json.dumps({"one_image_wall_s": fixed}), flush=True)
     joined = joined_rounds(args, args.joined_rounds) if args.joined_rounds else []
-    killed = killed_actor_run(args.bundle, args.folder, args.work / "killed.jsonl", args.batch_size)
+    killed = killed_actor_run(
+        args.bundle, args.folder, args.work / "killed.jsonl", args.batch_size, args.engine
+    )
     killed["agreement"] = compare(local_rows, read_rows(args.work / "killed.jsonl"))
     print(json.dumps(killed), flush=True)
 
@@ -203,6 +233,7 @@ def main() -> None:
         "folder": str(args.folder),
         "files": n_files,
         "batch_size": args.batch_size,
+        "engine": args.engine,
         "runs": runs,
         "median_wall_s": {"local": round(local_wall, 2), "ray": round(ray_wall, 2)},
         "ray_over_local": round(ray_wall / local_wall, 3),
@@ -223,7 +254,8 @@ def markdown(result: dict[str, Any]) -> str:
         "# `m3trt infer --executor ray` against the local engine",
         "",
         f"Bundle `{result['bundle']}`, folder `{result['folder']}` ({result['files']} files), "
-        f"batch {result['batch_size']}. Machine: {result['machine'].get('cpu', '?')}, "
+        f"batch {result['batch_size']}, engine {result.get('engine', 'auto')}. "
+        f"Machine: {result['machine'].get('cpu', '?')}, "
         f"{result['machine'].get('cores', '?')} cores (the 1-minute load average before each run "
         "is in the table; other jobs on the machine show there), contenders alternated in one "
         "run.",

@@ -174,6 +174,24 @@ def test_openvino_int8_runs_m3trts_qdq_graph(int8_bundle):
     assert 1 <= annotation.k <= ov.info.k_max
 
 
+def test_openvino_pins_threads_only_when_they_take_every_core(int8_bundle, monkeypatch):
+    """Pinned, two 1-thread OpenVINO processes (Ray's actors) shared one core of two at half
+    the throughput (benchmarks/results/openvino_pinning.md): fewer threads than cores, unpinned."""
+    from m3trt.runtime.engines import openvino_engine
+
+    assert openvino_engine.compile_config(1, cores=2)["ENABLE_CPU_PINNING"] == "NO"
+    assert openvino_engine.compile_config(3, cores=8)["INFERENCE_NUM_THREADS"] == "3"
+    for threads in (2, None):  # the whole machine: OpenVINO's own default
+        config = openvino_engine.compile_config(threads, cores=2)
+        assert "ENABLE_CPU_PINNING" not in config and config["INFERENCE_NUM_THREADS"] == "2"
+
+    monkeypatch.setattr(openvino_engine, "usable_cores", lambda: 4)
+    path = load_bundle(int8_bundle, verify=False).artifact_path("reference")
+    with open_path(path, engine="openvino", threads=1) as engine:
+        assert engine.compiled.get_property("ENABLE_CPU_PINNING") is False
+        assert engine.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+
+
 def test_an_engine_that_answers_less_closely_is_not_kept():
     from pathlib import Path
 

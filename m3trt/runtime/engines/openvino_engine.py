@@ -40,13 +40,32 @@ def availability(device: str) -> tuple[bool, str]:
     return True, "OpenVINO CPU plugin"
 
 
-def compile_config(threads: int | None) -> dict[str, str]:
-    """Latency mode (one stream: the batch is the parallelism), FP32 kept FP32, our threads."""
-    return {
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity mask: a container's or taskset's share)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no sched_getaffinity off Linux
+        return os.cpu_count() or 1
+
+
+def compile_config(threads: int | None, cores: int | None = None) -> dict[str, str]:
+    """Latency mode (one stream: the batch is the parallelism), FP32 kept FP32, our threads.
+
+    OpenVINO pins its threads to cores by default on Linux, each process to the first cores it
+    sees: two processes of 1 thread each (Ray's actors, two ``m3trt infer`` runs) then shared
+    one core of two, at half the throughput (``benchmarks/results/openvino_pinning.md``). An
+    engine given fewer threads than the process's cores is unpinned; one using them all keeps
+    OpenVINO's default (one such process measured no different either way)."""
+    cores = cores or usable_cores()
+    n = threads or cores
+    config = {
         "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_PRECISION_HINT": "f32",
-        "INFERENCE_NUM_THREADS": str(threads or os.cpu_count() or 1),
+        "INFERENCE_NUM_THREADS": str(n),
     }
+    if n < cores:
+        config["ENABLE_CPU_PINNING"] = "NO"
+    return config
 
 
 class OpenVinoEngine(Engine):
