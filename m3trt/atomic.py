@@ -29,6 +29,21 @@ _FLAGS |= getattr(os, "O_BINARY", 0)
 TEMP_NAME_CHARS = 100  # how much of a name temp_sibling keeps
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (``os.umask`` sets
+    it, and another thread creating a file in between would get the wrong mode)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def temp_sibling(path: str | Path, kind: str = "tmp") -> Path:
     """A hidden, unique name beside ``path``; long names are cut so the result stays legal."""
     path = Path(path)
@@ -113,6 +128,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield temp
         with open(temp, "rb+") as f:
             os.fsync(f.fileno())
+            # safetensors creates its file 0600: the published file gets the mode every other
+            # m3trt output has (the umask's), so a checkpoint's weights and config match
+            os.chmod(f.fileno(), 0o666 & ~current_umask())
         publish(temp, path)
     except WriteFailure:
         raise

@@ -176,3 +176,33 @@ def test_tag_skip_adds_a_linear_tag_to_label_term_and_old_configs_load_without_i
     data = old.to_json()
     del data["model"]["tag_skip"]
     assert M3Net(CheckpointConfig.from_json(data).model).tag_skip is None
+
+
+def test_load_weights_refuses_odd_keys_values_and_never_advises_unsafe_loading(tmp_path):
+    import os
+
+    def refused(state, match):
+        path = tmp_path / "w.pth"
+        torch.save(state, path)
+        with pytest.raises(InputError, match=match) as caught:
+            load_backbone_weights(ResNet("resnet18"), path)
+        assert "\n" not in str(caught.value) and "weights_only=False" not in str(caught.value)
+
+    state = dict(ResNet("resnet18").state_dict())
+    refused({0: torch.zeros(1), **state}, "expected a state_dict")  # an AttributeError before
+    nan = dict(state, **{"conv1.weight": torch.full_like(state["conv1.weight"], float("nan"))})
+    refused(nan, r"conv1\.weight holds NaN or infinite values")
+    ints = dict(
+        state, **{"conv1.weight": torch.zeros(state["conv1.weight"].shape, dtype=torch.int32)}
+    )
+    refused(ints, r"conv1\.weight holds torch\.int32 values, not torch\.float32")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    refused({"x": Evil()}, "holds pickled Python objects, not only tensors")
+    fifo = tmp_path / "fifo.pth"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="backbone weight file is a FIFO"):
+        load_backbone_weights(ResNet("resnet18"), fifo)

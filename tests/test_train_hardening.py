@@ -283,3 +283,58 @@ def test_weights_that_are_a_fifo_are_named_as_one(tiny_checkpoint, tmp_path):
     os.mkfifo(folder / WEIGHTS_FILE)
     with pytest.raises(InputError, match="weights file is a FIFO"):
         load_checkpoint(folder)
+
+
+def test_checkpoint_weights_get_the_umask_mode_like_its_config(tiny_checkpoint, tmp_path):
+    """safetensors creates its file 0600: the weights were private while config.json beside
+    them was not (a shared model folder could not be read by the team)."""
+    import os
+
+    from m3trt.train.checkpoint import save_checkpoint
+
+    model, config = load_checkpoint(tiny_checkpoint[0])
+    old = os.umask(0o027)
+    try:
+        folder = save_checkpoint(tmp_path / "ckpt", model, config)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
+    assert modes == {"model.safetensors": 0o640, "config.json": 0o640}, modes
+
+
+def test_a_new_run_clears_what_a_killed_first_save_left(tmp_path):
+    """A first run killed while saving left only a hidden temp file: every new run into the
+    folder was refused, and --resume had nothing to resume. A live writer's file is kept."""
+    import os
+
+    from m3trt.train.loop import _check_fresh_folder
+
+    out = tmp_path / "run"
+    out.mkdir()
+    dead = out / ".model.safetensors.tmp-999999999-0123abcd"  # above any pid_max: gone
+    dead.write_bytes(b"half")
+    (out / ".last.tmp-999999998-0123abcd").mkdir()
+    _check_fresh_folder(out)
+    assert list(out.iterdir()) == []
+
+    live = out / f".config.json.tmp-{os.getppid()}-0123abcd"
+    live.write_text("{")
+    with pytest.raises(InputError, match="already holds files this run did not write"):
+        _check_fresh_folder(out)
+    assert live.exists()
+    live.unlink()
+    (out / ".model.safetensors.tmp-999999999-0123abcd.keep").write_text("mine")
+    with pytest.raises(InputError, match="already holds"):
+        _check_fresh_folder(out)
+
+
+def test_a_diverging_run_stops_at_the_step_with_one_line(tmp_path, tiny_data, tiny_options):
+    """--lr 1e30 trained a whole epoch on NaN weights and failed only in validation; 1e300
+    overflowed in Adam's step (a traceback, exit 1)."""
+    for lr in (1e30, 1e300):
+        out = tmp_path / f"ck{lr:g}"
+        with pytest.raises(
+            InputError, match=r"training diverged: the loss is \S+ at epoch 1, step"
+        ):
+            train(tiny_data, out, _one_epoch(tiny_options, lr=lr, batch_size=4))
+        assert not (out / "model.safetensors").exists()

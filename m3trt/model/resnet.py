@@ -145,18 +145,19 @@ def load_backbone_weights(backbone: ResNet, path: str | Path) -> dict[str, int]:
     any other missing, unexpected or mis-shaped key is an error naming the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: backbone weight file not found")
+    if not path.is_file():  # a FIFO would hang torch.load
+        from m3trt.data.manifest import not_a_file
+
+        raise InputError(f"{path}: backbone weight file {not_a_file(path)}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad or unsafe file
-        # its first line only: torch's refusal of pickled code goes on for six lines, with the
-        # advice to load it with weights_only=False, which m3trt never does
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise InputError(f"{path}: not a loadable torch weight file ({reason})") from None
+        raise InputError(
+            f"{path}: not a loadable torch weight file ({_load_failure(exc)})"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict):
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise InputError(f"{path}: expected a state_dict (a mapping of names to tensors)")
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
     own = backbone.state_dict()
@@ -175,5 +176,20 @@ def load_backbone_weights(backbone: ResNet, path: str | Path) -> dict[str, int]:
                 f"{path}: {key} has shape {tuple(shape)}, {backbone.name} needs "
                 f"{tuple(own[key].shape)}"
             )
+        want_float = own[key].is_floating_point()
+        if tensor.is_floating_point() != want_float or tensor.dtype == torch.bool:
+            raise InputError(f"{path}: {key} holds {tensor.dtype} values, not {own[key].dtype}")
+        if want_float and not bool(torch.isfinite(tensor).all()):
+            raise InputError(f"{path}: {key} holds NaN or infinite values")
     backbone.load_state_dict(state)
     return {"loaded": len(state)}
+
+
+def _load_failure(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words. Its refusal of
+    pickled objects goes on for lines and advises ``weights_only=False``, which m3trt never
+    does: that advice is not passed on."""
+    text = str(exc).strip()
+    if "Weights only load failed" in text or "weights_only" in text:
+        return "it holds pickled Python objects, not only tensors; m3trt loads tensors only"
+    return (text.splitlines() or [type(exc).__name__])[0][:200]

@@ -7,6 +7,8 @@ import dataclasses
 import hashlib
 import math
 import os
+import re
+import shutil
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +45,7 @@ from m3trt.model import M3Net, load_backbone_weights
 from m3trt.progress import SILENT, Reporter
 from m3trt.train.balance import AuxHeads, drop_each_tag
 from m3trt.train.checkpoint import (
+    CONFIG_FILE,
     LAST_DIR,
     TRAINER_FILE,
     WEIGHTS_FILE,
@@ -296,15 +299,33 @@ def run_epoch(
         weights = {"aux_visual": options.aux_visual_weight, "aux_tags": options.aux_tags_weight}
         for key, value in extra.items():
             loss = loss + weights[key] * value
+        if not math.isfinite(loss.item()):
+            raise InputError(_diverged(epoch, step, loss.item(), lr, options))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        try:
+            optimizer.step()
+        except RuntimeError as exc:  # Adam's step at a rate float32 cannot hold (--lr 1e300)
+            if "overflow" not in str(exc):
+                raise
+            raise InputError(_diverged(epoch, step, loss.item(), lr, options)) from None
         n = len(batch.indices)
         seen += n
         for key, value in (("loss", loss), ("bce", bce), ("qty", qty), *extra.items()):
             sums[key] = sums.get(key, 0.0) + value.item() * n
         advance(n, loss=sums["loss"] / seen)
     return sums, seen, seen / max(1e-9, time.perf_counter() - start)
+
+
+def _diverged(epoch: int, step: int, loss: float, lr: float, options: TrainOptions) -> str:
+    """Training cannot recover from a non-finite loss or step: say so at the step (a learning
+    rate of 1e30 ran its whole epoch on NaN weights and failed only in validation; 1e300
+    overflowed inside Adam, a traceback)."""
+    return (
+        f"training diverged: the loss is {loss:g} at epoch {epoch + 1}, step {step + 1} "
+        f"(learning rate {lr:g} of --lr {options.lr:g}); train again into a new folder with "
+        "a lower --lr (or --quantity-weight)"
+    )
 
 
 def validate(
@@ -333,6 +354,7 @@ def _check_fresh_folder(out_dir: Path) -> None:
         present = sorted(os.fsdecode(e.name) for e in os.scandir(out_dir))
     except (FileNotFoundError, NotADirectoryError):
         return
+    present = [n for n in present if not _remove_dead_save(out_dir, n)]
     if not present:
         return
     what = "a checkpoint" if "config.json" in present else "files this run did not write"
@@ -341,6 +363,42 @@ def _check_fresh_folder(out_dir: Path) -> None:
         f"{out_dir}: already holds {what} ({shown}); {_fresh_hint(out_dir, present)} train "
         "into a new or empty folder"
     )
+
+
+# What a save killed before its first rename leaves: ``temp_sibling``'s name for one of the
+# files a run writes (the weights, the config, the ``last/`` staging folder).
+_DEAD_SAVE = re.compile(
+    rf"\.({re.escape(WEIGHTS_FILE)}|{re.escape(CONFIG_FILE)}|{LAST_DIR})\.tmp-(\d+)-[0-9a-f]{{8}}"
+)
+
+
+def _remove_dead_save(out_dir: Path, name: str) -> bool:
+    """Remove ``name`` if it is the temp file of a save whose process is gone: a first run
+    killed while saving left only that, and the folder then refused every new run (and held
+    nothing to resume). A live writer's temp file is kept, and the folder refused."""
+    found = _DEAD_SAVE.fullmatch(name)
+    if found is None or _process_alive(int(found.group(2))):
+        return False
+    path = out_dir / name
+    if path.is_symlink():
+        return False
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+    return not os.path.lexists(path)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process writes nothing here before this check
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's process, or a pid we cannot ask about: keep its files
+    return True
 
 
 def _fresh_hint(out_dir: Path, present: list[str]) -> str:
