@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -162,12 +163,37 @@ def test_calibrate_names_the_records_it_could_not_read(tmp_path, tiny_onnx, tiny
     assert read_cache(tmp_path / "c.json")["images"]["failed"] == 2
 
 
-@pytest.mark.parametrize("method", ["percentile", "entropy", "minmax"])
+@pytest.mark.parametrize("method", ["percentile", "minmax"])
 def test_calibrate_takes_any_image_count(tmp_path, calibrate, method):
     """Percentile and entropy calibration crashed in ONNX Runtime's histogram collector
     (ValueError: inhomogeneous shape, exit 1) when a chunk of 16 ended in a short batch
-    (44 = 16 + 16 + 8 + 4); an INT8 build on a 140-image training split did too."""
+    (44 = 16 + 16 + 8 + 4); an INT8 build on a 140-image training split did too. Entropy
+    shares the collector: the test below, through the API."""
     out = tmp_path / f"{method}.json"
     code, output = calibrate(out, "--count", "44", "--method", method)
     assert code == 0, output
     assert read_cache(out)["images"]["count"] == 44
+
+
+def test_entropy_ranges_from_a_short_last_batch(tiny_onnx, tiny_data):
+    """The entropy method over 44 images (the collector's short-batch case). Through the API
+    with 256 histogram bins: ONNX Runtime's entropy search is quadratic in the bins, and the
+    CLI's 2048 took 110 s of the suite on this tiny model."""
+    from m3trt.calibration.data import load_calibration_images
+    from m3trt.calibration.ranges import CalibrationSettings, collect_ranges
+    from m3trt.runtime.graph_contract import check_source_graph
+
+    info = check_source_graph(tiny_onnx)
+    images = load_calibration_images(
+        tiny_data,
+        image_size=info.image_size,
+        label_names=info.label_names,
+        tag_vocab=info.tag_vocab,
+        count=44,
+    )
+    assert len(images) == 44
+    found = collect_ranges(tiny_onnx, images, CalibrationSettings("entropy", num_bins=256))
+    ranges = {name: [float(v) for v in found[name].range_value] for name in found.data}
+    assert len(ranges) > 10
+    for name, (low, high) in ranges.items():
+        assert np.isfinite([low, high]).all() and high > low, name
