@@ -246,3 +246,19 @@ def test_an_image_name_too_long_for_the_file_system_is_counted_missing(
     assert summary.n_missing_images == 2
     with pytest.raises(ManifestError, match=r"line 2: image cannot be read \(File name too long"):
         read_manifest(tmp_path / "out")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "file", "missing"])
+def test_an_images_option_that_is_no_folder_is_named_as_what_it_is(
+    nus: Path, tmp_path: Path, kind: str
+) -> None:
+    """A FIFO or a file given as --images was "image folder not found"."""
+    images = tmp_path / "imgs"
+    if kind == "fifo":
+        os.mkfifo(images)
+    elif kind == "file":
+        images.write_text("x")
+    code, output = _run("data", "import-nuswide", nus, "-o", tmp_path / "out", "--images", images)
+    says = {"fifo": "is a FIFO (named pipe)", "file": "is a regular file, not a folder"}
+    assert code == 2, output
+    assert f"imgs: image folder {says.get(kind, 'not found')}; check the --images path" in output

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from m3trt.data.manifest import normalise_tag
+from m3trt.errors import InputError
 
 
 class Vocab:
@@ -17,7 +18,9 @@ class Vocab:
         self.names = list(names)
         self.index = {name: i for i, name in enumerate(self.names)}
         if len(self.index) != len(self.names):
-            raise ValueError("vocabulary names must be unique")
+            seen: set[str] = set()
+            twice = next(n for n in self.names if n in seen or seen.add(n))
+            raise InputError(f"vocabulary names must be unique: {twice!r} appears twice")
 
     def __len__(self) -> int:
         return len(self.names)

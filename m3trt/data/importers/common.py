@@ -70,8 +70,23 @@ def check_image_dir(image_dir: str | os.PathLike | None, what: str) -> Path | No
         return None
     path = Path(image_dir)
     if not path.is_dir():
-        raise InputError(f"{path}: image folder not found; check the {what} path")
+        raise InputError(f"{path}: image folder {_not_a_folder(path)}; check the {what} path")
     return path
+
+
+def _not_a_folder(path: Path) -> str:
+    """Why ``path`` is no folder, in words (a FIFO or a file was "not found" too)."""
+    import stat
+
+    from m3trt.data.safe_open import file_kind
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "is a dangling link" if path.is_symlink() else "not found"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    return "is a regular file, not a folder" if stat.S_ISREG(mode) else f"is {file_kind(mode)}"
 
 
 class Tally:
