@@ -10,6 +10,7 @@ loses no race against another writer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -129,8 +130,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(temp, "rb+") as f:
             os.fsync(f.fileno())
             # safetensors creates its file 0600: the published file gets the mode every other
-            # m3trt output has (the umask's), so a checkpoint's weights and config match
-            os.chmod(f.fileno(), 0o666 & ~current_umask())
+            # m3trt output has (the umask's), so a checkpoint's weights and config match. Best
+            # effort: vfat, exFAT and some network mounts refuse a chmod the write itself needs not
+            with contextlib.suppress(OSError, TypeError, NotImplementedError):
+                os.chmod(f.fileno(), 0o666 & ~current_umask())
         publish(temp, path)
     except WriteFailure:
         raise

@@ -159,7 +159,8 @@ def load_backbone_weights(backbone: ResNet, path: str | Path) -> dict[str, int]:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise InputError(f"{path}: expected a state_dict (a mapping of names to tensors)")
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # DataParallel's names
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     own = backbone.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -170,8 +171,10 @@ def load_backbone_weights(backbone: ResNet, path: str | Path) -> dict[str, int]:
             f"{len(unexpected)} unexpected, e.g. {unexpected[:2]})"
         )
     for key, tensor in state.items():
-        if not isinstance(tensor, torch.Tensor) or tensor.shape != own[key].shape:
-            shape = getattr(tensor, "shape", type(tensor).__name__)
+        if not isinstance(tensor, torch.Tensor):
+            raise InputError(f"{path}: {key} is a {type(tensor).__name__}, not a tensor")
+        if tensor.shape != own[key].shape:
+            shape = tensor.shape
             raise InputError(
                 f"{path}: {key} has shape {tuple(shape)}, {backbone.name} needs "
                 f"{tuple(own[key].shape)}"

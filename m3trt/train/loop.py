@@ -3,6 +3,7 @@ label count, a validation pass per epoch, the best checkpoint kept, resumable.""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -300,7 +301,7 @@ def run_epoch(
         for key, value in extra.items():
             loss = loss + weights[key] * value
         if not math.isfinite(loss.item()):
-            raise InputError(_diverged(epoch, step, loss.item(), lr, options))
+            raise InputError(_diverged(epoch, step, f"the loss is {loss.item():g}", lr, options))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         try:
@@ -308,7 +309,8 @@ def run_epoch(
         except RuntimeError as exc:  # Adam's step at a rate float32 cannot hold (--lr 1e300)
             if "overflow" not in str(exc):
                 raise
-            raise InputError(_diverged(epoch, step, loss.item(), lr, options)) from None
+            what = f"the step overflows float32 (loss {loss.item():g})"
+            raise InputError(_diverged(epoch, step, what, lr, options)) from None
         n = len(batch.indices)
         seen += n
         for key, value in (("loss", loss), ("bce", bce), ("qty", qty), *extra.items()):
@@ -317,12 +319,12 @@ def run_epoch(
     return sums, seen, seen / max(1e-9, time.perf_counter() - start)
 
 
-def _diverged(epoch: int, step: int, loss: float, lr: float, options: TrainOptions) -> str:
+def _diverged(epoch: int, step: int, what: str, lr: float, options: TrainOptions) -> str:
     """Training cannot recover from a non-finite loss or step: say so at the step (a learning
     rate of 1e30 ran its whole epoch on NaN weights and failed only in validation; 1e300
     overflowed inside Adam, a traceback)."""
     return (
-        f"training diverged: the loss is {loss:g} at epoch {epoch + 1}, step {step + 1} "
+        f"training diverged: {what} at epoch {epoch + 1}, step {step + 1} "
         f"(learning rate {lr:g} of --lr {options.lr:g}); train again into a new folder with "
         "a lower --lr (or --quantity-weight)"
     )
@@ -333,7 +335,15 @@ def validate(
 ) -> dict[str, Any]:
     scores, q, rows = predict(model, preprocess_for(config), data)
     if not len(rows):  # metrics would fail with a bare ValueError after a whole epoch
-        raise InputError(f"{source}: {_too_few(0, 0, [data])}")
+        failed = f" (first failure: {data.failed[0][1]})" if data.failed else ""
+        raise InputError(f"{source}: none of its {len(data)} val images could be decoded{failed}")
+    if not np.isfinite(scores).all() or (q is not None and not np.isfinite(q).all()):
+        # an epoch's last step can diverge after its loss was checked: the metrics then failed
+        # on NaN ("q contains NaN", a traceback)
+        raise InputError(
+            "training diverged: the model's outputs on the val images are NaN or infinite; "
+            "train again into a new folder with a lower --lr (or --quantity-weight)"
+        )
     y_true = data.labels[rows] > 0
     m = config.model
     k = metrics.decide_k(scores, q, m.k_max, m.decision_threshold) if q is not None else None
@@ -385,7 +395,8 @@ def _remove_dead_save(out_dir: Path, name: str) -> bool:
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # left in place: the folder is then refused
+            path.unlink(missing_ok=True)
     return not os.path.lexists(path)
 
 
@@ -468,7 +479,7 @@ OPTION_RULES: dict[str, tuple[str, float | None, float | None, bool]] = {
     "augment_shift": (_FLOAT, 0, 0.5, False),
     "late_fusion": (_BOOL, None, None, False),
 }
-OPEN_LOW = {"lr", "tag_skip_lr_mult", "val_fraction"}  # must be above the low bound
+OPEN_LOW = {"lr", "tag_skip_lr_mult"}  # must be above the low bound
 OPEN_HIGH = {"tag_drop_each", "val_fraction"}  # must be below the high bound
 
 
@@ -601,7 +612,8 @@ def train(
         saved = check_trainer_state(state, trainer_file)
         if explicit:
             _refuse_changed_options(trainer_file, options, saved, explicit)
-        options = saved
+        # --threads changes no result: the one given now (or the saved one) is used
+        options = dataclasses.replace(saved, threads=options.threads or saved.threads)
         start_epoch, history, best = state["epoch"], state["history"], state["best"]
     else:
         _check_fresh_folder(out_dir)
