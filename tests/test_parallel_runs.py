@@ -1,6 +1,7 @@
 """The CPU folder loop with an engine sized for several batches at once: the batches really run
 side by side, the rows still come out in walk order, an engine error keeps what was written."""
 
+import contextlib
 import json
 import os
 import threading
@@ -95,6 +96,24 @@ def test_an_interrupt_then_resume_gives_each_image_once(folder, tmp_path):  # no
     summary = _infer(GatedEngine(), folder, out, resume=True)
     assert not summary.interrupted
     assert out.read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), EngineError("engine died")])
+def test_a_stopped_run_stops_its_decoding_threads_itself(folder, tmp_path, stop):  # noqa: F811
+    """The decoding generator was left to the garbage collector after an interrupt or an engine
+    error; its pool's thread join then ran inside a later thread's start-up, under threading's
+    own lock, and the next run in the process hung for good (seen in the suite)."""
+    import gc
+
+    gc.collect()
+    gc.disable()  # what matters is what the run closes itself
+    try:
+        with contextlib.suppress(EngineError):
+            _infer(GatedEngine(3, stop), folder, tmp_path / "out.jsonl")
+        alive = [t.name for t in threading.enumerate() if t.name.startswith("m3trt-")]
+        assert alive == []
+    finally:
+        gc.enable()
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="runs are capped at the cores")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,11 +148,12 @@ def folder_batches(
     decode = decoder(annotator.image_size, 100_000_000, lambda _p: [])
     n_workers = workers or os.cpu_count() or 1
     stream = decode_ahead(iter_images(roots), decode, n_workers, window=2 * batch + n_workers)
-    for good, bad in batches(stream, batch):
-        if left_out is not None:
-            left_out.extend((item.path, item.error or "") for item in bad)
-        if good:
-            yield np.stack([item.image for item in good])
+    with closing(stream):  # its decoding threads stop here, not in a garbage collection
+        for good, bad in batches(stream, batch):
+            if left_out is not None:
+                left_out.extend((item.path, item.error or "") for item in bad)
+            if good:
+                yield np.stack([item.image for item in good])
 
 
 def time_folder(
@@ -174,13 +176,14 @@ def time_folder(
         count = 0
         failures = left_out if first_pass else None
         first_pass = False
-        for images in folder_batches(annotator, folder, batch, None, failures):
-            annotator.run(images, None)
-            now = time.perf_counter()
-            samples.append((now - last) * 1e3)
-            images_done += len(images)
-            last = now
-            count += 1
+        with closing(folder_batches(annotator, folder, batch, None, failures)) as stream:
+            for images in stream:
+                annotator.run(images, None)
+                now = time.perf_counter()
+                samples.append((now - last) * 1e3)
+                images_done += len(images)
+                last = now
+                count += 1
         if count == 0:
             raise InputError(f"{folder}: no decodable images to benchmark with")
     return samples, images_done

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -405,7 +405,12 @@ def _cpu_loop(
     # Each entry holds a batch's paths, its failures and its stacked images (in the future):
     # the decoded images themselves are dropped once stacked.
     in_flight: deque[tuple[list[str], list[Decoded], Future | None]] = deque()
-    with ThreadPoolExecutor(runs, thread_name_prefix="m3trt-engine") as pool:
+    # The decoding generator is closed here, not left to the garbage collector: after an
+    # interrupt or an engine error it sat in the traceback's reference cycle, and its pool's
+    # shutdown (a thread join) then ran whenever a collection came, in whatever thread, once
+    # inside a new thread's start-up while threading's own lock was held: a deadlock
+    # (a later run in the same process hung for good).
+    with closing(stream), ThreadPoolExecutor(runs, thread_name_prefix="m3trt-engine") as pool:
         try:
             for good, bad in batches(stream, batch_size):
                 work = _submit(pool, run, good) if good else None
