@@ -1,7 +1,6 @@
 """Export and calibration against edited checkpoints and broken data: one clear line each."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from m3trt.config import CheckpointConfig, ModelConfig, Preprocessing
 from m3trt.errors import InputError
 from m3trt.export import parity
 from m3trt.export.onnx_export import export_checkpoint
+from tests.manifests import junk_manifest
 
 
 def test_opsets_the_exporter_cannot_write_are_refused(tiny_checkpoint, tmp_path):
@@ -52,19 +52,10 @@ def test_parity_runs_in_bounded_batches(monkeypatch):
 
 # --------------------------------------------------------------------------------- calibration
 def _manifest(tmp_path, tiny_data, split_of_junk=None, drop_splits=False):
-    rows = [json.loads(line) for line in tiny_data.read_text().splitlines()]
-    for i, row in enumerate(rows):
-        row["image"] = str(tiny_data.parent / row["image"])
-        if drop_splits:
-            row.pop("split", None)
-        elif row.get("split") == split_of_junk:
-            bad = tmp_path / f"{i}.jpg"
-            bad.write_bytes(b"junk")
-            row["image"] = str(bad)
-    manifest = tmp_path / "m.jsonl"
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    shutil.copyfile(tiny_data.parent / "labels.txt", tmp_path / "labels.txt")
-    return manifest
+    def breaks(_i, row):
+        return split_of_junk is not None and row.get("split") == split_of_junk
+
+    return junk_manifest(tmp_path, tiny_data, breaks, drop_splits)
 
 
 def _kw(tiny_checkpoint):

@@ -17,23 +17,7 @@ from m3trt.errors import InputError
 from m3trt.train import checkpoint as checkpoint_module
 from m3trt.train.checkpoint import load_checkpoint
 from m3trt.train.loop import TrainOptions, train
-
-
-def _manifest(tmp_path, tiny_data, breaks):
-    """A copy of the tiny manifest whose rows ``breaks(i, row)`` picks point at junk files."""
-    rows = [json.loads(line) for line in tiny_data.read_text().splitlines()]
-    junk = tmp_path / "junk"
-    junk.mkdir(exist_ok=True)
-    for i, row in enumerate(rows):
-        row["image"] = str(tiny_data.parent / row["image"])
-        if breaks(i, row):
-            bad = junk / f"{i}.jpg"
-            bad.write_bytes(b"junk")
-            row["image"] = str(bad)
-    manifest = tmp_path / "m.jsonl"
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    shutil.copyfile(tiny_data.parent / "labels.txt", tmp_path / "labels.txt")
-    return manifest
+from tests.manifests import junk_manifest
 
 
 def _one_epoch(tiny_options, **extra):
@@ -48,7 +32,7 @@ def _is_train(row):
 
 def test_no_decodable_training_image_is_refused(tmp_path, tiny_data, tiny_options):
     """It trained nothing and saved the untrained checkpoint with exit 0."""
-    manifest = _manifest(tmp_path, tiny_data, lambda i, r: _is_train(r))
+    manifest = junk_manifest(tmp_path, tiny_data, lambda i, r: _is_train(r))
     with pytest.raises(InputError, match=r"m\.jsonl: only 0 training .* failed; first failure: "):
         train(manifest, tmp_path / "ck", _one_epoch(tiny_options))
     assert not (tmp_path / "ck" / "model.safetensors").exists()
@@ -61,13 +45,13 @@ def test_one_decodable_training_image_is_refused(tmp_path, tiny_data, tiny_optio
     def all_but_one(i, row):
         return _is_train(row) and first.setdefault("i", i) != i
 
-    manifest = _manifest(tmp_path, tiny_data, all_but_one)
+    manifest = junk_manifest(tmp_path, tiny_data, all_but_one)
     with pytest.raises(InputError, match=r"only 1 training and \d+ val images could be decoded"):
         train(manifest, tmp_path / "ck", _one_epoch(tiny_options))
 
 
 def test_no_decodable_val_image_is_refused_before_training(tmp_path, tiny_data, tiny_options):
-    manifest = _manifest(tmp_path, tiny_data, lambda i, r: r.get("split") == "val")
+    manifest = junk_manifest(tmp_path, tiny_data, lambda i, r: r.get("split") == "val")
     with pytest.raises(InputError, match=r"and 0 val images could be decoded .*junk"):
         train(manifest, tmp_path / "ck", _one_epoch(tiny_options))
 
@@ -77,7 +61,7 @@ def test_uncached_sets_refuse_too_few_decoded_images(
 ):
     """Sets too big to cache decode batch by batch: none decoding saved an untrained model."""
     monkeypatch.setattr(batches, "CACHE_LIMIT_BYTES", 0)
-    manifest = _manifest(tmp_path, tiny_data, lambda i, r: _is_train(r))
+    manifest = junk_manifest(tmp_path, tiny_data, lambda i, r: _is_train(r))
     with pytest.raises(InputError, match=r"only 0 training"):
         train(manifest, tmp_path / "ck", _one_epoch(tiny_options))
 
@@ -91,7 +75,7 @@ def test_failed_images_are_counted(tmp_path, tiny_data, tiny_options):
             return True
         return False
 
-    manifest = _manifest(tmp_path, tiny_data, three)
+    manifest = junk_manifest(tmp_path, tiny_data, three)
     result = train(manifest, tmp_path / "ck", _one_epoch(tiny_options))
     records = read_manifest(manifest).records
     labelled_train = sum(1 for r in records if r.split in (None, "train") and r.labels)
@@ -101,7 +85,7 @@ def test_failed_images_are_counted(tmp_path, tiny_data, tiny_options):
 
 def test_uncached_failures_never_leave_a_batch_of_one(tmp_path, tiny_data):
     """A batch shrunk to one image by failed decodes crashed BatchNorm: it joins the next."""
-    manifest = _manifest(tmp_path, tiny_data, lambda i, r: i in (1, 2))
+    manifest = junk_manifest(tmp_path, tiny_data, lambda i, r: i in (1, 2))
     records = read_manifest(manifest).records[:9]
     data = RecordSet(records, Vocab(read_manifest(manifest).label_names), Vocab([]), 32)
     data.cache = False
