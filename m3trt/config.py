@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from m3trt.atomic import write_json
-from m3trt.errors import InputError
+from m3trt.errors import InputError, is_terminal_safe
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -33,8 +32,6 @@ MAX_NAME_CHARS = 1000  # one label or tag name
 # convolution's input up to inf (a std of 1e-300 made every exported output NaN).
 MEAN_BOUND = 10.0
 STD_RANGE = (1e-3, 10.0)
-# Names a terminal would act on (escapes, bidi overrides, line separators) or cannot show.
-_UNSAFE_NAME = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def _finite_number(value: Any) -> bool:
@@ -51,7 +48,7 @@ def _check_names(field: str, values: Any) -> list[str]:
     for i, name in enumerate(values):
         if not isinstance(name, str) or not name.strip():
             raise InputError(f"{field}[{i}] must be a non-empty string, not {name!r}")
-        if len(name) > MAX_NAME_CHARS or _UNSAFE_NAME.search(name):
+        if len(name) > MAX_NAME_CHARS or not is_terminal_safe(name):
             shown = name[:40].encode("unicode_escape").decode("ascii")
             raise InputError(
                 f"{field}[{i}] ({shown!r}) has control characters or over {MAX_NAME_CHARS} chars"

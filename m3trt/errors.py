@@ -26,6 +26,12 @@ def terminal_safe(text: str, *, keep_newlines: bool = False) -> str:
     return _UNSAFE.sub(escape, text)
 
 
+def is_terminal_safe(text: str) -> bool:
+    """Whether ``text`` holds nothing ``terminal_safe`` would escape (names kept in files that
+    are later printed are refused rather than escaped)."""
+    return _UNSAFE.search(text) is None
+
+
 class M3Error(Exception):
     """A problem the user can fix; its message names the file, the problem and the fix."""
 

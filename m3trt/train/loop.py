@@ -300,8 +300,9 @@ def run_epoch(
         weights = {"aux_visual": options.aux_visual_weight, "aux_tags": options.aux_tags_weight}
         for key, value in extra.items():
             loss = loss + weights[key] * value
-        if not math.isfinite(loss.item()):
-            raise InputError(_diverged(epoch, step, f"the loss is {loss.item():g}", lr, options))
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise InputError(_diverged(epoch, step, f"the loss is {loss_value:g}", lr, options))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         try:
@@ -309,7 +310,7 @@ def run_epoch(
         except RuntimeError as exc:  # Adam's step at a rate float32 cannot hold (--lr 1e300)
             if "overflow" not in str(exc):
                 raise
-            what = f"the step overflows float32 (loss {loss.item():g})"
+            what = f"the step overflows float32 (loss {loss_value:g})"
             raise InputError(_diverged(epoch, step, what, lr, options)) from None
         n = len(batch.indices)
         seen += n
